@@ -1,0 +1,38 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   creates .venv, installs, finds or installs the data, runs the main job
+#   make test   the same set-up, then the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FT := $(VENV)/bin/fashion-tune
+STAMP := $(VENV)/.installed
+SYSTEM_DATA := /usr/share/datasets/fashion-mnist
+
+.PHONY: install data demo test clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+# Use $$FASHION_TUNE_DATA or ./data when present; else Debian's package (as root); else the
+# loader falls back to torchvision's download.
+data: $(STAMP)
+	@if [ -z "$$FASHION_TUNE_DATA" ] && ! ls data/*ubyte* data/FashionMNIST/raw/*ubyte* >/dev/null 2>&1 \
+	    && [ ! -d $(SYSTEM_DATA) ] \
+	    && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's dataset-fashion-mnist"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	fi
+	$(FT) data
+
+demo: data
+	$(FT) train cnn --epochs 2 --subset 5000 --val-subset 2000 --set width=16 --out runs/demo-cnn
+	$(FT) train vae --epochs 2 --subset 5000 --val-subset 2000 --set width=16 --out runs/demo-vae
+
+test: data
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf runs .pytest_cache

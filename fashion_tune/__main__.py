@@ -1,0 +1,3 @@
+import sys
+from fashion_tune.cli import main
+sys.exit(main())

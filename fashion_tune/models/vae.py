@@ -1,0 +1,171 @@
+"""Class-conditional residual beta-VAE for 28x28 grayscale images with a Bernoulli decoder.
+
+The encoder sees the image plus (when conditional) its label painted as a learned 28x28 channel;
+the decoder sees z concatenated with the label embedding. Resolutions go 28 -> 14 -> 7 and back,
+with `depth` residual blocks at each of the three resolutions on both sides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fashion_tune.errors import ConfigError
+
+IMAGE_SIZE = 28
+# exp(-30) and exp(20) bound the posterior variance away from 0 and inf, so the KL stays finite.
+LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
+
+
+@dataclass
+class VAEConfig:
+    """Shape of a ConditionalVAE; the defaults give about 3.48M parameters."""
+
+    latent_dim: int = 32
+    num_classes: int = 10
+    conditional: bool = True
+    width: int = 32  # channels at 28x28; 2x at 14x14, 4x at 7x7
+    depth: int = 3  # residual blocks per resolution, in the encoder and again in the decoder
+    embed_dim: int = 32  # size of the class embedding
+
+    def __post_init__(self) -> None:
+        for name in ("latent_dim", "num_classes", "width", "depth", "embed_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"VAE {name}={value!r} must be a positive integer")
+        if not isinstance(self.conditional, bool):
+            raise ConfigError(f"VAE conditional={self.conditional!r} must be true or false")
+
+
+class ResidualBlock(nn.Module):
+    """Pre-activation residual block: two 3x3 convs with BatchNorm and SiLU, plus the identity."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.BatchNorm2d(channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.BatchNorm2d(channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def residual_stage(channels: int, depth: int) -> nn.Sequential:
+    return nn.Sequential(*[ResidualBlock(channels) for _ in range(depth)])
+
+
+class ConditionalVAE(nn.Module):
+    """Residual convolutional VAE, optionally conditioned on the class label in encoder and decoder."""
+
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        self.config = config
+        w, d = config.width, config.depth
+        self.bottom_shape = (4 * w, IMAGE_SIZE // 4, IMAGE_SIZE // 4)
+        flat = 4 * w * (IMAGE_SIZE // 4) ** 2
+        extra = config.embed_dim if config.conditional else 0
+
+        if config.conditional:
+            self.embedding = nn.Embedding(config.num_classes, config.embed_dim)
+            self.label_channel = nn.Linear(config.embed_dim, IMAGE_SIZE * IMAGE_SIZE)
+
+        self.encoder = nn.Sequential(
+            nn.Conv2d(2 if config.conditional else 1, w, 3, padding=1),
+            residual_stage(w, d),
+            nn.Conv2d(w, 2 * w, 4, stride=2, padding=1),  # 28 -> 14
+            residual_stage(2 * w, d),
+            nn.Conv2d(2 * w, 4 * w, 4, stride=2, padding=1),  # 14 -> 7
+            residual_stage(4 * w, d),
+            nn.BatchNorm2d(4 * w),
+            nn.SiLU(),
+            nn.Flatten(),
+        )
+        self.to_mu = nn.Linear(flat, config.latent_dim)
+        self.to_logvar = nn.Linear(flat, config.latent_dim)
+
+        self.from_latent = nn.Linear(config.latent_dim + extra, flat)
+        self.decoder = nn.Sequential(
+            residual_stage(4 * w, d),
+            nn.ConvTranspose2d(4 * w, 2 * w, 4, stride=2, padding=1),  # 7 -> 14
+            residual_stage(2 * w, d),
+            nn.ConvTranspose2d(2 * w, w, 4, stride=2, padding=1),  # 14 -> 28
+            residual_stage(w, d),
+            nn.BatchNorm2d(w),
+            nn.SiLU(),
+            nn.Conv2d(w, 1, 3, padding=1),
+        )
+
+    def _embed(self, labels: torch.Tensor | None) -> torch.Tensor:
+        if labels is None:
+            raise ValueError("this VAE is conditional (conditional=True): pass a label per image")
+        return self.embedding(labels)
+
+    def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and log-variance, each (B, latent_dim)."""
+        if self.config.conditional:
+            channel = self.label_channel(self._embed(labels)).view(-1, 1, IMAGE_SIZE, IMAGE_SIZE)
+            x = torch.cat([x, channel], dim=1)
+        h = self.encoder(x)
+        return self.to_mu(h), self.to_logvar(h).clamp(LOGVAR_MIN, LOGVAR_MAX)
+
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Bernoulli logits (B, 1, 28, 28) for latents z."""
+        if self.config.conditional:
+            z = torch.cat([z, self._embed(labels)], dim=1)
+        h = self.from_latent(z).view(-1, *self.bottom_shape)
+        return self.decoder(h)
+
+    def forward(
+        self, x: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits of a reconstruction through a sampled z, with the posterior's mu and logvar."""
+        mu, logvar = self.encode(x, labels)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        return self.decode(z, labels), mu, logvar
+
+    def loss_terms(self, x: torch.Tensor, labels: torch.Tensor | None, beta: float) -> dict[str, torch.Tensor]:
+        """Per-image means in nats: recon, kl, neg_elbo = recon + kl, and the training loss recon + beta*kl."""
+        logits, mu, logvar = self(x, labels)
+        recon = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1).mean()
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1).mean()
+        return {"recon": recon, "kl": kl, "neg_elbo": recon + kl, "loss": recon + beta * kl}
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Pixel probabilities decoded from the posterior mean."""
+        mu, _ = self.encode(x, labels)
+        return torch.sigmoid(self.decode(mu, labels))
+
+    @torch.no_grad()
+    def sample(
+        self,
+        labels: torch.Tensor | int,
+        generator: torch.Generator | None = None,
+        temperature: float = 1.0,
+    ) -> torch.Tensor:
+        """Pixel probabilities (N, 1, 28, 28) for z ~ N(0, temperature^2 I), one image per label.
+
+        An unconditional VAE also takes a plain count; a conditional one needs the labels.
+        """
+        device = next(self.parameters()).device
+        if isinstance(labels, int):
+            if self.config.conditional:
+                raise ValueError("this VAE is conditional (conditional=True): pass a tensor of labels, not a count")
+            count, labels = labels, None
+        else:
+            labels = torch.as_tensor(labels, dtype=torch.long, device=device)
+            count = len(labels)
+            if not self.config.conditional:
+                labels = None
+        # Drawn where the generator lives (CPU by default), so a seed gives the same z on any device.
+        noise_device = generator.device if generator is not None else torch.device("cpu")
+        z = torch.randn(count, self.config.latent_dim, generator=generator, device=noise_device)
+        return torch.sigmoid(self.decode((temperature * z).to(device), labels))

@@ -1,0 +1,79 @@
+"""The command line: real commands in subprocesses, checking what a user sees."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+
+from fashion_tune.checkpoint import load_checkpoint
+from fashion_tune.data import SYSTEM_DATA_DIR
+
+TINY_CNN = ["--set", "width=8", "--set", "depth=1", "--subset", "500", "--val-subset", "200", "--device", "cpu"]
+
+
+def cli(*args, cwd=None, env=None):
+    return subprocess.run([sys.executable, "-m", "fashion_tune", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=600)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_every_command_has_help():
+    for args in [["--help"], ["data", "--help"], ["train", "--help"]]:
+        result = cli(*args)
+        assert result.returncode == 0 and "usage:" in result.stdout
+
+
+@pytest.mark.skipif(not SYSTEM_DATA_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist")
+def test_data_reports_verified_counts():
+    result = cli("data", "--data-dir", SYSTEM_DATA_DIR)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "train 60,000" in out and "test 10,000" in out and "validation 10,000" in out
+    assert out.count("verified") == 4
+    assert "Ankle boot" in out
+
+
+def test_bad_arguments_give_one_line(tmp_path):
+    assert_one_line_error(cli("train", "gan"), "invalid choice: 'gan'")
+    assert_one_line_error(cli("train", "cnn", "--epochs", "x"), "--epochs", "invalid int")
+    assert_one_line_error(cli("train", "cnn", "--set", "lrate=1"), "unknown config key 'lrate'", "allowed keys")
+    assert_one_line_error(cli("data", "--data-dir", tmp_path), str(tmp_path))
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("lr: [0.1\n")
+    assert_one_line_error(cli("train", "cnn", "--config", bad_yaml), "bad.yaml", "not valid YAML")
+    assert_one_line_error(cli("train", "cnn", "--resume", tmp_path / "none.pt"), "does not exist")
+
+
+def test_show_config_merges_file_and_flags(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("lr: 0.01\ndropout: 0.25\n")
+    result = cli("train", "cnn", "--config", config, "--epochs", "3", "--set", "flip=false", "--show-config")
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    assert (resolved["lr"], resolved["dropout"], resolved["epochs"], resolved["flip"]) == (0.01, 0.25, 3, False)
+
+
+def test_train_writes_checkpoints_and_metrics_then_resumes(tmp_path):
+    out = tmp_path / "run"
+    result = cli("train", "cnn", "--epochs", "1", "--out", out, *TINY_CNN)
+    assert result.returncode == 0, result.stderr
+    assert "epoch 1/1" in result.stdout
+    for name in ["checkpoint.pt", "best.pt", "metrics.csv", "config.yaml"]:
+        assert (out / name).is_file(), name
+    assert len(pd.read_csv(out / "metrics.csv")) == 1
+
+    result = cli("train", "cnn", "--resume", out / "checkpoint.pt", "--epochs", "2")
+    assert result.returncode == 0, result.stderr
+    assert "epoch 2/2" in result.stdout and "epoch 1/2" not in result.stdout
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2
+    assert list(pd.read_csv(out / "metrics.csv")["epoch"]) == [1, 2]

@@ -1,0 +1,123 @@
+"""Training: real data, small subsets and tiny widths, so each run takes seconds on 2 CPU cores."""
+
+import copy
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from fashion_tune.checkpoint import load_checkpoint, save_checkpoint
+from fashion_tune.config import resolve_config
+from fashion_tune.errors import CheckpointError, ConfigError
+from fashion_tune.train import build_model, fit, load_model, load_splits, train_cnn, train_vae
+
+TINY = {
+    "vae": {"width": 8, "depth": 1, "latent_dim": 8, "batch_size": 50},
+    "cnn": {"width": 8, "depth": 1, "batch_size": 50},
+}
+
+
+def tiny(kind, **overrides):
+    return {**TINY[kind], "subset": 1000, "val_subset": 500, "device": "cpu", **overrides}
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return load_splits(resolve_config("cnn", tiny("cnn")))
+
+
+class Recorder:
+    def __init__(self):
+        self.metrics, self.states = [], []
+
+    def __call__(self, metrics, state):
+        self.metrics.append(dict(metrics))
+        self.states.append(copy.deepcopy(state))  # the state holds live tensors; keep this epoch's
+
+
+@pytest.mark.parametrize("kind,metric", [("vae", "val_neg_elbo"), ("cnn", "val_loss")])
+def test_a_few_epochs_lower_the_validation_loss(kind, metric, splits):
+    rec = Recorder()
+    fit(kind, tiny(kind, epochs=4, lr=3e-3), splits=splits, reporter=rec)
+    values = [m[metric] for m in rec.metrics]
+    assert len(values) == 4
+    assert values[-1] < values[0], values
+    if kind == "cnn":
+        assert rec.metrics[-1]["val_acc"] > 0.5  # far above the 0.1 of chance on 10 classes
+
+
+def test_vae_reports_elbo_terms_and_beta_schedule(splits):
+    rec = Recorder()
+    train_vae(tiny("vae", epochs=4, beta_start=0.1, beta_end=1.0, beta_warmup=0.5), splits=splits, reporter=rec)
+    m = rec.metrics[0]
+    for key in ["val_neg_elbo", "val_recon", "val_kl", "beta", "train_loss", "epoch_time_s", "images_per_s"]:
+        assert math.isfinite(m[key]), key
+    assert m["val_neg_elbo"] == pytest.approx(m["val_recon"] + m["val_kl"])
+    assert [r["beta"] for r in rec.metrics] == pytest.approx([0.1, 0.55, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("kind", ["vae", "cnn"])
+def test_resume_reproduces_an_uninterrupted_run(kind, splits, tmp_path):
+    config = tiny(kind, epochs=4, erase_prob=0.5) if kind == "cnn" else tiny(kind, epochs=4)
+    full = Recorder()
+    fit(kind, config, splits=splits, reporter=full)
+
+    # Interrupt after epoch 2: continue from that epoch's checkpoint, round-tripped through a file.
+    path = save_checkpoint(full.states[1], tmp_path / "checkpoint.pt")
+    state = load_checkpoint(path, kind=kind)
+    resumed = Recorder()
+    fit(kind, config, splits=splits, reporter=resumed, checkpoint=state)
+
+    assert [m["epoch"] for m in resumed.metrics] == [3, 4]
+    for a, b in zip(full.metrics[2:], resumed.metrics):
+        for key in ["train_loss", "val_loss"]:
+            assert a[key] == b[key], (key, a[key], b[key])
+    for name, tensor in full.states[-1]["model"].items():
+        assert torch.equal(tensor, resumed.states[-1]["model"][name]), name
+
+
+def test_bad_config_keys_are_rejected_by_name():
+    with pytest.raises(ConfigError, match="unknown config key 'learning_rate'.*allowed keys:.*lr"):
+        resolve_config("vae", {"learning_rate": 0.1})
+    with pytest.raises(ConfigError, match="epochs"):
+        resolve_config("cnn", {"epochs": 0})
+    with pytest.raises(ConfigError, match="beta_schedule='sigmoid'.*constant"):
+        resolve_config("vae", {"beta_schedule": "sigmoid"})
+    with pytest.raises(ConfigError, match="flip"):
+        resolve_config("cnn", {"flip": "yes"})
+    assert resolve_config("cnn", {"batch_size": 64.0})["batch_size"] == 64  # quniform yields floats
+
+
+def test_early_stopping_and_non_finite_loss_end_the_run(splits):
+    rec = Recorder()
+    last = train_cnn(tiny("cnn", epochs=6, lr=1e-9, early_stop_patience=1), splits=splits, reporter=rec)
+    assert len(rec.metrics) < 6 and last["best_epoch"] < last["epoch"]
+
+    poisoned = dataclasses.replace(splits, train_x=splits.train_x.clone())
+    poisoned.train_x[::2] = float("nan")  # every batch holds a NaN image: the first loss is NaN
+    rec = Recorder()
+    last = train_vae(tiny("vae", epochs=3), splits=poisoned, reporter=rec)
+    assert last["diverged"] is True and len(rec.metrics) == 1
+    assert last["val_neg_elbo"] == math.inf
+
+
+def test_checkpoint_reloads_the_model(tmp_path, splits):
+    rec = Recorder()
+    train_cnn(tiny("cnn", epochs=1), splits=splits, reporter=rec)
+    path = save_checkpoint(rec.states[-1], tmp_path / "checkpoint.pt")
+    model, state = load_model(path, kind="cnn")
+    expected = build_model("cnn", state["config"])
+    expected.load_state_dict(rec.states[-1]["model"])
+    expected.eval()
+    x = splits.val_x[:20]
+    assert torch.equal(model(x), expected(x))
+
+    with pytest.raises(CheckpointError, match="holds a cnn model, not a vae"):
+        load_model(path, kind="vae")
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(broken)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
