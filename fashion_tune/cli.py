@@ -8,6 +8,7 @@ checkpoints) raise `FashionTuneError` and are printed as one line with a non-zer
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -127,7 +128,185 @@ def run_train(args) -> int:
     return 0
 
 
-COMMANDS = [add_data, add_train]
+# --- sweep, analyze ------------------------------------------------------------------------
+
+
+def add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="search hyperparameters with Ray Tune (Optuna TPE + ASHA) from a YAML space",
+                       description="Run a Ray Tune sweep: Optuna's TPE proposes configs from the search space file, ASHA stops "
+                                   "weak trials early, every epoch is checkpointed. Writes sweep.json, results.csv/.parquet and "
+                                   "history.csv/.parquet into the experiment directory (STORAGE/NAME). Ctrl-C stops it "
+                                   "resumably; --resume continues it.")
+    p.add_argument("kind", choices=["vae", "cnn"], help="which model")
+    p.add_argument("--space", type=Path, metavar="FILE", help="search space YAML, e.g. search_spaces/vae_quick.yaml (not needed with --resume)")
+    p.add_argument("--num-samples", type=positive_int, metavar="N", help="number of trials (default: the space's num_samples)")
+    p.add_argument("--max-concurrent", type=positive_int, metavar="N", help="trials running at once (default: the space's max_concurrent_trials)")
+    p.add_argument("--name", help="experiment name (default KIND-TIMESTAMP); the directory is STORAGE/NAME")
+    p.add_argument("--storage", help="local/shared directory or URI (s3://, gs://, ...) for experiments (default ray_results)")
+    p.add_argument("--address", help="Ray cluster to attach to (auto, HOST:PORT, ray://...; default $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep STORAGE/NAME; finished trials are kept, not re-run")
+    p.add_argument("--restart-errored", action="store_true", help="with --resume: restart failed trials from scratch instead of from their last checkpoint")
+    p.add_argument("--data-dir", help="directory with the Fashion-MNIST files")
+    p.add_argument("--num-cpus", type=float, help="CPUs of the local Ray (default: all of this machine's)")
+    p.add_argument("--num-gpus", type=float, help="GPUs of the local Ray (default: all of this machine's)")
+    p.add_argument("--max-failures", type=int, default=3, metavar="N", help="restarts of a crashed trial from its last checkpoint (default 3)")
+    p.add_argument("--keep-checkpoints", type=positive_int, default=3, metavar="N", help="best checkpoints kept per trial by the metric (default 3)")
+    p.add_argument("--allow-local-storage", action="store_true", help="on a multi-host cluster, accept a --storage path that is not on a network filesystem")
+    p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard with the local Ray (it binds to --dashboard-host)")
+    p.add_argument("--dashboard-host", default="127.0.0.1", help="address the local dashboard binds to (default 127.0.0.1: this machine only)")
+    p.add_argument("--dry-run", action="store_true", help="validate the space and print what would run; starts nothing")
+    p.set_defaults(func=run_sweep_command)
+
+
+def run_sweep_command(args) -> int:
+    if args.dry_run:
+        from fashion_tune.spaces import load_space
+
+        if args.space is None:
+            raise ConfigError("--dry-run needs --space FILE")
+        space = load_space(args.space, kind=args.kind).with_overrides(args.num_samples, args.max_concurrent)
+        if not (args.address or os.environ.get("RAY_ADDRESS")):
+            from fashion_tune.spaces import check_resources, local_capacity
+
+            cpus, gpus = local_capacity()
+            check_resources(space, cpus if args.num_cpus is None else args.num_cpus,
+                            gpus if args.num_gpus is None else args.num_gpus)
+        print(space.summary())
+        return 0
+    from fashion_tune.sweep import run_sweep
+
+    outcome = run_sweep(
+        args.kind, args.space, num_samples=args.num_samples, max_concurrent=args.max_concurrent, name=args.name,
+        storage=args.storage, address=args.address, resume=args.resume, restart_errored=args.restart_errored,
+        data_dir=args.data_dir, num_cpus=args.num_cpus, num_gpus=args.num_gpus, max_failures=args.max_failures,
+        keep_checkpoints=args.keep_checkpoints, allow_local_storage=args.allow_local_storage,
+        dashboard=args.dashboard, dashboard_host=args.dashboard_host,
+    )
+    return {"finished": 0, "errored": 1}.get(outcome.status, 130)
+
+
+def add_analyze(sub) -> None:
+    p = sub.add_parser("analyze", help="top trials, curves, parameter plots and importances of a sweep",
+                       description="Load an experiment directory (finished, running or interrupted), print the top trials and "
+                                   "write curves.png, params.png, importance.png and summary.md.")
+    p.add_argument("experiment", type=Path, metavar="EXPERIMENT_DIR", help="a sweep's directory, e.g. ray_results/NAME")
+    p.add_argument("--top", type=positive_int, default=10, metavar="K", help="rows of the top-trials table (default 10)")
+    p.add_argument("--out", type=Path, help="where to write the files (default EXPERIMENT_DIR/analysis)")
+    p.set_defaults(func=run_analyze)
+
+
+def run_analyze(args) -> int:
+    from fashion_tune.analysis import analyze
+
+    analyze(args.experiment, top=args.top, out=args.out)
+    return 0
+
+
+# --- promote, evaluate, sample -------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def add_promote(sub) -> None:
+    p = sub.add_parser("promote", help="make a sweep's best trial the champion in best_models/KIND/",
+                       description="Pick the experiment's best trial by its validation metric, score it on the full validation "
+                                   "split and the test set, and make it the champion in MODELS_DIR/KIND/ if it beats the current "
+                                   "one on the same validation images (or with --force). The replaced champion is kept in "
+                                   "MODELS_DIR/KIND/history/. Writes are atomic.")
+    p.add_argument("experiment", type=Path, metavar="EXPERIMENT_DIR", help="a sweep's output directory")
+    p.add_argument("--kind", choices=["vae", "cnn"], help="the model kind the experiment must hold (default: whatever it holds)")
+    p.add_argument("--force", action="store_true", help="replace the champion even if the challenger is not better")
+    p.add_argument("--models-dir", type=Path, default=Path("best_models"), help="where promoted models live (default best_models)")
+    p.add_argument("--data-dir", help="directory with the Fashion-MNIST files")
+    p.set_defaults(func=run_promote)
+
+
+def run_promote(args) -> int:
+    from fashion_tune.promote import promote_best_trial
+
+    promote_best_trial(args.experiment, kind=args.kind, models_dir=args.models_dir, force=args.force, data_dir=args.data_dir)
+    return 0
+
+
+def add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="grade the promoted models on the test set; writes report.md and pictures",
+                       description="Grade the promoted CNN (test accuracy, per-class accuracy, confusion matrix) and the promoted "
+                                   "VAE (test ELBO, raw and guided samples judged by the CNN, diversity, Frechet distance, "
+                                   "interpolation, letter grade); writes report.md, report.json and PNGs into MODELS_DIR.")
+    p.add_argument("--kind", choices=["vae", "cnn", "all"], default="all", help="which promoted models to grade (default all)")
+    p.add_argument("--models-dir", type=Path, default=Path("best_models"), help="where promoted models live (default best_models)")
+    p.add_argument("--per-class", type=positive_int, metavar="N", help="raw VAE samples per class (default 1000)")
+    p.add_argument("--guided-per-class", type=positive_int, metavar="N", help="guided VAE samples per class (default 20)")
+    p.add_argument("--candidates", type=positive_int, metavar="N", help="candidates per guided sample (default 100)")
+    p.add_argument("--seed", type=int, help="seed of all sampling (default 0)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
+    p.add_argument("--data-dir", help="directory with the Fashion-MNIST files")
+    p.set_defaults(func=run_evaluate)
+
+
+def run_evaluate(args) -> int:
+    from fashion_tune import grading
+    from fashion_tune.report import REPORT_JSON, REPORT_MD, evaluate
+    from fashion_tune.sampling import CANDIDATES
+
+    command = " ".join([PROG, *sys.argv[1:]]) if sys.argv and sys.argv[0] else None
+    report = evaluate(
+        kind=args.kind,
+        models_dir=args.models_dir,
+        per_class=args.per_class or grading.PER_CLASS,
+        guided_per_class=args.guided_per_class or grading.GUIDED_PER_CLASS,
+        candidates=args.candidates or CANDIDATES,
+        seed=grading.SEED if args.seed is None else args.seed,
+        data_dir=args.data_dir,
+        device=args.device,
+        command=command,
+    )
+    if "cnn" in report:
+        print(f"CNN: test accuracy {report['cnn']['test']['accuracy']:.4f}, grade {report['cnn']['rubric']['grade']}")
+    if "vae" in report:
+        s = report["vae"]["samples"]
+        print(f"VAE: judge accuracy raw {s['raw']['accuracy']:.4f} / guided {s['guided']['accuracy']:.4f}, "
+              f"FD {s['raw']['fd']:.3f} vs real floor {s['raw']['fd_floor']:.3f}, grade {report['vae']['rubric']['grade']}")
+    pictures = sorted({name for kind in ("cnn", "vae") for name in report.get(kind, {}).get("pictures", {}).values()})
+    print(f"report: {args.models_dir / REPORT_MD} (numbers in {args.models_dir / REPORT_JSON}); "
+          f"pictures in {args.models_dir}/: {', '.join(pictures)}")
+    return 0
+
+
+def add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="draw items of one class from the promoted VAE into a PNG",
+                       description="Generate N images of one class with the promoted VAE; each is the best of CANDIDATES "
+                                   "latents as judged by the promoted CNN (quality-guided sampling; --candidates 1 for plain samples).")
+    p.add_argument("--class", dest="item_class", required=True, metavar="CLASS",
+                   help="class name, alias or index, e.g. dress, 'ankle boot', sneaker, 3")
+    p.add_argument("-n", type=positive_int, default=3, help="how many images (default 3)")
+    p.add_argument("--candidates", type=positive_int, default=100, help="candidates per image, best kept (default 100; 1 = no guidance)")
+    p.add_argument("--out", type=Path, help="PNG to write (default sample-CLASS.png)")
+    p.add_argument("--seed", type=int, help="sampling seed (default: random, printed so the picture can be reproduced)")
+    p.add_argument("--models-dir", type=Path, default=Path("best_models"), help="where promoted models live (default best_models)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
+    p.set_defaults(func=run_sample)
+
+
+def run_sample(args) -> int:
+    from fashion_tune.report import sample_picture
+
+    out, confidences, seed = sample_picture(args.item_class, args.n, candidates=args.candidates, out=args.out,
+                                            seed=args.seed, models_dir=args.models_dir, device=args.device)
+    shown = ", ".join(f"{c:.3f}" for c in confidences) if confidences is not None else "no judge"
+    print(f"wrote {out} ({args.n} image{'s' if args.n > 1 else ''}, seed {seed}; judge confidence {shown})")
+    return 0
+
+
+COMMANDS = [add_data, add_train, add_sweep, add_analyze, add_promote, add_evaluate, add_sample]  # pipeline order in --help
 
 
 def build_parser() -> argparse.ArgumentParser:

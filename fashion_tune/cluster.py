@@ -1,15 +1,28 @@
 """Connecting to Ray: attach to a running cluster, or start an embedded local one.
 
 The sweep never shuts down a cluster it did not start: `connect` says whether it started one.
+On a cluster of several hosts, every trial writes checkpoints to the experiment's storage, so
+`check_storage` refuses a directory only this machine can see.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Collection
 
-from fashion_tune.errors import FashionTuneError
+from fashion_tune.errors import ConfigError, FashionTuneError
 
 LOCAL_DASHBOARD_HOST = "127.0.0.1"
+MOUNTS_FILE = "/proc/mounts"
+
+# Filesystems every node of a cluster can mount: a directory on one of them is shared storage.
+NETWORK_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "glusterfs",
+    "ocfs2", "gfs2", "afs", "wekafs", "fuse.ceph", "fuse.glusterfs", "fuse.sshfs", "fuse.s3fs",
+    "fuse.gcsfuse", "fuse.juicefs", "fuse.mountpoint-s3", "fuse.blobfuse", "fuse.blobfuse2",
+})
 
 
 def connect(
@@ -35,7 +48,7 @@ def connect(
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise FashionTuneError(
                 f"cannot connect to the Ray cluster at {address!r} ({first[:150]}); start it with `ray start --head` "
-                "or `launch/local-cluster start`, or drop --address to run locally"
+                f"or `launch/local-cluster start`, or drop --address to run locally{_auth_hint()}"
             ) from None
         return False
     ray.init(
@@ -49,9 +62,161 @@ def connect(
     return True
 
 
+def _auth_hint() -> str:
+    # Ray reads the token by itself only when it finds the cluster on its own; with an explicit
+    # address a driver must be told that the cluster uses token authentication.
+    if os.environ.get("RAY_AUTH_MODE"):
+        return ""
+    return "; if the cluster uses token authentication (launch/local-cluster does), export RAY_AUTH_MODE=token"
+
+
 def disconnect() -> None:
     """Stop this driver's Ray: a local Ray it started ends; an attached cluster keeps running."""
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+# --- what the cluster looks like --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Node:
+    """One alive Ray node: where it runs and what it offers."""
+
+    node_id: str
+    host: str  # the node's IP address as Ray knows it; nodes on one machine share it
+    cpus: float
+    gpus: float
+    is_head: bool
+
+
+def cluster_nodes() -> list[Node]:
+    """The alive nodes of the Ray this process is connected to, head first."""
+    import ray
+
+    nodes = [
+        Node(
+            node_id=n["NodeID"],
+            host=n["NodeManagerAddress"],
+            cpus=n["Resources"].get("CPU", 0.0),
+            gpus=n["Resources"].get("GPU", 0.0),
+            is_head="node:__internal_head__" in n["Resources"],
+        )
+        for n in ray.nodes()
+        if n["Alive"]
+    ]
+    return sorted(nodes, key=lambda n: (not n.is_head, n.node_id))
+
+
+def describe_cluster(nodes: list[Node] | None = None) -> str:
+    """One line: how many nodes on how many hosts, and the CPUs and GPUs they offer."""
+    nodes = cluster_nodes() if nodes is None else nodes
+    hosts = {n.host for n in nodes}
+    cpus, gpus = sum(n.cpus for n in nodes), sum(n.gpus for n in nodes)
+    return (f"{len(nodes)} node{'s' * (len(nodes) != 1)} on {len(hosts)} host{'s' * (len(hosts) != 1)}, "
+            f"{cpus:g} CPU, {gpus:g} GPU")
+
+
+def node_capacity(nodes: list[Node] | None = None) -> tuple[float, float, bool]:
+    """The most CPUs and the most GPUs one node offers, and whether that is final.
+
+    Counts the alive nodes and the node types Ray's autoscaler publishes it may add. It is final
+    when the cluster publishes its node types; otherwise (a fixed cluster, or an autoscaler that
+    does not publish them) a larger node may still join, so a trial that fits none is not proof
+    of a mistake.
+    """
+    nodes = cluster_nodes() if nodes is None else nodes
+    cpus = max((n.cpus for n in nodes), default=0.0)
+    gpus = max((n.gpus for n in nodes), default=0.0)
+    groups = _autoscaler_node_types()
+    for resources in groups or []:
+        cpus, gpus = max(cpus, resources.get("CPU", 0.0)), max(gpus, resources.get("GPU", 0.0))
+    return cpus, gpus, groups is not None
+
+
+def _autoscaler_node_types() -> list[dict[str, float]] | None:
+    """Resources of each node type the autoscaler may launch (max_count != 0); None if Ray does not say."""
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:  # noqa: BLE001 - a private Ray API: absent or changed means "unknown"
+        return None
+    if config is None or not config.node_group_configs:
+        return None
+    return [{k: float(v) for k, v in group.resources.items()} for group in config.node_group_configs if group.max_count != 0]
+
+
+def current_node_id() -> str | None:
+    """The Ray node this process runs on (None outside Ray); recorded per trial result."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
+# --- shared storage -----------------------------------------------------------------------------
+
+
+def is_uri(storage: str) -> bool:
+    """True for `scheme://...` storage (s3://, gs://, abfs://, ...), which every node reaches itself."""
+    scheme, sep, _ = str(storage).partition("://")
+    return bool(sep) and scheme.isidentifier() and scheme != "file"
+
+
+def filesystem_type(path: str | Path, mounts_file: str | Path = MOUNTS_FILE) -> str | None:
+    """The type of the filesystem holding `path` (nfs4, ext4, ...), from the mount table; None if unknown."""
+    try:
+        lines = Path(mounts_file).read_text().splitlines()
+    except OSError:
+        return None  # no /proc (macOS): treat the path as node-local
+    path = Path(os.path.abspath(os.path.expanduser(path)))
+    best, best_type = None, None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        mount_point = Path(fields[1].replace("\\040", " "))
+        if (path == mount_point or mount_point in path.parents) and (best is None or len(mount_point.parts) > len(best.parts)):
+            best, best_type = mount_point, fields[2]
+    return best_type
+
+
+def check_storage(
+    storage: str | Path,
+    allow_node_local: bool = False,
+    hosts: Collection[str] | None = None,
+    mounts_file: str | Path = MOUNTS_FILE,
+) -> str:
+    """Where the experiment goes, as a URI or an absolute path; refuses a node-local path on a multi-host cluster.
+
+    `hosts` are the addresses of the cluster's nodes and of this driver (default: asked from the
+    connected Ray). A local path is fine when they are all one machine, when it lies on a network
+    filesystem, or when `allow_node_local` says the user shares it by other means.
+    """
+    storage = str(storage)
+    if is_uri(storage):
+        return storage
+    path = os.path.abspath(os.path.expanduser(storage.removeprefix("file://")))
+    hosts = set(_cluster_hosts() if hosts is None else hosts)
+    if len(hosts) <= 1 or allow_node_local:
+        return path
+    fs_type = filesystem_type(path, mounts_file)
+    if fs_type in NETWORK_FILESYSTEMS:
+        return path
+    shown = ", ".join(sorted(hosts)[:3]) + (", ..." if len(hosts) > 3 else "")
+    raise ConfigError(
+        f"--storage {path} is on this machine's own disk ({fs_type or 'filesystem type unknown'}), but the Ray cluster "
+        f"spans {len(hosts)} hosts ({shown}) whose trials must write checkpoints there; use a directory every node "
+        "mounts (NFS, Lustre, ...) or a URI such as s3://BUCKET/sweeps or gs://BUCKET/sweeps, "
+        "or pass --allow-local-storage if every node sees this path"
+    )
+
+
+def _cluster_hosts() -> set[str]:
+    import ray
+
+    hosts = {n.host for n in cluster_nodes()}
+    hosts.add(ray.util.get_node_ip_address())  # the driver's own machine counts too
+    return hosts

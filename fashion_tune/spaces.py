@@ -1,0 +1,570 @@
+"""Search spaces: one YAML file per sweep, parsed and validated before Ray starts.
+
+A space file holds the sweep settings and the parameter distributions::
+
+    kind: vae                     # vae | cnn: which trainable the sweep runs
+    metric: val_neg_elbo          # a validation metric the trainable reports (default: its monitor)
+    mode: min                     # min | max; must match the metric (default: the metric's own)
+    num_samples: 40               # trials in the sweep (--num-samples overrides)
+    max_concurrent_trials: 4      # trials running at once (--max-concurrent overrides; default 2)
+    seed: 0                       # seed of Optuna's TPE sampler (default 0)
+    scheduler:                    # ASHA on `metric`; its time unit is the trainable's `epoch`
+      max_t: 30                   # epochs a trial may reach; every trial's `epochs` config is this
+      grace_period: 3             # epochs before ASHA may stop a trial (default 1)
+      reduction_factor: 3         # ASHA keeps the top 1/reduction_factor at each rung (default 2)
+    resources_per_trial:
+      cpu: 2                      # > 0, fractions allowed (default 1)
+      gpu: 0.25                   # >= 0; a fraction < 1 packs several trials on one GPU (default 0)
+    fixed:                        # config values shared by every trial (see `train KIND --show-config`)
+      subset: null
+      batch_size: 64
+    params:                       # searched config keys, each one distribution:
+      lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}      # low > 0
+      dropout: {type: uniform, low: 0.0, high: 0.5}
+      width: {type: quniform, low: 16, high: 64, q: 16}      # low, low+q, ..., high
+      depth: {type: randint, low: 1, high: 4}                # integers low..high-1, as tune.randint
+      latent_dim: {type: choice, values: [16, 32, 64]}
+      beta_schedule:                                         # a choice whose options carry sub-params
+        type: choice
+        values:
+          - value: constant
+            params: {beta_end: {type: uniform, low: 0.1, high: 1.0}}
+          - value: linear
+            params:
+              beta_start: {type: loguniform, low: 0.01, high: 0.5}
+              beta_end: {type: uniform, low: 0.5, high: 2.0}
+    points_to_evaluate:           # tried first, in order (e.g. the known-good settings)
+      - {lr: 2.0e-3, latent_dim: 32, beta_schedule: linear, beta_start: 0.1, beta_end: 1.0}
+
+`epochs` is not set in `fixed` or `params`: it is `scheduler.max_t` (a `fixed.epochs` equal to it
+is accepted, and gives `max_t` when the scheduler omits it). The data split (`subset`, `val_subset`,
+`val_size`, `split_seed`, `seed`) and `device` are fixed: the data goes into Ray's object store once
+and every trial trains on it. A parameter name may appear in several options of a choice if its
+distribution type agrees (Optuna's rule), and a point may leave parameters out (TPE samples them).
+
+Every mistake is one `ConfigError` line that names the file, the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from fashion_tune.config import KINDS, METRICS, MONITOR, default_config, load_yaml, resolve_config
+from fashion_tune.errors import ConfigError
+
+DISTRIBUTIONS = ("loguniform", "uniform", "quniform", "randint", "choice")
+TOP_KEYS = ("kind", "metric", "mode", "num_samples", "max_concurrent_trials", "seed", "scheduler",
+            "resources_per_trial", "fixed", "params", "points_to_evaluate")
+SCHEDULER_KEYS = ("max_t", "grace_period", "reduction_factor")
+RESOURCE_KEYS = ("cpu", "gpu")
+# Keys that define the data every trial shares, or where it runs: fixed per sweep, never searched.
+NOT_SEARCHABLE = {
+    "epochs": "it is ASHA's max_t; set scheduler.max_t",
+    "subset": "the data split goes into the object store once; set it in fixed",
+    "val_subset": "the data split goes into the object store once; set it in fixed",
+    "val_size": "the data split goes into the object store once; set it in fixed",
+    "split_seed": "the data split goes into the object store once; set it in fixed",
+    "seed": "it picks the data subset every trial shares; set it in fixed",
+    "device": "Ray places trials; set resources_per_trial (and fixed.device) instead",
+}
+DEFAULT_MAX_CONCURRENT = 2
+DEFAULT_GRACE_PERIOD = 1
+DEFAULT_REDUCTION_FACTOR = 2
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One value of a choice, with the parameters that only matter when it is chosen."""
+
+    value: Any
+    params: tuple["Param", ...] = ()
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched config key and its distribution."""
+
+    name: str
+    type: str
+    low: float | int | None = None
+    high: float | int | None = None
+    q: float | int | None = None
+    options: tuple[Option, ...] = ()
+
+    @property
+    def values(self) -> list[Any]:
+        return [option.value for option in self.options]
+
+    def distribution(self):
+        """The equivalent Optuna distribution (randint's high is exclusive, as in Ray Tune)."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        if self.type == "loguniform":
+            return FloatDistribution(self.low, self.high, log=True)
+        if self.type == "uniform":
+            return FloatDistribution(self.low, self.high)
+        if self.type == "quniform":
+            if all(_integer(v) for v in (self.low, self.high, self.q)):
+                return IntDistribution(self.low, self.high, step=self.q)
+            return FloatDistribution(self.low, self.high, step=self.q)
+        if self.type == "randint":
+            return IntDistribution(self.low, self.high - 1)
+        return CategoricalDistribution(self.values)
+
+    def suggest(self, trial) -> Any:
+        """Ask an Optuna trial (or Ray's define-by-run wrapper of one) for this parameter."""
+        dist = self.distribution()
+        if self.type == "choice":
+            return trial.suggest_categorical(self.name, self.values)
+        if type(dist).__name__ == "IntDistribution":
+            return trial.suggest_int(self.name, dist.low, dist.high, step=dist.step)
+        return trial.suggest_float(self.name, dist.low, dist.high, log=dist.log, step=dist.step)
+
+    def contains(self, value: Any) -> bool:
+        """Whether `value` is one this distribution can produce."""
+        if self.type == "choice":
+            return any(value == v and type(value) is type(v) or (_number(value) and _number(v) and value == v)
+                       for v in self.values)
+        if not _number(value) or not self.low <= value <= self.high:
+            return False
+        if self.type == "randint":
+            return value == int(value) and value < self.high
+        if self.type == "quniform":
+            steps = (value - self.low) / self.q
+            return abs(steps - round(steps)) < 1e-9
+        return True
+
+    def option(self, value: Any) -> Option | None:
+        for option in self.options:
+            if option.value == value:
+                return option
+        return None
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A validated search space file: sweep settings plus the distributions to search."""
+
+    path: Path
+    kind: str
+    metric: str
+    mode: str
+    num_samples: int
+    max_concurrent_trials: int
+    seed: int
+    max_t: int
+    grace_period: int
+    reduction_factor: float
+    cpu: float
+    gpu: float
+    fixed: dict[str, Any] = field(default_factory=dict)
+    params: tuple[Param, ...] = ()
+    points_to_evaluate: tuple[dict[str, Any], ...] = ()
+
+    # --- what the sweep uses ------------------------------------------------------------
+
+    def base_config(self) -> dict[str, Any]:
+        """The config values every trial shares: `fixed` plus `epochs` = ASHA's max_t."""
+        return {**self.fixed, "epochs": self.max_t}
+
+    def data_config(self) -> dict[str, Any]:
+        """The resolved base config, which says which data split every trial trains on."""
+        return resolve_config(self.kind, self.base_config())
+
+    def suggest(self, trial) -> None:
+        """Optuna define-by-run search space: asks `trial` for every parameter that applies."""
+        _suggest_all(trial, self.params)
+
+    def all_params(self) -> list[Param]:
+        """Every parameter, nested ones included, each name once (first definition)."""
+        seen: dict[str, Param] = {}
+        for param in _walk(self.params):
+            seen.setdefault(param.name, param)
+        return list(seen.values())
+
+    def param_names(self) -> list[str]:
+        return [param.name for param in self.all_params()]
+
+    def active_params(self, config: Mapping[str, Any]) -> dict[str, Param]:
+        """The parameters that apply to a trial's config (choices pick their options' sub-params)."""
+        active: dict[str, Param] = {}
+
+        def visit(params):
+            for param in params:
+                active[param.name] = param
+                if param.type == "choice" and param.name in config:
+                    option = param.option(config[param.name])
+                    if option is not None:
+                        visit(option.params)
+
+        visit(self.params)
+        return active
+
+    def trial_config(self, sampled: Mapping[str, Any]) -> dict[str, Any]:
+        """The resolved training config of a trial with the `sampled` parameter values."""
+        return resolve_config(self.kind, {**self.base_config(), **sampled}, source=str(self.path))
+
+    def with_overrides(self, num_samples: int | None = None, max_concurrent_trials: int | None = None,
+                       seed: int | None = None) -> "SearchSpace":
+        """The same space with command-line overrides of its sweep settings, checked like the file's."""
+        changes = {}
+        for key, value in (("num_samples", num_samples), ("max_concurrent_trials", max_concurrent_trials)):
+            if value is not None:
+                if not _integer(value) or value < 1:
+                    raise ConfigError(f"--{key.replace('_', '-')}={value!r} must be an integer >= 1")
+                changes[key] = value
+        if seed is not None:
+            changes["seed"] = seed
+        return dataclasses.replace(self, **changes)
+
+    def summary(self) -> str:
+        """A few lines describing the sweep, for --dry-run and logs."""
+        lines = [
+            f"{self.path}: {self.kind} sweep, {self.num_samples} trials ({self.max_concurrent_trials} at a time), "
+            f"{self.mode} {self.metric}",
+            f"  ASHA: max_t {self.max_t} epochs, grace_period {self.grace_period}, reduction_factor {self.reduction_factor:g}",
+            f"  per trial: {self.cpu:g} CPU, {self.gpu:g} GPU; TPE seed {self.seed}; {len(self.points_to_evaluate)} starting point(s)",
+        ]
+
+        def describe(params, indent):
+            for param in params:
+                lines.append(f"{indent}{param.name}: {_describe(param)}")
+                for option in param.options:
+                    if option.params:
+                        lines.append(f"{indent}  when {param.name} = {option.value!r}:")
+                        describe(option.params, indent + "    ")
+
+        describe(self.params, "  ")
+        return "\n".join(lines)
+
+
+def _walk(params) -> Iterator[Param]:
+    for param in params:
+        yield param
+        for option in param.options:
+            yield from _walk(option.params)
+
+
+def _suggest_all(trial, params) -> None:
+    for param in params:
+        value = param.suggest(trial)
+        if param.type == "choice":
+            option = param.option(value)
+            if option is not None:
+                _suggest_all(trial, option.params)
+
+
+def _describe(param: Param) -> str:
+    if param.type == "choice":
+        return "choice of " + ", ".join(repr(o.value) for o in param.options)
+    extra = f", q {param.q:g}" if param.type == "quniform" else ""
+    return f"{param.type} [{param.low:g}, {param.high:g}{')' if param.type == 'randint' else ']'}{extra}"
+
+
+# --- parsing -------------------------------------------------------------------------------
+
+
+class _Checker:
+    """Error messages that name the file and the key."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {key}: {message}")
+
+    def mapping(self, value: Any, key: str, allowed: tuple[str, ...] | None = None) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(key, f"expected a mapping, got {_show(value)}")
+        if allowed is not None:
+            unknown = [k for k in value if k not in allowed]
+            if unknown:
+                raise self.fail(f"{key}.{unknown[0]}" if key else str(unknown[0]),
+                                f"unknown key; allowed keys: {', '.join(allowed)}")
+        return value
+
+    def integer(self, value: Any, key: str, minimum: int) -> int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not _integer(value) or value < minimum:
+            raise self.fail(key, f"{_show(value)} is not allowed; use an integer >= {minimum}")
+        return value
+
+
+def _show(value: Any) -> str:
+    return "nothing" if value is None else repr(value)
+
+
+def load_space(path: str | Path, kind: str | None = None) -> SearchSpace:
+    """Read and validate a search space file; `kind`, when given, must match the file's."""
+    path = Path(path)
+    data = load_yaml(path)
+    return parse_space(data, path, kind=kind)
+
+
+def parse_space(data: Mapping[str, Any], path: str | Path = "<space>", kind: str | None = None) -> SearchSpace:
+    """Validate a search space mapping (as read from `path`) and build a SearchSpace."""
+    path = Path(path)
+    c = _Checker(path)
+    if not isinstance(data, Mapping):
+        raise c.fail("(top level)", f"expected a mapping of sweep settings, got {_show(data)}")
+    data = c.mapping(dict(data), "", TOP_KEYS)
+
+    file_kind = data.get("kind")
+    if file_kind not in KINDS:
+        raise c.fail("kind", f"{_show(file_kind)} is not allowed; choose one of: {', '.join(KINDS)}")
+    if kind is not None and kind != file_kind:
+        raise c.fail("kind", f"this is a {file_kind} space but the sweep is for {kind}; pass a {kind} space file")
+    kind = file_kind
+
+    validation = [m for m in METRICS[kind] if m.startswith("val_")]
+    metric = data.get("metric", MONITOR[kind][0])
+    if metric not in validation:
+        raise c.fail("metric", f"{_show(metric)} is not a validation metric the {kind} trainable reports; "
+                               f"choose one of: {', '.join(validation)}")
+    mode = data.get("mode", METRICS[kind][metric])
+    if mode not in ("min", "max"):
+        raise c.fail("mode", f"{_show(mode)} is not allowed; choose min or max")
+    if mode != METRICS[kind][metric]:
+        raise c.fail("mode", f"{metric} is better when {'lower' if METRICS[kind][metric] == 'min' else 'higher'}; "
+                             f"use mode: {METRICS[kind][metric]}")
+
+    if "num_samples" not in data:
+        raise c.fail("num_samples", "missing; give the number of trials, an integer >= 1")
+    num_samples = c.integer(data["num_samples"], "num_samples", 1)
+    max_concurrent = c.integer(data.get("max_concurrent_trials", DEFAULT_MAX_CONCURRENT), "max_concurrent_trials", 1)
+    seed = c.integer(data.get("seed", 0), "seed", 0)
+
+    fixed = dict(c.mapping(data.get("fixed") or {}, "fixed"))
+    scheduler = c.mapping(data.get("scheduler") or {}, "scheduler", SCHEDULER_KEYS)
+    max_t = scheduler.get("max_t", fixed.get("epochs"))
+    if max_t is None:
+        raise c.fail("scheduler.max_t", "missing; give the most epochs a trial may train, an integer >= 1")
+    max_t = c.integer(max_t, "scheduler.max_t", 1)
+    if "epochs" in fixed and fixed["epochs"] != max_t:
+        raise c.fail("fixed.epochs", f"{_show(fixed['epochs'])} differs from scheduler.max_t={max_t}; "
+                                     "a trial's epochs are ASHA's max_t, so drop fixed.epochs or make them equal")
+    fixed.pop("epochs", None)
+    grace = c.integer(scheduler.get("grace_period", DEFAULT_GRACE_PERIOD), "scheduler.grace_period", 1)
+    if grace > max_t:
+        raise c.fail("scheduler.grace_period", f"{grace} is more than max_t={max_t}; use 1..{max_t}")
+    rf = scheduler.get("reduction_factor", DEFAULT_REDUCTION_FACTOR)
+    if not _number(rf) or rf <= 1:
+        raise c.fail("scheduler.reduction_factor", f"{_show(rf)} is not allowed; use a number > 1 (2, 3 or 4 are usual)")
+
+    resources = c.mapping(data.get("resources_per_trial") or {}, "resources_per_trial", RESOURCE_KEYS)
+    cpu = resources.get("cpu", 1)
+    if not _number(cpu) or cpu <= 0:
+        raise c.fail("resources_per_trial.cpu", f"{_show(cpu)} is not allowed; use a number > 0")
+    gpu = resources.get("gpu", 0)
+    if not _number(gpu) or gpu < 0 or (gpu > 1 and not float(gpu).is_integer()):
+        raise c.fail("resources_per_trial.gpu", f"{_show(gpu)} is not allowed; use 0, a fraction in (0, 1), "
+                                                "or a whole number of GPUs")
+
+    try:
+        resolve_config(kind, {**fixed, "epochs": max_t})
+    except ConfigError as exc:
+        raise c.fail("fixed", str(exc)) from None
+
+    if "params" not in data or not data["params"]:
+        raise c.fail("params", "missing or empty; give at least one searched config key, e.g. lr: "
+                               "{type: loguniform, low: 1.0e-4, high: 1.0e-2}")
+    params = _parse_params(c, kind, data["params"], "params", fixed, {})
+    _check_names(c, params, fixed)
+
+    space = SearchSpace(
+        path=path, kind=kind, metric=metric, mode=mode, num_samples=num_samples,
+        max_concurrent_trials=max_concurrent, seed=seed, max_t=max_t, grace_period=grace,
+        reduction_factor=float(rf) if not _integer(rf) else rf, cpu=float(cpu), gpu=float(gpu),
+        fixed=fixed, params=tuple(params),
+    )
+    points = data.get("points_to_evaluate") or []
+    if not isinstance(points, list):
+        raise c.fail("points_to_evaluate", f"expected a list of mappings of parameter values, got {_show(points)}")
+    checked = tuple(_check_point(c, space, point, f"points_to_evaluate[{i}]") for i, point in enumerate(points))
+    return dataclasses.replace(space, points_to_evaluate=checked)
+
+
+def _parse_params(c: _Checker, kind: str, raw: Any, key: str, fixed: dict[str, Any],
+                  context: dict[str, Any]) -> list[Param]:
+    raw = c.mapping(raw, key)
+    return [_parse_param(c, kind, str(name), spec, f"{key}.{name}", fixed, context) for name, spec in raw.items()]
+
+
+_PARAM_KEYS = {
+    "loguniform": ("type", "low", "high"),
+    "uniform": ("type", "low", "high"),
+    "quniform": ("type", "low", "high", "q"),
+    "randint": ("type", "low", "high"),
+    "choice": ("type", "values"),
+}
+
+
+def _parse_param(c: _Checker, kind: str, name: str, spec: Any, key: str, fixed: dict[str, Any],
+                 context: dict[str, Any]) -> Param:
+    if name in NOT_SEARCHABLE:
+        raise c.fail(key, f"{name} cannot be searched: {NOT_SEARCHABLE[name]}")
+    if name not in default_config(kind):
+        allowed = sorted(set(default_config(kind)) - set(NOT_SEARCHABLE))
+        raise c.fail(key, f"{name!r} is not a {kind} config key; allowed: {', '.join(allowed)}")
+    if name in fixed:
+        raise c.fail(key, f"{name} is also in fixed; keep it in one place")
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise c.fail(key, "expected a mapping with `type:` (one of: " + ", ".join(DISTRIBUTIONS)
+                     + f"), e.g. {{type: uniform, low: 0.0, high: 0.5}}; got {_show(spec)}")
+    dist = spec["type"]
+    if dist not in DISTRIBUTIONS:
+        raise c.fail(f"{key}.type", f"{_show(dist)} is not allowed; choose one of: {', '.join(DISTRIBUTIONS)}")
+    c.mapping(spec, key, _PARAM_KEYS[dist])
+
+    if dist == "choice":
+        values = spec.get("values")
+        if not isinstance(values, list) or not values:
+            raise c.fail(f"{key}.values", f"{_show(values)} is not allowed; give a non-empty list of values to choose from")
+        options = []
+        for i, item in enumerate(values):
+            where = f"{key}.values[{i}]"
+            if isinstance(item, dict):
+                c.mapping(item, where, ("value", "params"))
+                if "value" not in item:
+                    raise c.fail(where, "an option with sub-parameters needs `value:` and `params:`")
+                value, sub = item["value"], item.get("params") or {}
+            else:
+                value, sub = item, {}
+            if value is not None and not isinstance(value, (bool, int, float, str)):
+                raise c.fail(where, f"{_show(value)} is not allowed; choices are numbers, strings, true/false or null")
+            if any(o.value == value and type(o.value) is type(value) for o in options):
+                raise c.fail(where, f"{value!r} is listed twice; list each value once")
+            _check_value(c, kind, name, value, where, fixed, context)
+            sub_params = _parse_params(c, kind, sub, f"{where}.params", fixed, {**context, name: value}) if sub else []
+            options.append(Option(value=value, params=tuple(sub_params)))
+        return Param(name=name, type=dist, options=tuple(options))
+
+    for bound in ("low", "high") + (("q",) if dist == "quniform" else ()):
+        if bound not in spec:
+            raise c.fail(f"{key}.{bound}", f"missing; {dist} needs {', '.join(_PARAM_KEYS[dist][1:])}")
+        if not _number(spec[bound]):
+            raise c.fail(f"{key}.{bound}", f"{_show(spec[bound])} is not a number")
+    low, high = spec["low"], spec["high"]
+    if low >= high:
+        raise c.fail(key, f"low={low!r} must be < high={high!r}")
+    if dist == "loguniform" and low <= 0:
+        raise c.fail(f"{key}.low", f"{low!r} is not allowed; loguniform needs low > 0 (and high > low)")
+    if dist == "randint" and not (_integer(low) and _integer(high)):
+        raise c.fail(key, f"randint needs integer low and high (high is exclusive), got low={low!r}, high={high!r}")
+    q = spec.get("q")
+    if dist == "quniform":
+        if q <= 0:
+            raise c.fail(f"{key}.q", f"{q!r} is not allowed; use a step > 0")
+        steps = (high - low) / q
+        if abs(steps - round(steps)) > 1e-9:
+            raise c.fail(key, f"high - low = {high - low!r} is not a multiple of q={q!r}; "
+                              f"use a high of low + k*q, e.g. {low + math.floor(steps) * q!r}")
+    param = Param(name=name, type=dist, low=low, high=high, q=q)
+    probes = [low, high - 1 if dist == "randint" else high]
+    if dist in ("uniform", "loguniform"):
+        probes.append(low + (high - low) * 0.37)  # a non-whole value: integer keys reject it
+    for value in probes:
+        _check_value(c, kind, name, value, key, fixed, context,
+                     hint="integer keys need randint, quniform with whole numbers, or choice"
+                     if dist in ("uniform", "loguniform") else "")
+    return param
+
+
+def _check_value(c: _Checker, kind: str, name: str, value: Any, key: str, fixed: dict[str, Any],
+                 context: dict[str, Any], hint: str = "") -> None:
+    """A parameter value must be one the trainable accepts (resolve_config decides, by name)."""
+    try:
+        resolve_config(kind, {**fixed, **context, name: value})
+    except ConfigError as exc:
+        raise c.fail(key, f"{value!r} is not a valid {name} ({exc}){'; ' + hint if hint else ''}") from None
+
+
+def _check_names(c: _Checker, params: list[Param], fixed: dict[str, Any]) -> None:
+    """A name is suggested at most once per trial; where options share it, Optuna's rule applies."""
+    from optuna.distributions import check_distribution_compatibility
+
+    places: list[tuple[Param, str, dict[str, int]]] = []  # (param, its key, the options it needs)
+
+    def visit(params, prefix, needs):
+        for param in params:
+            places.append((param, f"{prefix}.{param.name}", needs))
+            for i, option in enumerate(param.options):
+                visit(option.params, f"{prefix}.{param.name}.values[{i}].params", {**needs, param.name: i})
+
+    visit(params, "params", {})
+    for j, (param, key, needs) in enumerate(places):
+        for other, other_key, other_needs in places[:j]:
+            if other.name != param.name:
+                continue
+            exclusive = any(name in other_needs and other_needs[name] != i for name, i in needs.items())
+            if not exclusive:
+                raise c.fail(key, f"{param.name} is already searched at {other_key} for the same trials; "
+                                  "a name may repeat only in different options of one choice")
+            try:
+                check_distribution_compatibility(other.distribution(), param.distribution())
+            except ValueError:
+                raise c.fail(key, f"{param.name} is defined at {other_key} with another distribution type or "
+                                  f"choices; use the same type ({other.type})") from None
+
+
+def _check_point(c: _Checker, space: SearchSpace, point: Any, key: str) -> dict[str, Any]:
+    point = c.mapping(point, key)
+    active = space.active_params(point)
+    for name, value in point.items():
+        if name not in active:
+            known = [p.name for p in space.all_params()]
+            if name in known:
+                raise c.fail(f"{key}.{name}", "does not apply with the choices this point makes; "
+                                              "drop it or change the choice it belongs to")
+            raise c.fail(f"{key}.{name}", f"not a searched parameter; allowed: {', '.join(known)}")
+        if not active[name].contains(value):
+            raise c.fail(f"{key}.{name}", f"{value!r} is outside its distribution ({_describe(active[name])})")
+    try:
+        space.trial_config(point)
+    except ConfigError as exc:
+        raise c.fail(key, str(exc).removeprefix(f"{space.path}: ")) from None
+    return dict(point)
+
+
+# --- resources ----------------------------------------------------------------------------
+
+
+def local_capacity() -> tuple[float, float]:
+    """CPUs and GPUs this machine can give a local Ray."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        cpus = os.cpu_count() or 1
+    try:
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001 - a broken CUDA install means no GPUs for us
+        gpus = 0
+    return float(cpus), float(gpus)
+
+
+def check_resources(space: SearchSpace, cpus: float, gpus: float, where: str = "this machine") -> None:
+    """A trial's CPUs and GPUs must fit on one node, or Ray would wait for it forever."""
+    c = _Checker(space.path)
+    if space.cpu > cpus:
+        raise c.fail("resources_per_trial.cpu", f"{space.cpu:g} CPUs per trial can never be placed: {where} has "
+                                                f"{cpus:g}; use cpu <= {cpus:g}")
+    if space.gpu > gpus:
+        raise c.fail("resources_per_trial.gpu", f"{space.gpu:g} GPUs per trial can never be placed: {where} has "
+                                                f"{gpus:g}; use gpu <= {gpus:g}"
+                                                + (" (gpu: 0 trains on CPUs)" if gpus == 0 else ""))

@@ -1,0 +1,279 @@
+"""Sweeps on a real (local) Ray: Optuna proposes, ASHA stops, results land on disk, interrupted sweeps resume.
+
+Tiny models on small subsets; the CNN sweep is shared with test_analysis.py (tests/tiny_sweeps.py).
+"""
+
+import json
+import math
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pyarrow.fs
+import pytest
+import yaml
+
+from fashion_tune.analysis import best_trial, load_history, load_results, read_sweep_info
+from fashion_tune.checkpoint import load_checkpoint
+from fashion_tune.errors import FashionTuneError
+from tiny_sweeps import TINY_CNN_SPACE, tiny_cnn_sweep
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    return tiny_cnn_sweep(tmp_path_factory)
+
+
+@pytest.fixture(autouse=True)
+def no_ray_left_running():
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.mark.ray
+def test_optuna_proposes_and_asha_stops_trials_early(sweep):
+    outcome, printed = sweep
+    assert outcome.status == "finished", printed
+    results = outcome.results
+    assert len(results) == 6 and set(results["status"]) == {"TERMINATED"}
+    max_t = TINY_CNN_SPACE["scheduler"]["max_t"]
+    stopped = results[results["stop_reason"] == "asha"]
+    assert len(stopped) >= 1, results[["trial_id", "epochs", "val_acc"]]
+    assert (stopped["epochs"] < max_t).all() and stopped["stopped_early"].all()
+    assert (results["epochs"] == max_t).any(), "the best trials run to max_t"
+    assert results["epochs"].sum() < 6 * max_t
+
+    study = outcome.study  # the Optuna study behind OptunaSearch holds every proposed trial
+    assert len(study.trials) == 6
+    assert all(t.state.name == "COMPLETE" for t in study.trials)
+    assert study.trials[0].params == TINY_CNN_SPACE["points_to_evaluate"][0], "the known-good point goes first"
+    proposed = sorted(t.params["lr"] for t in study.trials)
+    assert proposed == sorted(results["config/lr"]), "every trial ran the config Optuna proposed"
+    assert sorted(t.value for t in study.trials) == sorted(results["val_acc"])
+
+
+@pytest.mark.ray
+def test_results_and_history_are_written_with_ray_fields(sweep):
+    outcome, printed = sweep
+    directory = Path(outcome.experiment_dir)
+    for stem in ("results", "history"):
+        assert (directory / f"{stem}.csv").is_file() and (directory / f"{stem}.parquet").is_file()
+    results = pd.read_parquet(directory / "results.parquet")
+    history = pd.read_parquet(directory / "history.parquet")
+    assert len(results) == 6 and len(history) == results["epochs"].sum()
+    for column in ("hostname", "node_ip", "pid"):
+        assert results[column].notna().all() and history[column].notna().all()
+    for trial_id, rows in history.groupby("trial_id"):
+        assert list(rows["epoch"]) == list(range(1, len(rows) + 1))
+    assert list(pd.read_csv(directory / "results.csv")["trial_id"]) == list(results["trial_id"])
+
+    info = read_sweep_info(directory)
+    assert info["status"] == "finished" and info["num_samples"] == 6 and info["max_t"] == 4
+    assert info["kind"] == "cnn" and info["metric"] == "val_acc" and info["created"] and info["finished"]
+    assert yaml.safe_load((directory / info["space_copy"]).read_text()) == TINY_CNN_SPACE
+    assert any(line.startswith("best trial ") for line in printed)
+
+
+@pytest.mark.ray
+def test_best_trial_is_chosen_by_validation_and_its_checkpoint_matches(sweep):
+    outcome, _ = sweep
+    pick = best_trial(outcome.experiment_dir)
+    results = load_results(outcome.experiment_dir)
+    assert pick.kind == "cnn" and (pick.metric, pick.mode) == ("val_acc", "max")
+    assert pick.value == results["best_val_acc"].max()
+    assert pick.trial_id == results.loc[results["best_val_acc"].idxmax(), "trial_id"]
+    state = load_checkpoint(pick.checkpoint, kind="cnn")
+    assert state["epoch"] == pick.epoch and state["metrics"]["val_acc"] == pick.value
+    assert state["config"] == pick.config and pick.config["epochs"] == 4 and pick.config["width"] == 8
+
+    by_loss = best_trial(outcome.experiment_dir, metric="val_loss")
+    history = load_history(outcome.experiment_dir)
+    assert by_loss.mode == "min" and by_loss.value == history["val_loss"].min()
+
+    with pytest.raises(FashionTuneError, match="'train_loss' is not a validation metric"):
+        best_trial(outcome.experiment_dir, metric="train_loss")
+    with pytest.raises(FashionTuneError, match="not a fashion-tune experiment directory"):
+        best_trial(Path(outcome.experiment_dir).parent)
+
+
+@pytest.mark.ray
+def test_results_agree_with_rays_own_view(sweep):
+    from ray.tune import ExperimentAnalysis
+
+    outcome, _ = sweep
+    ray_frame = ExperimentAnalysis(outcome.experiment_dir).dataframe()
+    ours = load_results(outcome.experiment_dir).set_index("trial_id")
+    assert sorted(ray_frame["trial_id"]) == sorted(ours.index)
+    for _, row in ray_frame.iterrows():
+        assert ours.loc[row["trial_id"], "val_acc"] == row["val_acc"]
+        assert ours.loc[row["trial_id"], "epochs"] == row["epoch"]
+
+
+# --- resume and a diverging trial ----------------------------------------------------------------
+
+RESUME_SPACE = {
+    "kind": "vae",
+    "num_samples": 5,
+    "max_concurrent_trials": 1,
+    "seed": 1,
+    "scheduler": {"max_t": 4, "grace_period": 4, "reduction_factor": 2},  # no early stops: trials last
+    "fixed": {"depth": 1, "latent_dim": 8, "embed_dim": 8, "batch_size": 50, "subset": 600, "val_subset": 200,
+              "grad_clip": 0.0, "device": "cpu"},
+    "params": {
+        "lr": {"type": "loguniform", "low": 1.0e-4, "high": 1.0e6},
+        "beta_schedule": {"type": "choice", "values": ["constant", "linear"]},
+        "width": {"type": "choice", "values": [8, 24]},
+    },
+    # Every trial is a fixed point. Ctrl-C comes once the second has reported, and Tune takes a few
+    # seconds to act on it: the third is wide (slow) so that it is still training then. The second
+    # point's learning rate makes the loss NaN in its first epoch.
+    "points_to_evaluate": [
+        {"lr": 2.0e-3, "beta_schedule": "linear", "width": 8},
+        {"lr": 1.0e6, "beta_schedule": "constant", "width": 8},
+        {"lr": 2.0e-3, "beta_schedule": "linear", "width": 24},
+        {"lr": 1.0e-3, "beta_schedule": "constant", "width": 8},
+        {"lr": 3.0e-3, "beta_schedule": "linear", "width": 8},
+    ],
+}
+
+
+def result_texts(directory: Path, trial_ids) -> dict[str, str]:
+    return {t: (directory / f"trial_{t}" / "result.json").read_text() for t in trial_ids}
+
+
+def reporting_trials(directory: Path) -> int:
+    return sum(1 for path in directory.glob("trial_*/result.json") if path.stat().st_size > 0)
+
+
+@pytest.mark.ray
+def test_interrupted_sweep_resumes_to_exactly_num_samples_and_a_nan_trial_does_not_stop_it(tmp_path):
+    space = tmp_path / "resume.yaml"
+    space.write_text(yaml.safe_dump(RESUME_SPACE, sort_keys=False))
+    storage = tmp_path / "results"
+    directory = storage / "resume"
+    log = (tmp_path / "first.log").open("w")
+    command = [sys.executable, "-m", "fashion_tune", "sweep", "vae", "--space", str(space), "--name", "resume",
+               "--storage", str(storage)]
+    driver = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 240
+        while reporting_trials(directory) < 2 and driver.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert driver.poll() is None, "the sweep ended before it could be interrupted"
+        driver.send_signal(signal.SIGINT)  # Ctrl-C
+        rc = driver.wait(timeout=180)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        log.close()
+    first = (tmp_path / "first.log").read_text()
+    assert rc == 130, first
+    interrupted = load_results(directory)
+    finished = list(interrupted.loc[interrupted["status"] == "TERMINATED", "trial_id"])
+    assert 2 <= len(finished) < 5, interrupted[["trial_id", "status", "epochs"]]
+    before = result_texts(directory, finished)
+    lines = first.splitlines()
+    hint = lines.index(next(line for line in lines if "resume it with:" in line))
+    resume = shlex.split(lines[hint + 1].strip())
+    assert resume == ["fashion-tune", "sweep", "vae", "--name", "resume", "--storage", str(storage), "--resume"]
+    assert read_sweep_info(directory)["status"] == "interrupted"
+    assert (directory / "results.csv").is_file(), "an interrupted sweep exports what it has"
+
+    result = subprocess.run([sys.executable, "-m", "fashion_tune", *resume[1:]], capture_output=True, text=True,
+                            timeout=400)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    results = load_results(directory)
+    assert len(results) == 5 and set(results["status"]) == {"TERMINATED"}, results[["trial_id", "status"]]
+    assert set(interrupted["trial_id"]) <= set(results["trial_id"])
+    for trial_id, text in result_texts(directory, finished).items():
+        assert text == before[trial_id], f"{trial_id} finished before the interruption and must not run again"
+    for path in directory.glob("trial_*/result.json"):
+        epochs = [json.loads(line)["epoch"] for line in path.read_text().splitlines()]
+        assert epochs == list(range(1, len(epochs) + 1)), (path, epochs)
+    info = read_sweep_info(directory)
+    assert info["status"] == "finished" and len(info["resumed"]) == 1
+
+    poisoned = results[results["config/lr"] == 1.0e6]
+    assert len(poisoned) == 1
+    nan_trial = poisoned.iloc[0]
+    assert nan_trial["diverged"] and nan_trial["stop_reason"] == "diverged" and nan_trial["epochs"] == 1
+    assert nan_trial["val_neg_elbo"] == math.inf
+    assert (results["epochs"] > 0).all(), "every trial after the NaN one still ran"
+    pick = best_trial(directory)
+    assert pick.trial_id != nan_trial["trial_id"] and math.isfinite(pick.value)
+
+
+# --- ASHA across a restore ---------------------------------------------------------------------
+
+
+def test_asha_replays_the_results_a_restored_trial_stored(tmp_path):
+    from fashion_tune.sweep import SweepASHA
+
+    def fake_trial(trial_id, values):
+        folder = tmp_path / trial_id
+        folder.mkdir()
+        rows = [{"epoch": e + 1, "val_neg_elbo": v} for e, v in enumerate(values)]
+        (folder / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"epoch": 9, "val_')
+        storage = SimpleNamespace(storage_filesystem=pyarrow.fs.LocalFileSystem(), trial_fs_path=str(folder))
+        return SimpleNamespace(trial_id=trial_id, storage=storage)
+
+    asha = SweepASHA(time_attr="epoch", max_t=8, grace_period=1, reduction_factor=2)
+    asha.set_search_properties("val_neg_elbo", "min")
+    asha.on_trial_add(None, fake_trial("a", [100.0, 90.0, 85.0]))
+    asha.on_trial_add(None, fake_trial("b", [120.0, math.inf]))
+    asha.on_trial_add(None, fake_trial("new", []))
+    rungs = {milestone: recorded for milestone, recorded in asha._brackets[0]._rungs}
+    assert rungs[1] == {"a": -100.0, "b": -120.0}
+    assert rungs[2]["a"] == -90.0 and rungs[2]["b"] == -1e30  # a diverged result ranks last, finitely
+    new = SimpleNamespace(trial_id="new")
+    assert asha.on_trial_result(None, new, {"epoch": 1, "val_neg_elbo": 130.0}) == "STOP"
+    new2 = fake_trial("new2", [])
+    asha.on_trial_add(None, new2)
+    assert asha.on_trial_result(None, new2, {"epoch": 1, "val_neg_elbo": 95.0}) == "CONTINUE"
+    nan_trial = fake_trial("diverged", [])
+    asha.on_trial_add(None, nan_trial)
+    assert asha.on_trial_result(None, nan_trial, {"epoch": 1, "val_neg_elbo": math.inf}) == "STOP"
+    assert rungs[1]["diverged"] == -1e30
+
+
+def test_asha_ranks_a_diverged_trial_last_when_higher_is_better():
+    from fashion_tune.sweep import SweepASHA
+
+    asha = SweepASHA(time_attr="epoch", max_t=8, grace_period=1, reduction_factor=2)
+    asha.set_search_properties("val_acc", "max")
+    for trial_id, value in [("a", 0.8), ("b", -math.inf), ("c", 0.7)]:
+        trial = SimpleNamespace(trial_id=trial_id, storage=None)
+        asha.on_trial_add(None, trial)
+        asha.on_trial_result(None, trial, {"epoch": 1, "val_acc": value})
+    assert asha._brackets[0]._rungs[-1][1] == {"a": 0.8, "b": -1e30, "c": 0.7}
+
+
+# --- refusals before anything starts -----------------------------------------------------------
+
+
+def test_sweep_refuses_to_overwrite_or_to_resume_what_is_not_there(tmp_path):
+    from fashion_tune.errors import ConfigError
+    from fashion_tune.sweep import run_sweep
+
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(RESUME_SPACE, sort_keys=False))
+    (tmp_path / "results" / "taken").mkdir(parents=True)
+    (tmp_path / "results" / "taken" / "sweep.json").write_text("{}")
+    with pytest.raises(FashionTuneError, match="a sweep named 'taken' already exists at .*; continue it with --resume"):
+        run_sweep("vae", space, name="taken", storage=tmp_path / "results")
+    with pytest.raises(FashionTuneError, match=r"no sweep to resume at .*/results/other \(no sweep.json\)"):
+        run_sweep("vae", name="other", storage=tmp_path / "results", resume=True)
+    with pytest.raises(ConfigError, match="--resume needs --name"):
+        run_sweep("vae", storage=tmp_path / "results", resume=True)
+    with pytest.raises(ConfigError, match="--space FILE is required"):
+        run_sweep("vae", storage=tmp_path / "results")
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["taken"]
