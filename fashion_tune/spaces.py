@@ -126,10 +126,12 @@ class Param:
 
     def suggest(self, trial) -> Any:
         """Ask an Optuna trial (or Ray's define-by-run wrapper of one) for this parameter."""
+        from optuna.distributions import IntDistribution
+
         dist = self.distribution()
         if self.type == "choice":
             return trial.suggest_categorical(self.name, self.values)
-        if type(dist).__name__ == "IntDistribution":
+        if isinstance(dist, IntDistribution):
             return trial.suggest_int(self.name, dist.low, dist.high, step=dist.step)
         return trial.suggest_float(self.name, dist.low, dist.high, log=dist.log, step=dist.step)
 
@@ -221,10 +223,11 @@ class SearchSpace:
                        seed: int | None = None) -> "SearchSpace":
         """The same space with command-line overrides of its sweep settings, checked like the file's."""
         changes = {}
-        for key, value in (("num_samples", num_samples), ("max_concurrent_trials", max_concurrent_trials)):
+        for key, flag, value in (("num_samples", "--num-samples", num_samples),
+                                 ("max_concurrent_trials", "--max-concurrent", max_concurrent_trials)):
             if value is not None:
                 if not _integer(value) or value < 1:
-                    raise ConfigError(f"--{key.replace('_', '-')}={value!r} must be an integer >= 1")
+                    raise ConfigError(f"{flag}={value!r} is not allowed; use an integer >= 1")
                 changes[key] = value
         if seed is not None:
             changes["seed"] = seed

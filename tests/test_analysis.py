@@ -41,6 +41,7 @@ def test_analyze_writes_plots_importances_and_summary(sweep, tmp_path):
     assert all(f"| {name} |" in importances for name in ("lr", "dropout", "flip")), importances
 
 
+@pytest.mark.ray
 def test_importances_come_from_a_rebuilt_optuna_study(sweep):
     from fashion_tune.analysis import param_importances
     from fashion_tune.spaces import load_space
