@@ -27,9 +27,18 @@ data: $(STAMP)
 	fi
 	$(FT) data
 
+# The main job: quick sweeps of both models on an embedded local Ray, their analysis, promotion
+# of the best CNN (the judge) and VAE to best_models/, and the graded report.
+DEMO ?= demo-$(shell date +%Y%m%d-%H%M%S)
 demo: data
-	$(FT) train cnn --epochs 2 --subset 5000 --val-subset 2000 --set width=16 --out runs/demo-cnn
-	$(FT) train vae --epochs 2 --subset 5000 --val-subset 2000 --set width=16 --out runs/demo-vae
+	$(FT) sweep cnn --space search_spaces/cnn_quick.yaml --name $(DEMO)-cnn
+	$(FT) sweep vae --space search_spaces/vae_quick.yaml --name $(DEMO)-vae
+	$(FT) analyze ray_results/$(DEMO)-cnn
+	$(FT) analyze ray_results/$(DEMO)-vae
+	$(FT) promote ray_results/$(DEMO)-cnn --kind cnn
+	$(FT) promote ray_results/$(DEMO)-vae --kind vae
+	$(FT) evaluate --kind all
+	@echo "report: best_models/report.md (pictures beside it); sweeps: ray_results/$(DEMO)-cnn, ray_results/$(DEMO)-vae"
 
 test: data
 	$(PY) -m pytest -q

@@ -142,7 +142,8 @@ def add_sweep(sub) -> None:
     p.add_argument("--num-samples", type=positive_int, metavar="N", help="number of trials (default: the space's num_samples)")
     p.add_argument("--max-concurrent", type=positive_int, metavar="N", help="trials running at once (default: the space's max_concurrent_trials)")
     p.add_argument("--name", help="experiment name (default KIND-TIMESTAMP); the directory is STORAGE/NAME")
-    p.add_argument("--storage", help="local/shared directory or URI (s3://, gs://, ...) for experiments (default ray_results)")
+    p.add_argument("--storage", help="local/shared directory or URI (s3://, gs://, ...) for experiments "
+                                      "(default $FASHION_TUNE_STORAGE, else ray_results); on a multi-host cluster every node must reach it")
     p.add_argument("--address", help="Ray cluster to attach to (auto, HOST:PORT, ray://...; default $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep STORAGE/NAME; finished trials are kept, not re-run")
     p.add_argument("--restart-errored", action="store_true", help="with --resume: restart failed trials from scratch instead of from their last checkpoint")

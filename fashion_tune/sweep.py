@@ -35,6 +35,7 @@ from fashion_tune.spaces import SearchSpace, check_resources, load_space, local_
 RESULTS = "results"  # .csv and .parquet
 HISTORY = "history"
 DEFAULT_STORAGE = "ray_results"
+STORAGE_ENV = "FASHION_TUNE_STORAGE"  # the default --storage; launch/*.yaml set it on every node
 DEFAULT_MAX_FAILURES = 3
 DEFAULT_KEEP_CHECKPOINTS = 3
 # Ray would otherwise log every per-epoch checkpoint of every trial.
@@ -52,8 +53,11 @@ def _is_uri(location: str) -> bool:
 
 
 def storage_root(storage: str | os.PathLike | None) -> str:
-    """Where experiments live: a URI as given (s3://, gs://, ...), or an absolute local path (Ray needs one)."""
-    storage = str(storage or DEFAULT_STORAGE).removeprefix("file://")
+    """Where experiments live: a URI as given (s3://, gs://, ...), or an absolute local path (Ray needs one).
+
+    Without `storage`: $FASHION_TUNE_STORAGE, else ./ray_results.
+    """
+    storage = str(storage or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE).removeprefix("file://")
     return storage.rstrip("/") if _is_uri(storage) else str(Path(storage).expanduser().resolve())
 
 
@@ -278,12 +282,22 @@ def _shared_splits(space: SearchSpace, data_dir):
     return dataclasses.replace(splits, test_x=splits.test_x[:0], test_y=splits.test_y[:0])
 
 
-def _cluster_capacity() -> tuple[float, float]:
-    """The most CPUs and GPUs one alive node of the connected cluster has."""
-    from fashion_tune.cluster import cluster_nodes
+def _check_cluster_resources(space: SearchSpace, address: str | None, echo: Callable[[str], None]) -> None:
+    """Refuse a trial no node of the attached cluster can ever hold; warn when only the autoscaler could add one."""
+    from fashion_tune.cluster import node_capacity
 
-    nodes = cluster_nodes()
-    return max((n.cpus for n in nodes), default=0.0), max((n.gpus for n in nodes), default=0.0)
+    cpus, gpus, final = node_capacity()
+    where = f"the largest node of the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}"
+    try:
+        check_resources(space, cpus, gpus, where=where)
+    except ConfigError:
+        if final:
+            raise
+        # A cluster with autoscaling workers (launch/cluster.yaml starts with none) may not say
+        # what it can add; its trials wait until a large enough node joins.
+        echo(f"note: no node of the Ray cluster has {space.cpu:g} CPU and {space.gpu:g} GPU for a trial yet "
+             f"(the largest has {cpus:g} CPU, {gpus:g} GPU); trials wait until the autoscaler or "
+             "`ray start --address ...` adds one")
 
 
 def run_sweep(
@@ -378,8 +392,7 @@ def run_sweep(
     interrupted = False
     try:
         if attach:
-            check_resources(space, *_cluster_capacity(),
-                            where=f"the largest node of the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}")
+            _check_cluster_resources(space, address, echo)
             cluster.check_storage(root, allow_node_local=allow_local_storage)
         if info is None:
             info = _new_info(space, name, kind, space_file, splits, data_dir, location, root, address)
