@@ -1,7 +1,8 @@
 """Real multi-node Ray clusters on this machine, started with launch/local-cluster.
 
-Every test stops what it started, on failure too. Trials are tiny (width 8, 500 images, batch
-50) so the whole module stays within a few minutes on 2 CPU cores.
+Every test stops what it started, on failure too. Trials are tiny CNNs (width 8, batch 50, 500
+training images; 4000 where a trial must outlive the kill of its node), so the module takes
+about 2.5 minutes on 2 CPU cores.
 """
 
 import json
@@ -24,7 +25,8 @@ pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_CLUSTER = ROOT / "launch" / "local-cluster"
 SUBMIT = ROOT / "launch" / "submit"
-ENV = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
+# The scripts use the `ray` of the Python running these tests, whatever else is on PATH.
+ENV = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"), "RAY": str(Path(sys.executable).parent / "ray")}
 ENV.pop("RAY_ADDRESS", None)
 ENV.pop("RAY_API_SERVER_ADDRESS", None)
 
@@ -145,6 +147,10 @@ def node_ids(address):
     return names
 
 
+def epoch_span(epochs):
+    return f"epoch {epochs[0]}" if len(epochs) == 1 else f"epochs {epochs[0]}-{epochs[-1]}"
+
+
 def result_rows(trial_dir):
     """A trial's reports in order, as Ray wrote them to result.json (restarts included)."""
     path = Path(trial_dir) / "result.json"
@@ -210,10 +216,10 @@ def test_a_trial_on_a_lost_worker_resumes_from_its_checkpoint_on_the_head(tmp_pa
     epochs = 10  # a few seconds each on 4000 images, so the trial is still running when the worker dies
     space = write_space(tmp_path / "space.yaml", num_samples=2, max_t=epochs, subset=4000)
     experiment = tmp_path / "results" / "lost"
-    cluster = LocalCluster(workers=1, worker_cpus=1, head_cpus=1).start()
+    cluster = LocalCluster(workers=1, worker_cpus=1, head_cpus=1)
     sweep = None
     try:
-        nodes = node_ids(cluster.address)
+        nodes = node_ids(cluster.start().address)
         started = time.time()
         sweep = subprocess.Popen(sweep_command(space, tmp_path / "results", "lost", "--address", cluster.address,
                                                "--max-failures", 2),
@@ -257,7 +263,7 @@ def test_a_trial_on_a_lost_worker_resumes_from_its_checkpoint_on_the_head(tmp_pa
     overhead = rows[-1]["timestamp"] - start - rows[-1]["time_total_s"]
     other = next(d for d in experiment.glob("trial_*") if d != victim)
     waited = max(0.0, result_rows(other)[-1]["timestamp"] - killed_at)
-    print(f"\nworker-loss: {len(results)}/2 trials TERMINATED; trial {trial_id} ran epochs {before[0]}-{before[-1]} on "
-          f"the worker, was killed during epoch {before[-1] + 1}, and ran epochs {after[0]}-{after[-1]} on the head "
+    print(f"\nworker-loss: {len(results)}/2 trials TERMINATED; trial {trial_id} ran {epoch_span(before)} on "
+          f"the worker, was killed during epoch {before[-1] + 1}, and ran {epoch_span(after)} on the head "
           f"from its checkpoint; retry overhead {overhead:.0f} s of wall time (of which {waited:.0f} s waiting for "
           f"the head's CPU); sweep {finished - started:.0f} s")
