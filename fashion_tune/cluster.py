@@ -8,6 +8,7 @@ On a cluster of several hosts, every trial writes checkpoints to the experiment'
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Collection
@@ -42,13 +43,16 @@ def connect(
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
+        listening = False
         try:
+            _check_listening(address)
+            listening = True
             ray.init(address=address, logging_level="WARNING", log_to_driver=True)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise FashionTuneError(
                 f"cannot connect to the Ray cluster at {address!r} ({first[:150]}); start it with `ray start --head` "
-                f"or `launch/local-cluster start`, or drop --address to run locally{_auth_hint()}"
+                f"or `launch/local-cluster start`, or drop --address to run locally{_auth_hint() if listening else ''}"
             ) from None
         return False
     ray.init(
@@ -60,6 +64,17 @@ def connect(
         configure_logging=True,
     )
     return True
+
+
+def _check_listening(address: str, timeout: float = 5.0) -> None:
+    """Fail at once when nothing listens at HOST:PORT; Ray itself keeps retrying for many minutes."""
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not port.isdigit():
+        return  # auto, ray://..., or something Ray will judge itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {host}:{port}: {exc.strerror or exc}") from None
 
 
 def _auth_hint() -> str:

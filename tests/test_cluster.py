@@ -193,6 +193,16 @@ def test_sweep_with_address_runs_trials_on_both_nodes(cluster, tmp_path):
     assert len(node_ids(cluster.address)) == 2  # the sweep attached; it did not shut the cluster down
 
 
+def test_a_driver_without_token_mode_is_told_how_to_connect(cluster, tmp_path):
+    space = write_space(tmp_path / "space.yaml")
+    env = {k: v for k, v in ENV.items() if k != "RAY_AUTH_MODE"}
+    result = subprocess.run(sweep_command(space, tmp_path / "results", "refused", "--address", cluster.address),
+                            capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("fashion-tune: error: cannot connect to the Ray cluster at") and "export RAY_AUTH_MODE=token" in last
+
+
 def test_submit_runs_a_sweep_through_the_jobs_api(cluster, tmp_path):
     space = write_space(tmp_path / "space.yaml", num_samples=2, max_t=1)
     storage = tmp_path / "results"

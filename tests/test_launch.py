@@ -255,3 +255,20 @@ def test_node_capacity_is_the_largest_node_and_not_final_without_autoscaler_limi
              Node("c", "10.0.0.3", 16.0, 0.0, False)]
     assert node_capacity(nodes) == (16.0, 1.0, False)  # no Ray connected here: no autoscaler limits known
     assert node_capacity([]) == (0.0, 0.0, False)
+
+
+def test_connecting_to_an_address_where_nothing_listens_fails_at_once():
+    import socket
+    import time
+
+    from fashion_tune.cluster import connect
+    from fashion_tune.errors import FashionTuneError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again below: nothing listens there
+    started = time.time()
+    with pytest.raises(FashionTuneError, match=f"nothing answers at 127.0.0.1:{port}") as caught:
+        connect(f"127.0.0.1:{port}")
+    assert time.time() - started < 10  # Ray alone would retry for many minutes
+    assert "RAY_AUTH_MODE" not in str(caught.value) and "launch/local-cluster start" in str(caught.value)
