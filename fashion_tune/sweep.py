@@ -392,6 +392,7 @@ def run_sweep(
     interrupted = False
     try:
         if attach:
+            echo(f"attached to the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: {cluster.describe_cluster()}")
             _check_cluster_resources(space, address, echo)
             cluster.check_storage(root, allow_node_local=allow_local_storage)
         if info is None:

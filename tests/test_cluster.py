@@ -105,6 +105,9 @@ def test_local_cluster_starts_two_nodes_and_stops_exactly_its_processes(bystande
         status = cluster.run("status")
         assert status.returncode == 0 and "Ray sees 2 alive node(s): 2 CPU" in status.stdout, status.stdout + status.stderr
         assert cluster.dashboard.startswith("http://127.0.0.1:")
+        env = cluster.run("env").stdout.splitlines()
+        assert env == [f"export RAY_ADDRESS={cluster.address}", f"export RAY_API_SERVER_ADDRESS={cluster.dashboard}",
+                       "export RAY_AUTH_MODE=token"]
 
         result = cluster.stop()
         assert result.returncode == 0, result.stderr
@@ -181,6 +184,7 @@ def test_sweep_with_address_runs_trials_on_both_nodes(cluster, tmp_path):
                             capture_output=True, text=True, timeout=300, env=ENV, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "4 trials (4 terminated)" in result.stdout
+    assert f"attached to the Ray cluster at {cluster.address}: 2 nodes on 1 host, 2 CPU, 0 GPU" in result.stdout
 
     experiment = tmp_path / "results" / "spread"
     results = pd.read_csv(experiment / "results.csv")
@@ -193,14 +197,14 @@ def test_sweep_with_address_runs_trials_on_both_nodes(cluster, tmp_path):
     assert len(node_ids(cluster.address)) == 2  # the sweep attached; it did not shut the cluster down
 
 
-def test_a_driver_without_token_mode_is_told_how_to_connect(cluster, tmp_path):
-    space = write_space(tmp_path / "space.yaml")
+def test_a_driver_without_token_mode_is_told_how_to_connect(cluster):
     env = {k: v for k, v in ENV.items() if k != "RAY_AUTH_MODE"}
-    result = subprocess.run(sweep_command(space, tmp_path / "results", "refused", "--address", cluster.address),
-                            capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
-    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    code = "import sys; from fashion_tune.cluster import connect; connect(sys.argv[1])"
+    result = subprocess.run([sys.executable, "-c", code, cluster.address], capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("fashion-tune: error: cannot connect to the Ray cluster at") and "export RAY_AUTH_MODE=token" in last
+    assert "cannot connect to the Ray cluster at" in last and "export RAY_AUTH_MODE=token" in last
 
 
 def test_submit_runs_a_sweep_through_the_jobs_api(cluster, tmp_path):

@@ -272,3 +272,35 @@ def test_connecting_to_an_address_where_nothing_listens_fails_at_once():
         connect(f"127.0.0.1:{port}")
     assert time.time() - started < 10  # Ray alone would retry for many minutes
     assert "RAY_AUTH_MODE" not in str(caught.value) and "launch/local-cluster start" in str(caught.value)
+
+
+@pytest.mark.parametrize("final", [True, False])
+def test_a_trial_too_big_for_every_node_is_refused_only_when_no_larger_node_can_join(monkeypatch, final):
+    from fashion_tune import cluster, sweep
+    from fashion_tune.spaces import parse_space
+
+    space = parse_space({"kind": "cnn", "num_samples": 4, "scheduler": {"max_t": 2},
+                         "resources_per_trial": {"cpu": 2, "gpu": 0.25},
+                         "params": {"lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}}}, "space.yaml")
+    monkeypatch.setattr(cluster, "node_capacity", lambda: (0.0, 0.0, final))  # a head with CPU 0, no workers yet
+    notes = []
+    if final:
+        with pytest.raises(ConfigError, match="can never be placed"):
+            sweep._check_cluster_resources(space, "127.0.0.1:6379", notes.append)
+    else:
+        sweep._check_cluster_resources(space, "127.0.0.1:6379", notes.append)
+        assert len(notes) == 1 and "2 CPU and 0.25 GPU" in notes[0] and "autoscaler" in notes[0]
+    monkeypatch.setattr(cluster, "node_capacity", lambda: (8.0, 1.0, final))
+    sweep._check_cluster_resources(space, "127.0.0.1:6379", notes.append)  # fits: silent
+    assert len(notes) == (0 if final else 1)
+
+
+def test_storage_defaults_to_the_clusters_setting(monkeypatch, tmp_path):
+    from fashion_tune.sweep import storage_root
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FASHION_TUNE_STORAGE", raising=False)
+    assert storage_root(None) == str(tmp_path / "ray_results")
+    monkeypatch.setenv("FASHION_TUNE_STORAGE", "s3://bucket/fashion-tune/")
+    assert storage_root(None) == "s3://bucket/fashion-tune"
+    assert storage_root("/mnt/shared/x") == "/mnt/shared/x"  # --storage wins
