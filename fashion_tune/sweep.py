@@ -29,6 +29,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler
 
 from fashion_tune.analysis import SPACE_COPY, SWEEP_INFO
 from fashion_tune.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from fashion_tune.cluster import is_uri
 from fashion_tune.errors import ConfigError, FashionTuneError
 from fashion_tune.spaces import SearchSpace, check_resources, load_space, local_capacity, parse_space
 
@@ -48,17 +49,13 @@ def default_name(kind: str) -> str:
     return f"{kind}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def _is_uri(location: str) -> bool:
-    return "://" in location
-
-
 def storage_root(storage: str | os.PathLike | None) -> str:
     """Where experiments live: a URI as given (s3://, gs://, ...), or an absolute local path (Ray needs one).
 
     Without `storage`: $FASHION_TUNE_STORAGE, else ./ray_results.
     """
     storage = str(storage or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE).removeprefix("file://")
-    return storage.rstrip("/") if _is_uri(storage) else str(Path(storage).expanduser().resolve())
+    return storage.rstrip("/") if is_uri(storage) else str(Path(storage).expanduser().resolve())
 
 
 # --- files that may live on a URI ----------------------------------------------------------
@@ -67,7 +64,7 @@ def storage_root(storage: str | os.PathLike | None) -> str:
 def _filesystem(location: str):
     import pyarrow.fs
 
-    if _is_uri(location):
+    if is_uri(location):
         return pyarrow.fs.FileSystem.from_uri(location)
     return pyarrow.fs.LocalFileSystem(), location
 
@@ -363,7 +360,7 @@ def run_sweep(
         space = load_space(space_file, kind=kind).with_overrides(num_samples, max_concurrent)
         name = name or default_name(kind)
         location = f"{root}/{name}"
-        if read_info(location) is not None or (not _is_uri(location) and any(Path(location).glob("experiment_state-*"))):
+        if read_info(location) is not None or (not is_uri(location) and any(Path(location).glob("experiment_state-*"))):
             raise FashionTuneError(f"a sweep named {name!r} already exists at {location}; continue it with --resume "
                                    "or pick another --name")
 
@@ -479,7 +476,7 @@ def _finish(space: SearchSpace, info: dict[str, Any], location: str, grid, inter
             resume_cmd: str, study, echo) -> SweepOutcome:
     """Export the results, record how the sweep ended, print the best trial (or how to resume)."""
     results = best = None
-    if _is_uri(location):
+    if is_uri(location):
         statuses = _export_from_grid(grid, location) if grid is not None else {}
     else:
         from fashion_tune import analysis
@@ -501,7 +498,7 @@ def _finish(space: SearchSpace, info: dict[str, Any], location: str, grid, inter
     info.update(status=status, finished=_now() if status != "interrupted" else None, interrupted=_now() if status == "interrupted" else None,
                 trials={str(k): int(v) for k, v in statuses.items()})
 
-    if not _is_uri(location):
+    if not is_uri(location):
         from fashion_tune import analysis
 
         try:
@@ -515,7 +512,7 @@ def _finish(space: SearchSpace, info: dict[str, Any], location: str, grid, inter
         echo(f"best trial {best.trial_id}: {best.metric} {best.value:.4f} at epoch {best.epoch} "
              f"(checkpoint {best.checkpoint})")
         echo("  config: " + ", ".join(f"{k}={_short(v)}" for k, v in searched.items()))
-    elif _is_uri(location) and grid is not None:
+    elif is_uri(location) and grid is not None:
         try:
             result = grid.get_best_result(space.metric, space.mode, scope="all", filter_nan_and_inf=True)
             echo(f"best trial {result.metrics.get('trial_id')}: {space.metric} "
