@@ -25,6 +25,7 @@ from fashion_tune.device import pick_device
 from fashion_tune.models import CNNConfig, ConditionalVAE, FashionCNN, VAEConfig
 
 EVAL_BATCH = 1000
+FINITE_CHECK_EVERY = 25  # training steps between checks that the loss is still finite
 
 
 class Reporter(Protocol):
@@ -206,23 +207,26 @@ def fit(
         task.start_epoch(epoch)
         model.train()
         started = time.perf_counter()
-        loss_sum, seen, diverged = 0.0, 0, False
+        # The running loss stays on the device and is checked for NaN/inf every few steps: on a
+        # GPU a per-step .item() would stall the pipeline on a host sync.
+        loss_sum, seen, diverged = torch.zeros((), device=device), 0, False
         batches = _progress_bar(loader, epoch, config["epochs"]) if progress else loader
-        for xb, yb in batches:
+        for step, (xb, yb) in enumerate(batches, start=1):
             with autocast():
                 loss = task.loss(model, xb, yb)
-            if not torch.isfinite(loss):
-                diverged = True
-                break
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config["grad_clip"] > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip"])
             optimizer.step()
-            loss_sum += loss.item() * len(xb)
+            loss_sum += loss.detach().float() * len(xb)
             seen += len(xb)
+            if (progress or step % FINITE_CHECK_EVERY == 0 or step == len(loader)) and not torch.isfinite(loss_sum):
+                diverged = True
+                break
             if progress:
-                batches.set_postfix(loss=f"{loss_sum / seen:.4f}", refresh=False)
+                batches.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", refresh=False)
+        loss_sum = loss_sum.item()
         train_time = time.perf_counter() - started
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
