@@ -22,6 +22,7 @@ from fashion_tune.checkpoint import load_checkpoint
 from fashion_tune.config import MONITOR, beta_schedule, model_config, resolve_config
 from fashion_tune.data import Augment, BatchLoader, Splits, load_fashion_mnist, make_splits
 from fashion_tune.device import pick_device
+from fashion_tune.errors import CheckpointError
 from fashion_tune.models import CNNConfig, ConditionalVAE, FashionCNN, VAEConfig
 
 EVAL_BATCH = 1000
@@ -47,8 +48,6 @@ def load_model(path, kind: str | None = None, device: str | torch.device = "cpu"
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
-        from fashion_tune.errors import CheckpointError
-
         raise CheckpointError(f"checkpoint {path}: weights do not fit the model its config describes ({str(exc).splitlines()[0][:100]})") from None
     return model.to(device).eval(), state
 
