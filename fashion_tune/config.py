@@ -13,12 +13,14 @@ from typing import Any, Mapping
 
 import yaml
 
+from fashion_tune.device import PRECISIONS
 from fashion_tune.errors import ConfigError
 from fashion_tune.models import CNNConfig, VAEConfig
 from fashion_tune.schedules import BETA_SCHEDULES, BetaSchedule
 
 KINDS = ("vae", "cnn")
 SCHEDULERS = ("cosine_restarts", "cosine")
+BINARIZE = ("none", "dynamic")
 
 # Settings shared by both trainables. None means "not set" (e.g. no subset: the full split).
 TRAINING_DEFAULTS: dict[str, Any] = {
@@ -38,7 +40,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "subset": None,  # stratified training subset size, for quick runs
     "val_subset": None,  # stratified validation subset size, for quick runs
     "device": "auto",
-    "amp": False,  # bf16 autocast on CUDA
+    "precision": "auto",  # training steps: auto (bf16 on CPUs with native bf16, else fp32) | fp32 | bf16
 }
 
 KIND_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -50,6 +52,7 @@ KIND_DEFAULTS: dict[str, dict[str, Any]] = {
         "beta_end": 1.0,
         "beta_warmup": 0.5,
         "beta_cycles": 4,
+        "binarize": "none",  # none: grey levels as Bernoulli targets | dynamic: a fresh binarization per batch
     },
     "cnn": {
         "batch_size": 128,
@@ -68,17 +71,20 @@ MODEL_CONFIGS = {"vae": VAEConfig, "cnn": CNNConfig}
 METRICS: dict[str, dict[str, str]] = {
     "vae": {
         "val_neg_elbo": "min",
+        "val_neg_elbo_bin": "min",
         "val_recon": "min",
         "val_kl": "min",
         "val_loss": "min",
         "train_loss": "min",
+        "params": "min",
+        "flops": "min",
     },
-    "cnn": {"val_acc": "max", "val_loss": "min", "train_loss": "min"},
+    "cnn": {"val_acc": "max", "val_loss": "min", "train_loss": "min", "params": "min", "flops": "min"},
 }
 MONITOR = {"vae": ("val_neg_elbo", "min"), "cnn": ("val_acc", "max")}
 
 _OPTIONAL_INTS = {"subset", "val_subset"}
-_CHOICES = {"scheduler": SCHEDULERS, "beta_schedule": BETA_SCHEDULES}
+_CHOICES = {"scheduler": SCHEDULERS, "beta_schedule": BETA_SCHEDULES, "precision": PRECISIONS, "binarize": BINARIZE}
 
 
 def check_kind(kind: str) -> str:

@@ -562,17 +562,22 @@ class BatchLoader:
         self.generator = generator
 
     def __len__(self) -> int:
-        if self.drop_last:
-            return len(self.x) // self.batch_size
-        return math.ceil(len(self.x) / self.batch_size)
+        full, rest = divmod(len(self.x), self.batch_size)
+        if self.drop_last or (rest == 1 and full > 0):
+            # A last batch of one image would break BatchNorm in training mode (a statistic of
+            # one value); that image joins the batch before it instead.
+            return full
+        return full + (rest > 0)
 
     def __iter__(self):
         if self.shuffle:
             order = torch.randperm(len(self.x), generator=self.generator).to(self.x.device)
         else:
             order = torch.arange(len(self.x), device=self.x.device)
-        for i in range(len(self)):
-            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+        batches = len(self)
+        for i in range(batches):
+            end = len(self.x) if i == batches - 1 and not self.drop_last else (i + 1) * self.batch_size
+            idx = order[i * self.batch_size : end]
             xb, yb = self.x[idx], self.y[idx]
             if self.augment is not None and self.augment.enabled:
                 xb = self.augment(xb, self.generator)
