@@ -248,6 +248,9 @@ def add_evaluate(sub) -> None:
     p.add_argument("--guided-per-class", type=positive_int, metavar="N", help="guided VAE samples per class (default 20)")
     p.add_argument("--candidates", type=positive_int, metavar="N", help="candidates per guided sample (default 100)")
     p.add_argument("--seed", type=int, help="seed of all sampling (default 0)")
+    p.add_argument("--iwae-images", type=positive_int, metavar="N",
+                   help="binarized test images for the VAE's likelihood bound (default 1000; 10000 = all)")
+    p.add_argument("--iwae-k", type=positive_int, metavar="K", help="importance samples per image in that bound (default 1000)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
     p.add_argument("--data-dir", help="directory with the Fashion-MNIST files")
     p.set_defaults(func=run_evaluate)
@@ -255,7 +258,8 @@ def add_evaluate(sub) -> None:
 
 def run_evaluate(args) -> int:
     from fashion_tune import grading
-    from fashion_tune.report import REPORT_JSON, REPORT_MD, evaluate
+    from fashion_tune.likelihood import IWAE_SAMPLES
+    from fashion_tune.report import IWAE_IMAGES, REPORT_JSON, REPORT_MD, evaluate
     from fashion_tune.sampling import CANDIDATES
 
     command = " ".join([PROG, *sys.argv[1:]]) if sys.argv and sys.argv[0] else None
@@ -266,6 +270,8 @@ def run_evaluate(args) -> int:
         guided_per_class=args.guided_per_class or grading.GUIDED_PER_CLASS,
         candidates=args.candidates or CANDIDATES,
         seed=grading.SEED if args.seed is None else args.seed,
+        iwae_images=args.iwae_images or IWAE_IMAGES,
+        iwae_k=args.iwae_k or IWAE_SAMPLES,
         data_dir=args.data_dir,
         device=args.device,
         command=command,
@@ -275,7 +281,11 @@ def run_evaluate(args) -> int:
     if "vae" in report:
         s = report["vae"]["samples"]
         print(f"VAE: judge accuracy raw {s['raw']['accuracy']:.4f} / guided {s['guided']['accuracy']:.4f}, "
-              f"FD {s['raw']['fd']:.3f} vs real floor {s['raw']['fd_floor']:.3f}, grade {report['vae']['rubric']['grade']}")
+              f"FD {s['raw']['fd']:.3f} vs real floor {s['raw']['fd_floor']:.3f} (relative {s['raw']['fd_relative']:.3f}), "
+              f"grade {report['vae']['rubric']['grade']}")
+        bound = report["vae"]["likelihood"]
+        print(f"VAE: test -log p(x|y) <= {bound['nll_bound']:.2f} +- {bound['nll_bound_stderr']:.2f} nats "
+              f"(IWAE, k={bound['k']:,}, {bound['images']:,} binarized test images)")
     pictures = sorted({name for kind in ("cnn", "vae") for name in report.get(kind, {}).get("pictures", {}).values()})
     print(f"report: {args.models_dir / REPORT_MD} (numbers in {args.models_dir / REPORT_JSON}); "
           f"pictures in {args.models_dir}/: {', '.join(pictures)}")
@@ -307,7 +317,36 @@ def run_sample(args) -> int:
     return 0
 
 
-COMMANDS = [add_data, add_train, add_sweep, add_analyze, add_promote, add_evaluate, add_sample]  # pipeline order in --help
+def add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="classify image files with the promoted CNN",
+                       description="Classify PNG/JPEG files of any size or mode with the promoted CNN: each is made grey, "
+                                   "padded to a square, resized to 28x28 and, when its border is light, inverted to "
+                                   "Fashion-MNIST's dark background. Prints the top 3 classes with probabilities.")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
+    p.add_argument("--no-invert", dest="invert", action="store_const", const=False, default=None,
+                   help="never invert (the images already have a dark background)")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    p.add_argument("--models-dir", type=Path, default=Path("best_models"), help="where promoted models live (default best_models)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, mps")
+    p.set_defaults(func=run_predict)
+
+
+def run_predict(args) -> int:
+    import json
+
+    from fashion_tune.predict import predict_files
+
+    predictions = predict_files(args.images, models_dir=args.models_dir, invert=args.invert, device=args.device)
+    if args.json:
+        print(json.dumps([p.as_dict() for p in predictions], indent=2))
+        return 0
+    for p in predictions:
+        top = ", ".join(f"{name} {prob:.3f}" for name, prob in p.top)
+        print(f"{p.path}: {top}{' (inverted)' if p.inverted else ''}")
+    return 0
+
+
+COMMANDS = [add_data, add_train, add_sweep, add_analyze, add_promote, add_evaluate, add_sample, add_predict]  # pipeline order
 
 
 def build_parser() -> argparse.ArgumentParser:

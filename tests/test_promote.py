@@ -328,7 +328,7 @@ def test_vae_promotion_evaluate_and_sample(tmp_path, experiments, runs, capsys):
 
     assert run_cli(capsys, "promote", experiments["strong"], "--models-dir", models)[0] == 0
     code, out, err = run_cli(capsys, "evaluate", "--models-dir", models, "--per-class", "10", "--guided-per-class", "3",
-                             "--candidates", "5")
+                             "--candidates", "5", "--iwae-images", "20", "--iwae-k", "50")
     assert code == 0, err
     assert str(models / "report.md") in out
     report = json.loads((models / "report.json").read_text())
@@ -337,6 +337,10 @@ def test_vae_promotion_evaluate_and_sample(tmp_path, experiments, runs, capsys):
     assert vae["rubric"]["grade"][0] in "ABCDF" and set(vae["rubric"]["criteria"]) == {"class_fidelity", "fd_relative", "diversity_ratio"}
     assert vae["samples"]["guided"]["mean_confidence"] > vae["samples"]["raw"]["mean_confidence"]
     assert vae["judge"]["trial_id"] == "strong"
+    bound = vae["likelihood"]
+    assert (bound["k"], bound["images"]) == (50, 20) and "IWAE, k=50, 20 binarized test images" in out
+    # The IWAE bound is at least as tight as the single-sample ELBO on the same binarized images.
+    assert bound["nll_bound"] <= bound["neg_elbo_binarized"] + 3 * bound["nll_bound_stderr"]
     for name in ["report.md", "cnn_confusion_matrix.png", "vae_showcase.png", "vae_reconstruction.png",
                  "vae_interpolations.png", "vae_3_samples_per_item.png"]:
         assert (models / name).read_bytes()[:4] in (b"\x89PNG", b"# fa"), name
