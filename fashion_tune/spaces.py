@@ -387,6 +387,10 @@ def parse_space(data: Mapping[str, Any], path: str | Path = "<space>", kind: str
                                "{type: loguniform, low: 1.0e-4, high: 1.0e-2}")
     params = _parse_params(c, kind, data["params"], "params", fixed, {})
     _check_names(c, params, fixed)
+    if any(p.name == "binarize" for p in params) and metric != "val_neg_elbo_bin":
+        # Grey-level and binarized training are only comparable on one likelihood: the binarized one.
+        raise c.fail("params.binarize", f"searching binarize needs metric: val_neg_elbo_bin (the negative ELBO on "
+                                        f"binarized validation images), not {metric}; or fix binarize under fixed:")
 
     space = SearchSpace(
         path=path, kind=kind, metric=metric, mode=mode, num_samples=num_samples,
