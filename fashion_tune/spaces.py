@@ -35,6 +35,8 @@ A space file holds the sweep settings and the parameter distributions::
               beta_end: {type: uniform, low: 0.5, high: 2.0}
     points_to_evaluate:           # tried first, in order (e.g. the known-good settings)
       - {lr: 2.0e-3, latent_dim: 32, beta_schedule: linear, beta_start: 0.1, beta_end: 1.0}
+    start_from: ray_results/NAME  # optional: the best trial of that finished sweep (same kind) is the
+                                  # first point, e.g. to train a champion longer in a follow-up sweep
 
 `epochs` is not set in `fixed` or `params`: it is `scheduler.max_t` (a `fixed.epochs` equal to it
 is accepted, and gives `max_t` when the scheduler omits it). The data split (`subset`, `val_subset`,
@@ -59,7 +61,7 @@ from fashion_tune.errors import ConfigError
 
 DISTRIBUTIONS = ("loguniform", "uniform", "quniform", "randint", "choice")
 TOP_KEYS = ("kind", "metric", "mode", "num_samples", "max_concurrent_trials", "seed", "scheduler",
-            "resources_per_trial", "fixed", "params", "points_to_evaluate")
+            "resources_per_trial", "fixed", "params", "points_to_evaluate", "start_from")
 SCHEDULER_KEYS = ("max_t", "grace_period", "reduction_factor")
 RESOURCE_KEYS = ("cpu", "gpu")
 # Keys that define the data every trial shares, or where it runs: fixed per sweep, never searched.
@@ -402,7 +404,28 @@ def parse_space(data: Mapping[str, Any], path: str | Path = "<space>", kind: str
     if not isinstance(points, list):
         raise c.fail("points_to_evaluate", f"expected a list of mappings of parameter values, got {_show(points)}")
     checked = tuple(_check_point(c, space, point, f"points_to_evaluate[{i}]") for i, point in enumerate(points))
+    if data.get("start_from") is not None:
+        checked = (_start_point(c, space, data["start_from"]), *checked)
     return dataclasses.replace(space, points_to_evaluate=checked)
+
+
+def _start_point(c: _Checker, space: SearchSpace, experiment: Any) -> dict[str, Any]:
+    """The searched values of the best trial of a finished sweep, checked against this space."""
+    from fashion_tune.analysis import best_trial  # reads results with pandas: only when asked
+    from fashion_tune.errors import FashionTuneError
+
+    if not isinstance(experiment, str) or not experiment:
+        raise c.fail("start_from", f"expected the directory of a finished sweep, e.g. ray_results/NAME, got {_show(experiment)}")
+    try:
+        pick = best_trial(experiment)
+    except FashionTuneError as exc:
+        raise c.fail("start_from", f"{exc}") from None
+    if pick.kind != space.kind:
+        raise c.fail("start_from", f"{experiment} is a {pick.kind} sweep and this space is for {space.kind}; "
+                                   f"start from a {space.kind} sweep")
+    point = {p.name: pick.config[p.name] for p in space.all_params() if p.name in pick.config}
+    active = space.active_params(point)
+    return _check_point(c, space, {name: value for name, value in point.items() if name in active}, "start_from")
 
 
 def _parse_params(c: _Checker, kind: str, raw: Any, key: str, fixed: dict[str, Any],

@@ -61,10 +61,10 @@ def changed(path_keys, value):
     return data
 
 
-@pytest.mark.parametrize("name", ["vae.yaml", "cnn.yaml", "vae_quick.yaml", "cnn_quick.yaml"])
+@pytest.mark.parametrize("name", ["vae.yaml", "cnn.yaml", "vae_quick.yaml", "cnn_quick.yaml", "vae_cpu.yaml", "cnn_cpu.yaml"])
 def test_shipped_spaces_parse_and_cover_what_the_issue_asks(name):
     space = load_space(SPACES / name)
-    assert space.kind == name.split(".")[0].removesuffix("_quick")
+    assert space.kind == name.split(".")[0].split("_")[0]
     names = set(space.param_names())
     if space.kind == "vae":
         assert {"latent_dim", "beta_schedule", "beta_start", "beta_end", "beta_warmup", "lr", "weight_decay", "width"} <= names
@@ -82,6 +82,9 @@ def test_shipped_spaces_parse_and_cover_what_the_issue_asks(name):
     if name.endswith("_quick.yaml"):
         assert space.gpu == 0 and data["subset"] <= 5000 and data["val_subset"] <= 2000
         assert space.num_samples * space.max_t <= 80
+    elif name.endswith("_cpu.yaml"):  # full data, on this machine's CPUs
+        assert data["subset"] is None and data["val_subset"] is None and space.gpu == 0
+        assert space.fixed["precision"] == "auto"
     else:
         assert data["subset"] is None and data["val_subset"] is None and 0 < space.gpu < 1
 
@@ -147,7 +150,8 @@ INVALID = {
     "non-positive log bound": (("params", "lr", "low"), ["params.lr.low", "loguniform needs low > 0"]),
     "empty choices": (("params", "latent_dim", "values"), ["params.latent_dim.values", "non-empty list"]),
     "unknown distribution": (("params", "latent_dim", "type"), ["params.latent_dim.type", "loguniform, uniform, quniform, randint, choice"]),
-    "metric not reported": (("metric",), ["metric", "'val_ssim'", "val_neg_elbo, val_recon, val_kl, val_loss"]),
+    "metric not reported": (("metric",), ["metric", "'val_ssim'", "val_neg_elbo, val_neg_elbo_bin, val_recon, val_kl, val_loss"]),
+    "binarize searched on grey levels": (("params", "binarize"), ["params.binarize", "metric: val_neg_elbo_bin", "fixed:"]),
     "training metric": (("metric",), ["metric", "'train_loss'", "not a validation metric"]),
     "mode against the metric": (("mode",), ["mode", "lower", "use mode: min"]),
     "bad num_samples": (("num_samples",), ["num_samples", "integer >= 1"]),
@@ -189,6 +193,7 @@ VALUES = {
     "point of an unknown param": [{"dropout": 0.1}],
     "nested name searched twice": {"type": "uniform", "low": 0.1, "high": 1.0},
     "wrong kind": "gan",
+    "binarize searched on grey levels": {"type": "choice", "values": ["none", "dynamic"]},
 }
 
 
@@ -252,3 +257,29 @@ def test_a_trial_config_is_resolved_like_a_training_config(tmp_path):
     space = load_space(write(tmp_path, VALID))
     config = space.trial_config({"lr": 3e-3, "embed_dim": 16.0})
     assert config == resolve_config("vae", {**VALID["fixed"], "epochs": 4, "lr": 3e-3, "embed_dim": 16})
+
+
+def test_start_from_makes_the_best_trial_of_a_finished_sweep_the_first_point(tmp_path):
+    from test_promote import write_experiment
+
+    def trial(lr, width, acc):
+        config = resolve_config("cnn", {"lr": lr, "width": width, "dropout": 0.2})
+        return [{"config": config, "metrics": {"val_acc": acc, "epoch": 1}, "epoch": 1}]
+
+    experiment = write_experiment(tmp_path / "exp", "cnn", {"a": trial(1e-3, 16, 0.80), "b": trial(4e-3, 32, 0.85)})
+    data = {"kind": "cnn", "num_samples": 1, "scheduler": {"max_t": 2}, "fixed": {"subset": 500},
+            "params": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+                       "width": {"type": "choice", "values": [16, 32]},
+                       "erase_prob": {"type": "uniform", "low": 0.0, "high": 0.5}},
+            "points_to_evaluate": [{"lr": 2e-3}], "start_from": str(experiment)}
+    space = load_space(write(tmp_path, data))
+    # Only the searched keys, in the new space's terms; erase_prob was not searched there but is in its config.
+    assert space.points_to_evaluate == ({"lr": 4e-3, "width": 32, "erase_prob": 0.0}, {"lr": 2e-3})
+
+    data["params"]["lr"]["high"] = 3e-3
+    with pytest.raises(ConfigError, match=r"start_from\.lr: 0\.004 is outside"):
+        load_space(write(tmp_path, data))
+    with pytest.raises(ConfigError, match="is a cnn sweep and this space is for vae"):
+        load_space(write(tmp_path, {**VALID, "start_from": str(experiment)}))
+    with pytest.raises(ConfigError, match="start_from"):
+        load_space(write(tmp_path, {**data, "start_from": str(tmp_path / "missing")}))
