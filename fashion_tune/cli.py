@@ -51,7 +51,8 @@ def add_data(sub) -> None:
 
 
 def run_data(args) -> int:
-    from fashion_tune.data import CLASSES, describe, load_fashion_mnist, make_splits
+    from fashion_tune.data import describe, make_splits
+    from fashion_tune.datafiles import CLASSES, load_fashion_mnist
 
     data = load_fashion_mnist(args.data_dir)
     splits = make_splits(data, val_size=args.val_size, split_seed=args.split_seed)

@@ -46,7 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fashion_tune.data import CLASSES, stratified_indices
+from fashion_tune.data import stratified_indices
+from fashion_tune.datafiles import CLASSES
 from fashion_tune.models import ConditionalVAE, FashionCNN, count_parameters
 from fashion_tune.sampling import CANDIDATES, class_labels, evaluating, guided_sample, raw_sample
 

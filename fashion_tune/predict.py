@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from fashion_tune.data import CLASSES, IMAGE_SIZE
+from fashion_tune.datafiles import CLASSES, IMAGE_SIZE
 from fashion_tune.errors import DataError
 from fashion_tune.promote import DEFAULT_MODELS_DIR, load_promoted
 

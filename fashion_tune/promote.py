@@ -44,7 +44,8 @@ import yaml
 
 from fashion_tune.checkpoint import save_checkpoint
 from fashion_tune.config import MONITOR
-from fashion_tune.data import load_fashion_mnist, make_splits
+from fashion_tune.data import make_splits
+from fashion_tune.datafiles import load_fashion_mnist
 from fashion_tune.errors import CheckpointError, FashionTuneError
 from fashion_tune.grading import cnn_test_scores, vae_test_scores
 

@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 from fashion_tune import grading
-from fashion_tune.data import CLASSES, load_fashion_mnist, make_splits
+from fashion_tune.data import make_splits
+from fashion_tune.datafiles import CLASSES, load_fashion_mnist
 from fashion_tune.errors import ConfigError, FashionTuneError
 from fashion_tune.likelihood import IWAE_SAMPLES, iwae_scores
 from fashion_tune.promote import DEFAULT_MODELS_DIR, MODEL_FILE, code_version, jsonable, load_promoted, promote_hint
@@ -184,7 +185,7 @@ def sample_picture(
     Returns the PNG's path, the judge's confidence in each image (None without a promoted CNN,
     allowed only for candidates=1) and the seed, which reproduces the picture.
     """
-    from fashion_tune.data import class_index
+    from fashion_tune.datafiles import class_index
     from fashion_tune.device import pick_device
     from fashion_tune.sampling import guided_sample, raw_sample
 

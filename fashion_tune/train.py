@@ -20,7 +20,8 @@ from torch import nn
 
 from fashion_tune.checkpoint import load_checkpoint
 from fashion_tune.config import MONITOR, beta_schedule, model_config, resolve_config
-from fashion_tune.data import Augment, BatchLoader, Splits, load_fashion_mnist, make_splits
+from fashion_tune.data import Augment, BatchLoader, Splits, make_splits
+from fashion_tune.datafiles import load_fashion_mnist
 from fashion_tune.device import pick_device, pick_precision
 from fashion_tune.errors import CheckpointError
 from fashion_tune.models import CNNConfig, ConditionalVAE, FashionCNN, VAEConfig, count_parameters

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from fashion_tune.checkpoint import load_checkpoint
-from fashion_tune.data import SYSTEM_DATA_DIR
+from fashion_tune.datafiles import SYSTEM_DATA_DIR
 
 TINY_CNN = ["--set", "width=8", "--set", "depth=1", "--subset", "500", "--val-subset", "200", "--device", "cpu"]
 

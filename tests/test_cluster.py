@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from fashion_tune.data import locate_data
+from fashion_tune.datafiles import locate_data
 
 pytestmark = pytest.mark.cluster
 

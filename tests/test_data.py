@@ -1,4 +1,4 @@
-"""Tests for fashion_tune.data on the real Fashion-MNIST files from Debian's package."""
+"""Tests for fashion_tune.datafiles (finding and verifying the files) and fashion_tune.data (splits, batches), on the real Fashion-MNIST files."""
 
 import dataclasses
 import gzip
@@ -11,20 +11,21 @@ import pytest
 import torch
 
 from fashion_tune import data as fd
+from fashion_tune import datafiles as files
 from fashion_tune.errors import ConfigError, DataError
 
 pytestmark = pytest.mark.skipif(
-    not fd.SYSTEM_DATA_DIR.is_dir(),
-    reason=f"{fd.SYSTEM_DATA_DIR} is absent (`apt-get install dataset-fashion-mnist` provides it)",
+    not files.SYSTEM_DATA_DIR.is_dir(),
+    reason=f"{files.SYSTEM_DATA_DIR} is absent (`apt-get install dataset-fashion-mnist` provides it)",
 )
 
-NAMES = list(fd.OFFICIAL_FILES)
-REAL_DIR = fd.SYSTEM_DATA_DIR  # kept: some tests point SYSTEM_DATA_DIR elsewhere
+NAMES = list(files.OFFICIAL_FILES)
+REAL_DIR = files.SYSTEM_DATA_DIR  # kept: some tests point SYSTEM_DATA_DIR elsewhere
 
 
 @pytest.fixture(scope="module")
-def real() -> fd.FashionMNIST:
-    return fd.load_fashion_mnist(fd.SYSTEM_DATA_DIR, download=False)
+def real() -> files.FashionMNIST:
+    return files.load_fashion_mnist(files.SYSTEM_DATA_DIR, download=False)
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +36,9 @@ def small_splits(real) -> fd.Splits:
 @pytest.fixture
 def isolated(tmp_path, monkeypatch):
     """No $FASHION_TUNE_DATA, an empty cwd, and no system copy: nothing to find implicitly."""
-    monkeypatch.delenv(fd.ENV_VAR, raising=False)
+    monkeypatch.delenv(files.ENV_VAR, raising=False)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(fd, "SYSTEM_DATA_DIR", tmp_path / "no-system-copy")
+    monkeypatch.setattr(files, "SYSTEM_DATA_DIR", tmp_path / "no-system-copy")
     return tmp_path
 
 
@@ -60,7 +61,7 @@ def real_bytes(name: str) -> bytes:
 
 def load_error(directory: Path) -> str:
     with pytest.raises(DataError) as info:
-        fd.load_fashion_mnist(directory, download=False)
+        files.load_fashion_mnist(directory, download=False)
     message = str(info.value)
     assert "\n" not in message
     return message
@@ -74,8 +75,8 @@ def test_loads_official_files_with_verified_hashes(real):
     assert real.test_images.shape == (10_000, 28, 28) and real.test_images.dtype == torch.uint8
     assert real.train_labels.shape == (60_000,) and real.train_labels.dtype == torch.int64
     assert real.test_labels.shape == (10_000,) and real.test_labels.dtype == torch.int64
-    assert real.sha256 == {name: spec.sha256 for name, spec in fd.OFFICIAL_FILES.items()}
-    assert real.source == fd.SYSTEM_DATA_DIR.resolve()
+    assert real.sha256 == {name: spec.sha256 for name, spec in files.OFFICIAL_FILES.items()}
+    assert real.source == files.SYSTEM_DATA_DIR.resolve()
     # Fashion-MNIST is balanced and its first training label is an ankle boot.
     assert torch.bincount(real.train_labels).tolist() == [6000] * 10
     assert torch.bincount(real.test_labels).tolist() == [1000] * 10
@@ -84,7 +85,7 @@ def test_loads_official_files_with_verified_hashes(real):
 
 
 def test_loading_is_cached_per_directory(real):
-    assert fd.load_fashion_mnist(fd.SYSTEM_DATA_DIR, download=False) is real
+    assert files.load_fashion_mnist(files.SYSTEM_DATA_DIR, download=False) is real
 
 
 def test_missing_file_names_dir_and_file(tmp_path):
@@ -162,9 +163,9 @@ def test_label_out_of_range(tmp_path, monkeypatch):
     raw = bytearray(real_bytes(name))
     raw[-1] = 10
     monkeypatch.setitem(
-        fd.OFFICIAL_FILES,
+        files.OFFICIAL_FILES,
         name,
-        dataclasses.replace(fd.OFFICIAL_FILES[name], sha256=hashlib.sha256(raw).hexdigest()),
+        dataclasses.replace(files.OFFICIAL_FILES[name], sha256=hashlib.sha256(raw).hexdigest()),
     )
     directory = copy_of_real(tmp_path / "d", skip=name)
     (directory / name).write_bytes(bytes(raw))
@@ -177,7 +178,7 @@ def test_plain_decompressed_copy_loads(tmp_path, real):
     directory.mkdir()
     for name in NAMES:
         (directory / name).write_bytes(real_bytes(name))
-    loaded = fd.load_fashion_mnist(directory, download=False)
+    loaded = files.load_fashion_mnist(directory, download=False)
     assert loaded.source == directory.resolve() and loaded.sha256 == real.sha256
     assert torch.equal(loaded.train_images, real.train_images)
     assert torch.equal(loaded.test_labels, real.test_labels)
@@ -187,7 +188,7 @@ def test_plain_file_is_preferred_over_gz(tmp_path):
     directory = copy_of_real(tmp_path / "d", skip="train-labels-idx1-ubyte")
     (directory / "train-labels-idx1-ubyte.gz").write_bytes(b"broken")
     (directory / "train-labels-idx1-ubyte").write_bytes(real_bytes("train-labels-idx1-ubyte"))
-    assert fd.load_fashion_mnist(directory, download=False).train_labels.shape == (60_000,)
+    assert files.load_fashion_mnist(directory, download=False).train_labels.shape == (60_000,)
 
 
 # --- locating ---------------------------------------------------------------------------
@@ -195,34 +196,34 @@ def test_plain_file_is_preferred_over_gz(tmp_path):
 
 def test_env_var_is_used_and_must_hold_the_data(isolated, monkeypatch):
     good = copy_of_real(isolated / "good")
-    monkeypatch.setenv(fd.ENV_VAR, str(good))
-    assert fd.locate_data(download=False) == good.resolve()
+    monkeypatch.setenv(files.ENV_VAR, str(good))
+    assert files.locate_data(download=False) == good.resolve()
     # Usable data in ./data must not hide a wrong $FASHION_TUNE_DATA.
     copy_of_real(isolated / "data")
     (isolated / "empty").mkdir()
-    monkeypatch.setenv(fd.ENV_VAR, str(isolated / "empty"))
+    monkeypatch.setenv(files.ENV_VAR, str(isolated / "empty"))
     with pytest.raises(DataError, match=r"empty \(from \$FASHION_TUNE_DATA\) lacks"):
-        fd.locate_data(download=False)
+        files.locate_data(download=False)
 
 
 def test_finds_torchvision_layout_and_flat_local_data(isolated):
     flat = copy_of_real(isolated / "data")
-    assert fd.locate_data(download=False) == flat.resolve()
+    assert files.locate_data(download=False) == flat.resolve()
     nested = copy_of_real(isolated / "data" / "FashionMNIST" / "raw")
-    assert fd.locate_data(download=False) == nested.resolve()
+    assert files.locate_data(download=False) == nested.resolve()
 
 
 def test_explicit_dir_accepts_torchvision_layout(tmp_path):
     nested = copy_of_real(tmp_path / "FashionMNIST" / "raw")
-    assert fd.locate_data(tmp_path, download=False) == nested.resolve()
+    assert files.locate_data(tmp_path, download=False) == nested.resolve()
 
 
 def test_nothing_found_gives_one_line_with_fixes(isolated):
     with pytest.raises(DataError) as info:
-        fd.locate_data(download=False)
+        files.locate_data(download=False)
     message = str(info.value)
     assert "\n" not in message and "download disabled" in message
-    assert "apt-get install dataset-fashion-mnist" in message and fd.ENV_VAR in message
+    assert "apt-get install dataset-fashion-mnist" in message and files.ENV_VAR in message
     assert "--data-dir" in message and "no-system-copy" in message
 
 
@@ -234,7 +235,7 @@ def test_failed_download_is_reported_not_raised(isolated, monkeypatch):
 
     monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
     with pytest.raises(DataError) as info:
-        fd.locate_data(download=True)
+        files.locate_data(download=True)
     message = str(info.value)
     assert "\n" not in message
     assert "failed (RuntimeError: Error downloading train-images-idx3-ubyte.gz)" in message
@@ -292,7 +293,7 @@ def test_make_splits_takes_val_from_held_out_part(real):
     stamped = torch.zeros(60_000, 28, 28, dtype=torch.uint8)
     stamped[:, 0, 0] = (index % 256).to(torch.uint8)
     stamped[:, 0, 1] = (index // 256).to(torch.uint8)
-    fake = fd.FashionMNIST(
+    fake = files.FashionMNIST(
         stamped, real.train_labels, real.test_images, real.test_labels, Path("."), {}
     )
     s = fd.make_splits(fake, val_size=1000, subset=500, val_subset=100, split_seed=4)
@@ -331,9 +332,9 @@ def test_splits_to_device(small_splits):
 def test_describe_counts_default_split(real):
     info = fd.describe(real)
     assert info["source"] == str(real.source) and info["sha256"] == real.sha256
-    assert info["counts"]["train"] == dict.fromkeys(fd.CLASSES, 5000)
-    assert info["counts"]["val"] == dict.fromkeys(fd.CLASSES, 1000)
-    assert info["counts"]["test"] == dict.fromkeys(fd.CLASSES, 1000)
+    assert info["counts"]["train"] == dict.fromkeys(files.CLASSES, 5000)
+    assert info["counts"]["val"] == dict.fromkeys(files.CLASSES, 1000)
+    assert info["counts"]["test"] == dict.fromkeys(files.CLASSES, 1000)
 
 
 def test_describe_uses_given_splits(real, small_splits):
@@ -477,10 +478,10 @@ def test_batch_loader_applies_augment(small_splits):
     ],
 )
 def test_class_index_accepts_names_aliases_and_indices(given, index):
-    assert fd.class_index(given) == index
+    assert files.class_index(given) == index
 
 
 @pytest.mark.parametrize("given", ["banana", "s", "", 10, -1, "11", True, 2.0])
 def test_class_index_rejects_garbage(given):
     with pytest.raises(ConfigError, match="Ankle boot"):
-        fd.class_index(given)
+        files.class_index(given)

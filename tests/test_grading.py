@@ -9,7 +9,7 @@ from torch import nn
 
 from fashion_tune import grading
 from fashion_tune.config import resolve_config
-from fashion_tune.data import CLASSES
+from fashion_tune.datafiles import CLASSES
 from fashion_tune.train import build_model, load_splits
 
 TINY_VAE = {"width": 8, "depth": 1, "latent_dim": 8, "embed_dim": 8}

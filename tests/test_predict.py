@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from fashion_tune.config import resolve_config
-from fashion_tune.data import CLASSES, load_fashion_mnist
+from fashion_tune.datafiles import CLASSES, load_fashion_mnist
 from fashion_tune.predict import load_image, predict_files
 from fashion_tune.promote import promote_best_trial
 from fashion_tune.train import load_splits

@@ -16,7 +16,7 @@ import torch
 from fashion_tune import cli, promote
 from fashion_tune.checkpoint import save_checkpoint
 from fashion_tune.config import MONITOR, resolve_config
-from fashion_tune.data import load_fashion_mnist
+from fashion_tune.datafiles import load_fashion_mnist
 from fashion_tune.grading import cnn_test_scores
 from fashion_tune.promote import load_promoted, promote_best_trial
 from fashion_tune.train import fit, load_splits
