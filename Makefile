@@ -30,15 +30,17 @@ data: $(STAMP)
 # The main job: quick sweeps of both models on an embedded local Ray, their analysis, promotion
 # of the best CNN (the judge) and VAE to best_models/, and the graded report.
 DEMO ?= demo-$(shell date +%Y%m%d-%H%M%S)
+# The quick models stay apart from the shipped ones in best_models/.
+DEMO_MODELS ?= runs/demo-models
 demo: data
 	$(FT) sweep cnn --space search_spaces/cnn_quick.yaml --name $(DEMO)-cnn
 	$(FT) sweep vae --space search_spaces/vae_quick.yaml --name $(DEMO)-vae
 	$(FT) analyze ray_results/$(DEMO)-cnn
 	$(FT) analyze ray_results/$(DEMO)-vae
-	$(FT) promote ray_results/$(DEMO)-cnn --kind cnn
-	$(FT) promote ray_results/$(DEMO)-vae --kind vae
-	$(FT) evaluate --kind all
-	@echo "report: best_models/report.md (pictures beside it); sweeps: ray_results/$(DEMO)-cnn, ray_results/$(DEMO)-vae"
+	$(FT) promote ray_results/$(DEMO)-cnn --kind cnn --models-dir $(DEMO_MODELS)
+	$(FT) promote ray_results/$(DEMO)-vae --kind vae --models-dir $(DEMO_MODELS)
+	$(FT) evaluate --kind all --models-dir $(DEMO_MODELS)
+	@echo "report: $(DEMO_MODELS)/report.md (pictures beside it); sweeps: ray_results/$(DEMO)-cnn, ray_results/$(DEMO)-vae"
 
 # The shipped models: full-data sweeps sized for this CPU (search_spaces/*_cpu.yaml), each champion
 # trained longer in a one-trial follow-up sweep (*_cpu_long.yaml), promotion of the better of the
