@@ -441,6 +441,17 @@ def test_batch_loader_covers_every_index_once_per_epoch():
     assert torch.equal(same, epochs[0])  # same seed, same order
 
 
+def test_batch_loader_never_yields_a_batch_of_one():
+    # 1025 images in batches of 128: the last image joins the batch before it (BatchNorm needs two).
+    x, y = torch.arange(1025).float(), torch.zeros(1025, dtype=torch.long)
+    loader = fd.BatchLoader(x, y, batch_size=128, generator=torch.Generator().manual_seed(0))
+    sizes = [len(xb) for xb, _ in loader]
+    assert len(loader) == len(sizes) == 8 and sizes[-1] == 129 and min(sizes) == 128
+    assert sorted(torch.cat([xb for xb, _ in loader]).tolist()) == list(range(1025))
+    assert [len(xb) for xb, _ in fd.BatchLoader(x[:1], y[:1], batch_size=1)] == [1]  # one image is all there is
+    assert [len(xb) for xb, _ in fd.BatchLoader(x[:130], y[:130], batch_size=128)] == [128, 2]
+
+
 def test_batch_loader_drop_last_and_no_shuffle():
     y = torch.arange(103)
     loader = fd.BatchLoader(y.float(), y, batch_size=10, shuffle=False, drop_last=True)

@@ -121,3 +121,78 @@ def test_checkpoint_reloads_the_model(tmp_path, splits):
         load_checkpoint(broken)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+# --- precision and cost ---------------------------------------------------------------------
+
+
+def test_precision_auto_is_bf16_only_on_cpus_with_native_bf16(monkeypatch, capsys):
+    from fashion_tune import device as dev
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: True)
+    assert [dev.pick_precision(p, cpu) for p in ("auto", "bf16", "fp32")] == ["bf16", "bf16", "fp32"]
+    assert [dev.pick_precision(p, cuda) for p in ("auto", "bf16", "fp32")] == ["fp32", "bf16", "fp32"]
+    monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(dev, "_warned", set())
+    assert dev.pick_precision("auto", cpu) == "fp32" and dev.pick_precision("auto", cpu) == "fp32"
+    assert dev.pick_precision("bf16", cpu) == "bf16"  # asked for: emulated, and said so
+    err = capsys.readouterr().err
+    assert err.count("training in fp32") == 1 and "emulated" in err
+
+
+def test_bad_precision_is_refused_by_name():
+    with pytest.raises(ConfigError, match="precision='fp16' is not allowed; choose one of: auto, fp32, bf16"):
+        resolve_config("cnn", {"precision": "fp16"})
+
+
+@pytest.mark.parametrize("kind", ["vae", "cnn"])
+def test_validation_runs_in_fp32_whatever_training_used(kind, splits):
+    from fashion_tune.train import TASKS
+
+    recorder = Recorder()
+    config = resolve_config(kind, tiny(kind, epochs=1, precision="bf16"))
+    fit(kind, config, splits=splits, reporter=recorder)
+    assert recorder.metrics[-1]["precision"] == "bf16"
+    model = build_model(kind, config)
+    model.load_state_dict(recorder.states[-1]["model"])
+    again = TASKS[kind](config).evaluate(model.eval(), splits.val_x, splits.val_y)  # plain fp32
+    assert again["val_loss"] == recorder.metrics[-1]["val_loss"]
+
+
+def test_results_carry_params_and_flops_per_training_image(splits):
+    from fashion_tune.models import count_parameters
+    from fashion_tune.train import training_cost
+
+    recorder = Recorder()
+    fit("cnn", tiny("cnn", epochs=1), splits=splits, reporter=recorder)
+    row = recorder.metrics[-1]
+    assert row["params"] == count_parameters(build_model("cnn", resolve_config("cnn", tiny("cnn"))))
+    assert row["flops"] == training_cost("cnn", tiny("cnn"))["flops"] > 0
+    # The default models, as torch.utils.flop_counter counts them (forward + backward per image).
+    assert training_cost("vae", {})["flops"] == pytest.approx(1.724e9, rel=1e-3)
+    assert training_cost("cnn", {})["flops"] == pytest.approx(0.2735e9, rel=1e-3)
+    # Doubling the width roughly quadruples the convolutions' cost.
+    assert 3.5 < training_cost("cnn", {"width": 80})["flops"] / training_cost("cnn", {})["flops"] < 4.1
+
+
+def test_cnn_trains_when_the_last_batch_would_hold_one_image():
+    config = resolve_config("cnn", tiny("cnn", subset=1025, batch_size=128, epochs=1))
+    assert fit("cnn", config)["epoch"] == 1
+
+
+def test_dynamic_binarization_trains_on_binary_pixels(splits, monkeypatch):
+    from fashion_tune.models import ConditionalVAE
+
+    seen = []
+    original = ConditionalVAE.loss_terms
+
+    def spy(self, x, labels, beta):
+        if self.training:
+            seen.append(bool(((x == 0) | (x == 1)).all()))
+        return original(self, x, labels, beta)
+
+    monkeypatch.setattr(ConditionalVAE, "loss_terms", spy)
+    metrics = fit("vae", tiny("vae", epochs=1, binarize="dynamic"), splits=splits)
+    assert seen and all(seen)
+    assert math.isfinite(metrics["val_neg_elbo_bin"]) and math.isfinite(metrics["val_neg_elbo"])
