@@ -116,10 +116,20 @@ def records_dir() -> Path:
     return Path(base) / "local-ray"
 
 
+def _psutil():
+    """psutil, as Ray ships it (in ray/thirdparty_files, on the path once ray is imported)."""
+    import ray  # noqa: F401
+
+    import psutil
+
+    return psutil
+
+
 def _record_local_ray() -> None:
     global _record_path
-    import psutil
     import ray
+
+    psutil = _psutil()
 
     try:
         session_dir = ray._private.worker._global_node.get_session_dir_path()  # no public API names it
@@ -140,7 +150,7 @@ def _forget_local_ray() -> None:
 
 
 def _alive(pid: int, started: float) -> bool:
-    import psutil
+    psutil = _psutil()
 
     try:
         return abs(psutil.Process(pid).create_time() - started) < 1.0  # the same process, not a reused pid
@@ -150,7 +160,7 @@ def _alive(pid: int, started: float) -> bool:
 
 def session_processes(session_dir: str) -> list:
     """This user's processes that belong to a Ray session (by command line or open files)."""
-    import psutil
+    psutil = _psutil()
 
     session = str(session_dir)
     found = []
@@ -168,7 +178,7 @@ def session_processes(session_dir: str) -> list:
 
 def stop_leftovers(echo=print) -> int:
     """Stop the local Rays whose sweep driver is gone; returns how many processes were stopped."""
-    import psutil
+    psutil = _psutil()
 
     stopped = 0
     for record_file in sorted(records_dir().glob("*.json")):

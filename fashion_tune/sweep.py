@@ -147,6 +147,10 @@ def trial_name(trial) -> str:
 
 def _stored_results(trial) -> list[dict[str, Any]]:
     """The results a trial wrote to its `result.json` before the sweep was interrupted."""
+    if not getattr(trial, "relative_logdir", True):
+        # Not started yet. A trial --restart-errored made still carries the old trial's storage
+        # paths until it starts; those results are not its own.
+        return []
     try:
         fs = trial.storage.storage_filesystem
         with fs.open_input_stream(f"{trial.storage.trial_fs_path}/result.json") as f:
@@ -277,7 +281,7 @@ def _move_aside_unknown_trials(trials) -> None:
 
     storage = trials[0].storage
     fs, root = storage.storage_filesystem, storage.experiment_fs_path
-    owned = {Path(t.storage.trial_fs_path).name for t in trials}
+    owned = {t.relative_logdir for t in trials if t.relative_logdir}  # a trial not started yet has no directory
     try:
         infos = fs.get_file_info(pyarrow.fs.FileSelector(root))
     except OSError:
