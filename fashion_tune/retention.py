@@ -95,8 +95,14 @@ def best_checkpoints(rows: list[dict[str, Any]], metric: str, mode: str, keep: i
     return {name for _, _, name in sorted(scored)[:keep]}
 
 
-def prune_trial(fs, trial_path: str, metric: str, mode: str, keep: int, snapshot_index: int) -> list[str]:
-    """Delete the trial's checkpoints that are neither best-N nor at/after `snapshot_index`; returns their names."""
+def prune_trial(fs, trial_path: str, metric: str, mode: str, keep: int, snapshot_index: int,
+                settled: bool = False) -> list[str]:
+    """Delete the trial's checkpoints that are neither best-N nor at/after `snapshot_index`; returns their names.
+
+    `settled`: the sweep has stopped and its final snapshot names `snapshot_index` as the trial's
+    latest. A checkpoint after it was written by a run a hard kill cut off and the trial redid, so
+    it goes too (unless best-N): the snapshot's latest is the trial's latest.
+    """
     try:
         infos = fs.get_file_info(pyarrow.fs.FileSelector(trial_path))
     except (OSError, pyarrow.lib.ArrowException):
@@ -106,10 +112,13 @@ def prune_trial(fs, trial_path: str, metric: str, mode: str, keep: int, snapshot
     if not existing:
         return []
     protected = best_checkpoints(read_lines(fs, f"{trial_path}/result.json"), metric, mode, keep)
-    protected.add(existing[-1][1])  # the newest, whatever the metric says
+    if settled and snapshot_index >= 0:
+        protected.add(f"{CHECKPOINT_PREFIX}{snapshot_index:06d}")
+    else:
+        protected.add(existing[-1][1])  # the newest, whatever the metric says
     deleted = []
     for index, name in existing:
-        if name in protected or index >= snapshot_index:
+        if name in protected or (index >= snapshot_index and not (settled and snapshot_index >= 0)):
             continue
         try:
             fs.delete_dir(f"{trial_path}/{name}")
@@ -143,5 +152,6 @@ def prune_experiment(fs, experiment_path: str, trial_paths: dict[str, str], metr
 def prune_finished_experiment(fs, experiment_path: str, metric: str, mode: str, keep: int) -> int:
     """After a sweep stops: prune every trial the snapshot on storage knows; returns the checkpoints deleted."""
     snapshot = snapshot_on_storage(fs, experiment_path) or {}
-    return sum(len(prune_trial(fs, f"{experiment_path}/{directory}", metric, mode, keep, index))
-               for _, index, directory in snapshot.values() if directory)
+    return sum(len(prune_trial(fs, f"{experiment_path}/{directory}", metric, mode, keep, index,
+                               settled=status not in LIVE))
+               for status, index, directory in snapshot.values() if directory)
