@@ -53,11 +53,19 @@ def test_optuna_proposes_and_asha_stops_trials_early(sweep):
 
     study = outcome.study  # the Optuna study behind OptunaSearch holds every proposed trial
     assert len(study.trials) == 6
-    assert all(t.state.name == "COMPLETE" for t in study.trials)
     assert study.trials[0].params == TINY_CNN_SPACE["points_to_evaluate"][0], "the known-good point goes first"
     proposed = sorted(t.params["lr"] for t in study.trials)
     assert proposed == sorted(results["config/lr"]), "every trial ran the config Optuna proposed"
-    assert sorted(t.value for t in study.trials) == sorted(results["val_acc"])
+    by_lr = results.set_index("config/lr")
+    history = load_history(outcome.experiment_dir)
+    for trial in study.trials:
+        row = by_lr.loc[trial.params["lr"]]
+        # ASHA's stops are PRUNED, with every epoch's value; a finished trial is told its best value.
+        assert trial.state.name == ("PRUNED" if row["stop_reason"] == "asha" else "COMPLETE"), row["stop_reason"]
+        epochs = history[history["trial_id"] == row["trial_id"]]
+        assert trial.intermediate_values == dict(zip(epochs["epoch"], epochs["val_acc"]))
+        if trial.state.name == "COMPLETE":
+            assert trial.value == row["best_val_acc"]
 
 
 @pytest.mark.ray
@@ -258,6 +266,26 @@ def test_asha_ranks_a_diverged_trial_last_when_higher_is_better():
 
 
 # --- refusals before anything starts -----------------------------------------------------------
+
+
+def test_resume_refuses_flags_it_would_ignore(tmp_path):
+    from fashion_tune.errors import ConfigError
+    from fashion_tune.sweep import run_sweep
+
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(RESUME_SPACE, sort_keys=False))
+    (tmp_path / "results" / "done").mkdir(parents=True)
+    (tmp_path / "results" / "done" / "sweep.json").write_text(json.dumps(
+        {"kind": "vae", "num_samples": 5, "max_concurrent_trials": 1, "max_failures": 3, "keep_checkpoints": 3}))
+    resume = dict(name="done", storage=tmp_path / "results", resume=True)
+    with pytest.raises(ConfigError, match="--restart-errored only applies with --resume"):
+        run_sweep("vae", space, name="new", storage=tmp_path / "results", restart_errored=True)
+    with pytest.raises(ConfigError, match="--space cannot be given with --resume"):
+        run_sweep("vae", space, **resume)
+    with pytest.raises(ConfigError, match=r"--max-failures cannot change on --resume \(it was started with --max-failures 3\)"):
+        run_sweep("vae", max_failures=5, **resume)
+    with pytest.raises(ConfigError, match="--keep-checkpoints cannot change on --resume"):
+        run_sweep("vae", keep_checkpoints=1, **resume)
 
 
 def test_sweep_refuses_to_overwrite_or_to_resume_what_is_not_there(tmp_path):
