@@ -305,3 +305,40 @@ def test_sweep_refuses_to_overwrite_or_to_resume_what_is_not_there(tmp_path):
     with pytest.raises(ConfigError, match="--space FILE is required"):
         run_sweep("vae", storage=tmp_path / "results")
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["taken"]
+
+
+# --- the searcher after a restore -------------------------------------------------------------
+
+
+def test_restored_searcher_agrees_with_the_trials_tune_restored():
+    """Retried and restarted trials are adopted and count against max_concurrent; a RUNNING Optuna
+    trial no Tune trial stands for becomes FAIL; ASHA's stops are PRUNED, finished trials told their best."""
+    from fashion_tune.searcher import optuna_searcher, reconcile
+    from fashion_tune.spaces import parse_space
+    from fashion_tune.sweep import make_searcher
+
+    space = parse_space({"kind": "cnn", "num_samples": 4, "max_concurrent_trials": 2, "scheduler": {"max_t": 3},
+                         "params": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}}, "space.yaml")
+    generator = make_searcher(space)
+    limiter, optuna_search = generator.searcher, optuna_searcher(generator)
+    limiter.set_search_properties("val_acc", "max", {})
+    configs = {t: limiter.suggest(t) for t in ("a", "b")}
+    assert limiter.suggest("x") is None  # two at a time
+
+    def trial(trial_id, status, lr):
+        return SimpleNamespace(trial_id=trial_id, status=status, config={"lr": lr}, relative_logdir=None)
+
+    stored = {"a": [{"epoch": 1, "val_acc": 0.5, "config": {}}]}
+    # Tune restored "a" (running) and "c" (a restarted trial Optuna never asked for); "b" was lost.
+    counts = reconcile(generator, [trial("a", "PENDING", configs["a"]["lr"]), trial("c", "PENDING", 2e-3)],
+                       lambda t: stored.get(t.trial_id, []))
+    assert counts == {"adopted": 1, "told": 0, "failed": 1, "live": 2}
+    assert limiter.live_trials == {"a", "c"} and generator._counter == 2
+    assert limiter.suggest("y") is None  # the two restored trials fill max_concurrent
+    limiter.on_trial_result("c", {"epoch": 1, "val_acc": 0.7, "config": {"lr": 2e-3}})
+    limiter.on_trial_complete("c", {"epoch": 3, "val_acc": 0.6, "best_epoch": 1, "config": {"lr": 2e-3}})
+    limiter.on_trial_complete("a", {"epoch": 2, "val_acc": 0.4, "config": {}})  # stopped by ASHA before max_t
+    states = {t.params["lr"]: (t.state.name, t.value, t.intermediate_values) for t in optuna_search._ot_study.trials}
+    assert states[configs["b"]["lr"]][0] == "FAIL"
+    assert states[configs["a"]["lr"]] == ("PRUNED", 0.4, {1: 0.5, 2: 0.4})
+    assert states[2e-3] == ("COMPLETE", 0.7, {1: 0.7, 3: 0.6})  # the best value, not the last
