@@ -94,7 +94,9 @@ def _read_json_lines(path: Path) -> list[dict[str, Any]]:
 def _trial_records(path: Path) -> list[dict[str, Any]]:
     """Every trial Ray knows of: id, status, directory, config, failures (newest experiment state + dirs)."""
     records: dict[str, dict[str, Any]] = {}
-    states = sorted(path.glob("experiment_state-*.json"), key=lambda p: (p.stat().st_mtime, p.name))
+    # The newest by name, as Tune's restore picks it: a resumed sweep copies the older state files
+    # back into the directory, so modification times do not order them.
+    states = sorted(path.glob("experiment_state-*.json"), key=lambda p: p.name)
     if states:
         try:
             state = json.loads(states[-1].read_text())

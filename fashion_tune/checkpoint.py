@@ -29,6 +29,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())  # the rename must never publish a file whose data is not on disk yet
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -45,9 +47,14 @@ def load_checkpoint(path: str | Path, kind: str | None = None, map_location: str
         raise CheckpointError(f"checkpoint {path} does not exist; check the path")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} is unreadable ({first[:120]}); it is corrupt or truncated, use another checkpoint") from None
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError, AttributeError,
+            zipfile.BadZipFile, pickle.UnpicklingError) as exc:
+        # torch.load of a file that is not a checkpoint (text, another pickle) fails in many ways,
+        # e.g. IndexError from its legacy unpickler on a text file.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        why = f"{type(exc).__name__}: {first[:120]}" if first else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} is unreadable ({why}); it is not a checkpoint, or is corrupt or "
+                              "truncated; use another checkpoint") from None
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
         raise CheckpointError(f"checkpoint {path} is not a fashion-tune checkpoint (missing {', '.join(REQUIRED_KEYS)})")
     if kind is not None and state["kind"] != kind:

@@ -98,7 +98,7 @@ def run_train(args) -> int:
     from fashion_tune.checkpoint import load_checkpoint
     from fashion_tune.config import load_yaml, resolve_config
     from fashion_tune.runs import RunDirReporter, default_run_dir
-    from fashion_tune.train import fit
+    from fashion_tune.train import fit, load_splits
 
     checkpoint = None
     if args.resume:
@@ -116,12 +116,15 @@ def run_train(args) -> int:
     if checkpoint is not None and checkpoint["epoch"] >= config["epochs"]:
         raise ConfigError(f"{args.resume} already finished {checkpoint['epoch']} epochs; pass --epochs N with N > {checkpoint['epoch']} to train further")
 
+    # The data (and the subset sizes, checked against it) before anything is written: a refused
+    # run leaves no directory behind.
+    splits = load_splits(config, args.data_dir)
     out = args.out or (args.resume.parent if args.resume else default_run_dir(args.kind))
     from tqdm.auto import tqdm
 
     reporter = RunDirReporter(args.kind, out, echo=tqdm.write)
     print(f"training {args.kind} for {config['epochs']} epochs -> {out}", flush=True)
-    last = fit(args.kind, config, reporter=reporter, checkpoint=checkpoint, data_dir=args.data_dir, progress=sys.stderr.isatty())
+    last = fit(args.kind, config, splits=splits, reporter=reporter, checkpoint=checkpoint, progress=sys.stderr.isatty())
     if last.get("diverged"):
         print(f"training stopped: the loss became non-finite at epoch {last['epoch']}", file=sys.stderr)
         return 1
@@ -147,12 +150,12 @@ def add_sweep(sub) -> None:
                                       "(default $FASHION_TUNE_STORAGE, else ray_results); on a multi-host cluster every node must reach it")
     p.add_argument("--address", help="Ray cluster to attach to (auto, HOST:PORT, ray://...; default $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep STORAGE/NAME; finished trials are kept, not re-run")
-    p.add_argument("--restart-errored", action="store_true", help="with --resume: restart failed trials from scratch instead of from their last checkpoint")
+    p.add_argument("--restart-errored", action="store_true", help="with --resume: restart failed trials from scratch (as new trials) instead of from their last checkpoint")
     p.add_argument("--data-dir", help="directory with the Fashion-MNIST files")
     p.add_argument("--num-cpus", type=float, help="CPUs of the local Ray (default: all of this machine's)")
     p.add_argument("--num-gpus", type=float, help="GPUs of the local Ray (default: all of this machine's)")
-    p.add_argument("--max-failures", type=int, default=3, metavar="N", help="restarts of a crashed trial from its last checkpoint (default 3)")
-    p.add_argument("--keep-checkpoints", type=positive_int, default=3, metavar="N", help="best checkpoints kept per trial by the metric (default 3)")
+    p.add_argument("--max-failures", type=int, metavar="N", help="restarts of a crashed trial from its last checkpoint (default 3; fixed once the sweep started)")
+    p.add_argument("--keep-checkpoints", type=positive_int, metavar="N", help="best checkpoints kept per trial by the metric, besides the latest (default 3; fixed once the sweep started)")
     p.add_argument("--allow-local-storage", action="store_true", help="on a multi-host cluster, accept a --storage path that is not on a network filesystem")
     p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard with the local Ray (it binds to --dashboard-host)")
     p.add_argument("--dashboard-host", default="127.0.0.1", help="address the local dashboard binds to (default 127.0.0.1: this machine only)")

@@ -7,8 +7,11 @@ On a cluster of several hosts, every trial writes checkpoints to the experiment'
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import socket
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Collection
@@ -63,6 +66,7 @@ def connect(
         logging_level="WARNING",
         configure_logging=True,
     )
+    _record_local_ray()
     return True
 
 
@@ -91,6 +95,116 @@ def disconnect() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+    _forget_local_ray()
+
+
+# --- what a killed driver leaves behind -------------------------------------------------------
+#
+# A local Ray's processes (GCS, raylet, dashboard and runtime-env agents, log monitor, workers)
+# outlive a driver killed with SIGKILL. Each driver that starts one writes a record (its pid and
+# start time, and the Ray session directory) into records_dir(); the next sweep stops the
+# processes of every record whose driver is gone, and only those: a process belongs to a session
+# if its command line or one of its open files lies in that session's directory.
+
+RECORDS_ENV = "FASHION_TUNE_RUN_DIR"
+_record_path: Path | None = None
+
+
+def records_dir() -> Path:
+    """Where local-Ray records live: $FASHION_TUNE_RUN_DIR, else a per-user directory in the temp dir."""
+    base = os.environ.get(RECORDS_ENV) or Path(tempfile.gettempdir()) / f"fashion-tune-{os.getuid()}"
+    return Path(base) / "local-ray"
+
+
+def _psutil():
+    """psutil, as Ray ships it (in ray/thirdparty_files, on the path once ray is imported)."""
+    import ray  # noqa: F401
+
+    import psutil
+
+    return psutil
+
+
+def _record_local_ray() -> None:
+    global _record_path
+    import ray
+
+    psutil = _psutil()
+
+    try:
+        session_dir = ray._private.worker._global_node.get_session_dir_path()  # no public API names it
+    except AttributeError:
+        return
+    me = psutil.Process()
+    directory = records_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    _record_path = directory / f"{me.pid}.json"
+    _record_path.write_text(json.dumps({"pid": me.pid, "started": me.create_time(), "session_dir": session_dir}))
+
+
+def _forget_local_ray() -> None:
+    global _record_path
+    if _record_path is not None:
+        _record_path.unlink(missing_ok=True)
+        _record_path = None
+
+
+def _alive(pid: int, started: float) -> bool:
+    psutil = _psutil()
+
+    try:
+        return abs(psutil.Process(pid).create_time() - started) < 1.0  # the same process, not a reused pid
+    except psutil.Error:
+        return False
+
+
+def session_processes(session_dir: str) -> list:
+    """This user's processes that belong to a Ray session (by command line or open files)."""
+    psutil = _psutil()
+
+    session = str(session_dir)
+    found = []
+    for process in psutil.process_iter(["pid", "uids", "cmdline"]):
+        try:
+            if process.pid == os.getpid() or process.info["uids"].real != os.getuid():
+                continue
+            if session in " ".join(process.info["cmdline"] or []) or any(
+                    f.path.startswith(session) for f in process.open_files()):
+                found.append(process)
+        except (psutil.Error, TypeError, AttributeError):
+            continue
+    return found
+
+
+def stop_leftovers(echo=print) -> int:
+    """Stop the local Rays whose sweep driver is gone; returns how many processes were stopped."""
+    psutil = _psutil()
+
+    stopped = 0
+    for record_file in sorted(records_dir().glob("*.json")):
+        try:
+            record = json.loads(record_file.read_text())
+            pid, started, session_dir = int(record["pid"]), float(record["started"]), record["session_dir"]
+        except (OSError, ValueError, KeyError, TypeError):
+            record_file.unlink(missing_ok=True)
+            continue
+        if _alive(pid, started):
+            continue  # a sweep still running
+        processes = session_processes(session_dir)
+        for process in processes:
+            with contextlib.suppress(psutil.Error):
+                process.terminate()
+        _, survivors = psutil.wait_procs(processes, timeout=5)
+        for process in survivors:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        psutil.wait_procs(survivors, timeout=5)
+        if processes:
+            echo(f"stopped {len(processes)} processes of the local Ray {Path(session_dir).name}, left running by a "
+                 f"sweep driver (pid {pid}) that was killed")
+        stopped += len(processes)
+        record_file.unlink(missing_ok=True)
+    return stopped
 
 
 # --- what the cluster looks like --------------------------------------------------------------

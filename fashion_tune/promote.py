@@ -25,6 +25,7 @@ leaves `.old-<kind>-*`, which the next promote or load puts back.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import math
@@ -150,23 +151,51 @@ def load_promoted(kind: str, models_dir: str | Path = DEFAULT_MODELS_DIR, device
     from fashion_tune.train import load_model
 
     target = Path(models_dir) / kind
-    recover(Path(models_dir), kind)
-    if not (target / MODEL_FILE).is_file():
-        raise FashionTuneError(f"no promoted {kind} in {target} ({MODEL_FILE} missing); {promote_hint(kind)}")
-    manifest = read_json(target / MANIFEST_FILE)
-    expected = manifest.get("files", {}).get(MODEL_FILE)
-    if expected and file_sha256(target / MODEL_FILE) != expected:
-        raise CheckpointError(f"{target / MODEL_FILE} does not match the SHA-256 in {MANIFEST_FILE}: it was changed or "
-                              f"corrupted; promote again with --force")
-    model, state = load_model(target / MODEL_FILE, kind=kind, device=device)
-    return model, manifest, read_json(target / METRICS_FILE)
+    # Under the lock: no promotion swaps the directory while its files are read together.
+    with models_lock(Path(models_dir)):
+        recover(Path(models_dir), kind)
+        if not (target / MODEL_FILE).is_file():
+            raise FashionTuneError(f"no promoted {kind} in {target} ({MODEL_FILE} missing); {promote_hint(kind)}")
+        manifest = read_json(target / MANIFEST_FILE)
+        expected = manifest.get("files", {}).get(MODEL_FILE)
+        if expected and file_sha256(target / MODEL_FILE) != expected:
+            raise CheckpointError(f"{target / MODEL_FILE} does not match the SHA-256 in {MANIFEST_FILE}: it was changed "
+                                  f"or corrupted; promote again with --force")
+        model, state = load_model(target / MODEL_FILE, kind=kind, device=device)
+        metrics = read_json(target / METRICS_FILE)
+    return model, manifest, metrics
 
 
 # --- atomic directory replacement ----------------------------------------------------------
 
 
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def models_lock(models_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `models_dir/.lock` (fcntl.flock) for the block.
+
+    Every reader and writer of the promoted models takes it: recovery, the comparison with the
+    champion and the swap then see one consistent directory, and a `.tmp-*` or `.old-*` seen
+    under the lock belongs to a process that died (the kernel drops a dead process's lock). Only
+    an existing directory is locked: reading nothing must not create it.
+    """
+    if not models_dir.is_dir():
+        yield
+        return
+    with open(models_dir / LOCK_FILE, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def recover(models_dir: Path, kind: str) -> str | None:
-    """Finish or undo a promotion that was cut off; returns what it did, or None."""
+    """Finish or undo a promotion that was cut off; returns what it did, or None.
+
+    Call it holding `models_lock`: then no live promotion owns the directories it removes."""
     target = models_dir / kind
     if not models_dir.is_dir():
         return None
@@ -213,6 +242,7 @@ def swap_in(new: Path, target: Path) -> None:
     """Replace directory `target` with `new` by renames; at every instant one complete version exists on disk."""
     if not target.exists():
         os.rename(new, target)
+        fsync_dir(target.parent)
         return
     old = target.with_name(f".old-{target.name}-{new.name.removeprefix(f'.tmp-{target.name}-')}")
     with interrupts_deferred():
@@ -222,6 +252,7 @@ def swap_in(new: Path, target: Path) -> None:
         except BaseException:
             os.rename(old, target)
             raise
+        fsync_dir(target.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -262,7 +293,24 @@ def jsonable(value: Any) -> Any:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(jsonable(data), indent=2) + "\n")
+    write_synced(path, json.dumps(jsonable(data), indent=2) + "\n")
+
+
+def write_synced(path: Path, text: str) -> None:
+    """Write a file and fsync it, so a rename that publishes it never exposes it half-written after a crash."""
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory: the names created or renamed in it survive a crash."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # --- promotion -----------------------------------------------------------------------------
@@ -301,7 +349,12 @@ def promote_best_trial(
     data_dir=None,
     echo: Callable[[str], None] = print,
 ) -> Promotion:
-    """Promote the best trial (by validation) of a sweep into `models_dir/<kind>/`; see the module docstring."""
+    """Promote the best trial (by validation) of a sweep into `models_dir/<kind>/`; see the module docstring.
+
+    The challenger is scored first; the champion is read, scored and (maybe) replaced under
+    `models_lock`, so two promotions at once compare in turn and the later one sees the earlier's
+    champion.
+    """
     from fashion_tune.train import load_model
 
     experiment_dir = Path(experiment_dir)
@@ -311,9 +364,6 @@ def promote_best_trial(
     kind = pick.kind
     models_dir = Path(models_dir)
     target = models_dir / kind
-    notes = []
-    if models_dir.is_dir() and (restored := recover(models_dir, kind)):
-        notes.append(restored)
 
     model, state = load_model(pick.checkpoint, kind=kind)
     config = dict(state["config"])
@@ -324,55 +374,84 @@ def promote_best_trial(
     challenger = {"validation": validation_scores(kind, model, splits.val_x, splits.val_y),
                   "test": test_scores(kind, model, splits.test_x, splits.test_y)}
 
-    champion = None
-    champion_error = None
-    if (target / MODEL_FILE).exists():
-        try:
-            champion_model, champion_state = load_model(target / MODEL_FILE, kind=kind)
-        except FashionTuneError as exc:
-            champion_error = str(exc)
-        else:
-            champion = {"validation": validation_scores(kind, champion_model, splits.val_x, splits.val_y),
-                        "manifest": _read_optional(target / MANIFEST_FILE),
-                        "recorded_test": _read_optional(target / METRICS_FILE).get("test", {})}
-            theirs = champion_state["config"]
-            if (theirs.get("val_size"), theirs.get("split_seed")) != (config["val_size"], config["split_seed"]):
-                notes.append(f"the champion was trained with another validation split (val_size {theirs.get('val_size')}, "
-                             f"split_seed {theirs.get('split_seed')}), so it may have trained on some of these validation images")
-    if champion_error and not force:
-        raise FashionTuneError(f"the current champion cannot be compared: {champion_error}; pass --force to replace it "
-                               f"(it is kept under {target / HISTORY_DIR})")
+    models_dir.mkdir(parents=True, exist_ok=True)
+    with models_lock(models_dir):
+        notes = [restored] if (restored := recover(models_dir, kind)) else []
+        champion = _score_champion(target, kind, config, splits, force, notes)
+        promoted, reason = _decide(kind, pick, state, challenger, champion, force)
+        _print_comparison(kind, challenger, champion, len(splits.val_y), notes, echo)
+        result = Promotion(kind, promoted, reason, target, str(pick.trial_id), challenger, champion, notes=notes)
+        if not promoted:
+            echo(reason)
+            return result
+        manifest = _manifest(kind, experiment_dir, pick, state, challenger, champion, force, splits, data, config)
+        result.history = _install(models_dir, target, kind, state, challenger, manifest)
+    echo(f"{reason}; promoted trial {pick.trial_id} to {target}" + (f" (previous champion kept in {result.history})" if result.history else ""))
+    if kind == "vae" and not (models_dir / "cnn" / MODEL_FILE).is_file():
+        msg = (f"VAE grading is waiting for a judge: there is no promoted CNN in {models_dir / 'cnn'}; "
+               f"promote a CNN sweep (`fashion-tune promote EXPERIMENT_DIR --kind cnn`) before `fashion-tune evaluate`")
+        notes.append(msg)
+        echo(f"note: {msg}")
+    return result
 
+
+def _score_champion(target: Path, kind: str, config: dict[str, Any], splits, force: bool,
+                    notes: list[str]) -> dict[str, Any] | None:
+    """The current champion scored on the challenger's validation images; None if there is none (or, with
+    force, if it is unreadable)."""
+    from fashion_tune.train import load_model
+
+    if not (target / MODEL_FILE).exists():
+        return None
+    try:
+        champion_model, champion_state = load_model(target / MODEL_FILE, kind=kind)
+    except FashionTuneError as exc:
+        if not force:
+            raise FashionTuneError(f"the current champion cannot be compared: {exc}; pass --force to replace it "
+                                   f"(it is kept under {target / HISTORY_DIR})") from None
+        notes.append("the champion was unreadable (--force)")
+        return None
+    theirs = champion_state["config"]
+    if (theirs.get("val_size"), theirs.get("split_seed")) != (config["val_size"], config["split_seed"]):
+        notes.append(f"the champion was trained with another validation split (val_size {theirs.get('val_size')}, "
+                     f"split_seed {theirs.get('split_seed')}), so it may have trained on some of these validation images")
+    return {"validation": validation_scores(kind, champion_model, splits.val_x, splits.val_y),
+            "manifest": _read_optional(target / MANIFEST_FILE),
+            "recorded_test": _read_optional(target / METRICS_FILE).get("test", {})}
+
+
+def _decide(kind: str, pick, state, challenger, champion, force: bool) -> tuple[bool, str]:
+    """Whether the challenger replaces the champion, and why."""
     name, mode = PRIMARY[kind]
-    same_checkpoint = champion is not None and champion["manifest"].get("checkpoint") == str(Path(pick.checkpoint).resolve())
     if champion is None:
-        promoted, reason = True, "no champion yet" if not champion_error else "the champion was unreadable (--force)"
-    elif is_better(kind, challenger["validation"], champion["validation"]):
-        promoted, reason = True, (f"challenger is better: {LABELS[name]} {_format(challenger['validation'][name])} "
-                                  f"{'<' if mode == 'min' else '>'} {_format(champion['validation'][name])}")
-    elif force:
-        promoted, reason = True, f"--force: replacing the champion although its {LABELS[name]} is as good or better"
-    elif same_checkpoint:
-        promoted, reason = False, f"champion kept: trial {pick.trial_id} (epoch {state['epoch']}) already is the champion"
-    else:
-        promoted, reason = False, (f"champion kept: challenger's {LABELS[name]} {_format(challenger['validation'][name])} "
-                                   f"is not better than {_format(champion['validation'][name])}; pass --force to replace it")
+        return True, "no champion to beat"
+    if is_better(kind, challenger["validation"], champion["validation"]):
+        return True, (f"challenger is better: {LABELS[name]} {_format(challenger['validation'][name])} "
+                      f"{'<' if mode == 'min' else '>'} {_format(champion['validation'][name])}")
+    if force:
+        return True, f"--force: replacing the champion although its {LABELS[name]} is as good or better"
+    if champion["manifest"].get("checkpoint") == str(Path(pick.checkpoint).resolve()):
+        return False, f"champion kept: trial {pick.trial_id} (epoch {state['epoch']}) already is the champion"
+    return False, (f"champion kept: challenger's {LABELS[name]} {_format(challenger['validation'][name])} "
+                   f"is not better than {_format(champion['validation'][name])}; pass --force to replace it")
 
+
+def _print_comparison(kind: str, challenger, champion, images: int, notes: list[str], echo) -> None:
     if champion is not None:
-        echo(f"champion vs challenger ({kind}), both scored on the same {len(splits.val_y):,} validation images:")
+        echo(f"champion vs challenger ({kind}), both scored on the same {images:,} validation images:")
     else:
-        echo(f"challenger ({kind}) on {len(splits.val_y):,} validation images; there is no champion to compare with:")
+        echo(f"challenger ({kind}) on {images:,} validation images; there is no champion to compare with:")
     for line in comparison_table(kind, challenger, champion):
         echo(line)
     for note in notes:
         echo(f"note: {note}")
-    result = Promotion(kind, promoted, reason, target, str(pick.trial_id), challenger, champion, notes=notes)
-    if not promoted:
-        echo(reason)
-        return result
 
-    promoted_at = _now()
-    manifest = {
+
+def _manifest(kind: str, experiment_dir: Path, pick, state, challenger, champion, force: bool, splits, data,
+              config) -> dict[str, Any]:
+    """Where the new champion came from (manifest.json; `files` is filled in when it is written)."""
+    name, mode = PRIMARY[kind]
+    return {
         "kind": kind,
         "experiment": str(experiment_dir.resolve()),
         "trial_id": str(pick.trial_id),
@@ -383,33 +462,30 @@ def promote_best_trial(
                               "images": len(splits.val_y), "val_size": config["val_size"], "split_seed": config["split_seed"]},
         "test_metric": {"name": MONITOR[kind][0].replace("val_", "test_"), "value": challenger["test"][name],
                         "images": len(splits.test_y)},
-        "promoted_at": promoted_at.isoformat(timespec="seconds"),
+        "promoted_at": _now().isoformat(timespec="seconds"),
         "forced": bool(force and champion is not None and not is_better(kind, challenger["validation"], champion["validation"])),
         "replaced": _summary(champion["manifest"]) if champion else None,
         "code": code_version(),
         "data": {"source": str(data.source), "sha256": dict(data.sha256)},
         "files": {},
     }
-    models_dir.mkdir(parents=True, exist_ok=True)
-    stamp = promoted_at.strftime("%Y%m%d-%H%M%S")
+
+
+def _install(models_dir: Path, target: Path, kind: str, state, challenger, manifest) -> Path | None:
+    """Assemble the new champion next to the old one and swap it in; returns where the old one went."""
+    stamp = _now().strftime("%Y%m%d-%H%M%S")
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{kind}-", suffix=f"-{stamp}", dir=models_dir))
+    history = None
     try:
         write_promoted(tmp, kind, state, challenger, manifest)
         if target.exists():
-            result.history = _keep_history(target, tmp, stamp)
+            history = _keep_history(target, tmp, stamp)
+            fsync_dir(tmp / HISTORY_DIR)
         swap_in(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if result.history is not None:
-        result.history = target / HISTORY_DIR / result.history.name
-    echo(f"{reason}; promoted trial {pick.trial_id} to {target}" + (f" (previous champion kept in {result.history})" if result.history else ""))
-    if kind == "vae" and not (models_dir / "cnn" / MODEL_FILE).is_file():
-        msg = (f"VAE grading is waiting for a judge: there is no promoted CNN in {models_dir / 'cnn'}; "
-               f"promote a CNN sweep (`fashion-tune promote EXPERIMENT_DIR --kind cnn`) before `fashion-tune evaluate`")
-        notes.append(msg)
-        echo(f"note: {msg}")
-    return result
+    return target / HISTORY_DIR / history.name if history is not None else None
 
 
 def write_promoted(directory: Path, kind: str, state: dict[str, Any], scores: dict[str, Any], manifest: dict[str, Any]) -> None:
@@ -422,10 +498,11 @@ def write_promoted(directory: Path, kind: str, state: dict[str, Any], scores: di
         "metrics": jsonable({"validation": scores["validation"], "test_" + PRIMARY[kind][0]: scores["test"][PRIMARY[kind][0]]}),
     }
     save_checkpoint(weights, directory / MODEL_FILE)
-    (directory / CONFIG_FILE).write_text(yaml.safe_dump(dict(state["config"]), sort_keys=True))
+    write_synced(directory / CONFIG_FILE, yaml.safe_dump(dict(state["config"]), sort_keys=True))
     write_json(directory / METRICS_FILE, {"kind": kind, **scores, "sweep_history": state.get("history", [])})
     manifest["files"] = {MODEL_FILE: file_sha256(directory / MODEL_FILE)}
     write_json(directory / MANIFEST_FILE, manifest)
+    fsync_dir(directory)
 
 
 def _keep_history(target: Path, new: Path, stamp: str) -> Path:

@@ -25,12 +25,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
+from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler
 
 from fashion_tune.analysis import SPACE_COPY, SWEEP_INFO
 from fashion_tune.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from fashion_tune.cluster import is_uri
 from fashion_tune.errors import ConfigError, FashionTuneError
+from fashion_tune.searcher import optuna_searcher
 from fashion_tune.spaces import SearchSpace, check_resources, load_space, local_capacity, parse_space
 
 RESULTS = "results"  # .csv and .parquet
@@ -145,6 +147,10 @@ def trial_name(trial) -> str:
 
 def _stored_results(trial) -> list[dict[str, Any]]:
     """The results a trial wrote to its `result.json` before the sweep was interrupted."""
+    if not getattr(trial, "relative_logdir", True):
+        # Not started yet. A trial --restart-errored made still carries the old trial's storage
+        # paths until it starts; those results are not its own.
+        return []
     try:
         fs = trial.storage.storage_filesystem
         with fs.open_input_stream(f"{trial.storage.trial_fs_path}/result.json") as f:
@@ -203,20 +209,87 @@ def make_scheduler(space: SearchSpace) -> SweepASHA:
 
 
 def make_searcher(space: SearchSpace):
-    """Optuna TPE over the space (define-by-run, for nested choices), seeded, starting from its points."""
-    import optuna
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
+    """Optuna TPE over the space (define-by-run, for nested choices), seeded, starting from its points,
+    behind Ray's concurrency limit; see `fashion_tune.searcher`."""
+    from fashion_tune.searcher import make_search
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # TPE samples at random for its first n_startup_trials; Optuna's default of 10 would leave a
-    # small sweep all random, so it is half the sweep (2 to 10).
-    startup = max(2, min(10, space.num_samples // 2))
-    sampler = optuna.samplers.TPESampler(seed=space.seed, n_startup_trials=startup)
-    searcher = OptunaSearch(space=space.suggest, metric=space.metric, mode=space.mode,
-                            points_to_evaluate=[dict(p) for p in space.points_to_evaluate] or None,
-                            sampler=sampler)
-    return ConcurrencyLimiter(searcher, max_concurrent=space.max_concurrent_trials)
+    return make_search(space, max_t=space.max_t)
+
+
+class SweepCallback(Callback):
+    """Keeps the searcher and the checkpoints on disk consistent with the trials Tune holds.
+
+    - At the first step of every driver run (a fresh sweep or a restore) it reconciles the
+      searcher with the trials Tune restored and moves aside trial directories Tune no longer
+      knows (a trial replaced by --restart-errored, or one started after the last snapshot), so
+      `results.csv` has one row per trial.
+    - At every experiment snapshot it prunes checkpoints as `fashion_tune.retention` explains.
+
+    It is pickled with the Tuner (tuner.pkl) together with the search algorithm it holds, so a
+    restored sweep gets both back as one pair.
+    """
+
+    def __init__(self, search, metric: str, mode: str, keep: int):
+        self.search, self.metric, self.mode, self.keep = search, metric, mode, keep
+        self._started = False
+        self._pending: dict[str, Any] = {}  # trial id -> trial whose checkpoints may still be pruned
+
+    def __getstate__(self):
+        return {**self.__dict__, "_started": False, "_pending": {}}
+
+    def on_step_begin(self, iteration: int, trials, **info):
+        if self._started:
+            return
+        self._started = True
+        from fashion_tune.searcher import reconcile
+
+        counts = reconcile(self.search, trials, _stored_results)
+        if any(counts[k] for k in ("adopted", "told", "failed")):
+            logging.getLogger(__name__).info("searcher reconciled with the restored trials: %s", counts)
+        self._pending.update({t.trial_id: t for t in trials})
+        if trials:
+            _move_aside_unknown_trials(trials)
+
+    def on_checkpoint(self, iteration: int, trials, trial, checkpoint, **info):
+        self._pending[trial.trial_id] = trial
+
+    def get_state(self):
+        self.prune()
+        return None  # nothing to save: what it needs is on disk
+
+    def prune(self) -> None:
+        """Prune the checkpoints of trials that saved one since they settled (see fashion_tune.retention)."""
+        from fashion_tune.retention import prune_experiment
+
+        if not self._pending:
+            return
+        storage = next(iter(self._pending.values())).storage
+        settled = prune_experiment(storage.storage_filesystem, storage.experiment_fs_path,
+                                   {t.trial_id: t.storage.trial_fs_path for t in self._pending.values()},
+                                   self.metric, self.mode, self.keep)
+        for trial_id in settled:
+            if self._pending[trial_id].status not in ("PENDING", "RUNNING", "PAUSED"):
+                del self._pending[trial_id]
+
+
+DISCARDED = ".discarded"
+
+
+def _move_aside_unknown_trials(trials) -> None:
+    """Move trial_* directories no restored trial owns into .discarded/ (kept for their error.txt)."""
+    import pyarrow.fs
+
+    storage = trials[0].storage
+    fs, root = storage.storage_filesystem, storage.experiment_fs_path
+    owned = {t.relative_logdir for t in trials if t.relative_logdir}  # a trial not started yet has no directory
+    try:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(root))
+    except OSError:
+        return
+    for info in infos:
+        if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("trial_") and info.base_name not in owned:
+            fs.create_dir(f"{root}/{DISCARDED}", recursive=True)
+            fs.move(f"{root}/{info.base_name}", f"{root}/{DISCARDED}/{info.base_name}")
 
 
 def make_reporter(space: SearchSpace):
@@ -311,8 +384,8 @@ def run_sweep(
     data_dir: str | os.PathLike | None = None,
     num_cpus: float | None = None,
     num_gpus: float | None = None,
-    max_failures: int = DEFAULT_MAX_FAILURES,
-    keep_checkpoints: int = DEFAULT_KEEP_CHECKPOINTS,
+    max_failures: int | None = None,
+    keep_checkpoints: int | None = None,
     allow_local_storage: bool = False,
     dashboard: bool = False,
     dashboard_host: str = "127.0.0.1",
@@ -328,10 +401,13 @@ def run_sweep(
     from fashion_tune.config import check_kind
 
     check_kind(kind)
-    if max_failures < 0:
+    if max_failures is not None and max_failures < 0:
         raise ConfigError(f"--max-failures={max_failures} is not allowed; use an integer >= 0")
-    if keep_checkpoints < 1:
+    if keep_checkpoints is not None and keep_checkpoints < 1:
         raise ConfigError(f"--keep-checkpoints={keep_checkpoints} is not allowed; use an integer >= 1")
+    if restart_errored and not resume:
+        raise ConfigError("--restart-errored only applies with --resume (it restarts the failed trials of a sweep "
+                          "being continued)")
     root = storage_root(storage)
     info: dict[str, Any] | None = None
     if resume:
@@ -344,10 +420,8 @@ def run_sweep(
                                    "--storage, or start it without --resume")
         if info["kind"] != kind:
             raise ConfigError(f"{location} is a {info['kind']} sweep; resume it with `fashion-tune sweep {info['kind']} ...`")
-        for flag, value in (("--num-samples", num_samples), ("--max-concurrent", max_concurrent)):
-            if value is not None:
-                raise ConfigError(f"{flag} cannot change on --resume: the searcher continues as saved "
-                                  f"({info['num_samples']} trials, {info['max_concurrent_trials']} at a time)")
+        _refuse_changes_on_resume(info, location, space_file, num_samples, max_concurrent, max_failures,
+                                  keep_checkpoints)
         text = _read_text(f"{location}/{SPACE_COPY}")
         if text is None:
             raise FashionTuneError(f"{location}/{SPACE_COPY} is missing; a sweep cannot be resumed without its space")
@@ -355,6 +429,8 @@ def run_sweep(
         space = dataclasses.replace(space, num_samples=info["num_samples"],
                                     max_concurrent_trials=info["max_concurrent_trials"], seed=info["seed"])
     else:
+        max_failures = DEFAULT_MAX_FAILURES if max_failures is None else max_failures
+        keep_checkpoints = DEFAULT_KEEP_CHECKPOINTS if keep_checkpoints is None else keep_checkpoints
         if space_file is None:
             raise ConfigError(f"--space FILE is required; e.g. search_spaces/{kind}_quick.yaml")
         space = load_space(space_file, kind=kind).with_overrides(num_samples, max_concurrent)
@@ -379,9 +455,11 @@ def run_sweep(
 
     # The classic reporter prints the trial table with the searched parameters and the metric.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Checkpointing every epoch with num_to_keep makes Tune snapshot its state often; that is the point
-    # (a resume must not refer to deleted checkpoints), so its warning about it is noise here.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ray keeps every checkpoint (SweepCallback prunes them); its per-trial list of them then needs
+    # no metrics, which would otherwise stay in the driver's memory for every epoch of every trial.
+    os.environ.setdefault("TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE", "1")
+    if not attach:
+        cluster.stop_leftovers(echo)
     started = cluster.connect(address, num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard,
                               dashboard_host=dashboard_host)
     searcher = None
@@ -394,6 +472,7 @@ def run_sweep(
             cluster.check_storage(root, allow_node_local=allow_local_storage)
         if info is None:
             info = _new_info(space, name, kind, space_file, splits, data_dir, location, root, address)
+            info.update(max_failures=max_failures, keep_checkpoints=keep_checkpoints)
             _write_bytes(f"{location}/{SPACE_COPY}", Path(space_file).read_bytes())
         else:
             info.update(status="running", finished=None)
@@ -409,6 +488,7 @@ def run_sweep(
                                        resume_errored=not restart_errored, restart_errored=restart_errored)
         else:
             searcher = make_searcher(space)
+            callback = SweepCallback(searcher, space.metric, space.mode, keep_checkpoints)
             tuner = tune.Tuner(
                 trainable,
                 param_space=space.base_config(),
@@ -420,10 +500,9 @@ def run_sweep(
                 ),
                 run_config=tune.RunConfig(
                     name=name, storage_path=root, stop=stop, verbose=verbose,
-                    progress_reporter=make_reporter(space),
-                    checkpoint_config=tune.CheckpointConfig(
-                        num_to_keep=keep_checkpoints, checkpoint_score_attribute=space.metric,
-                        checkpoint_score_order=space.mode),
+                    progress_reporter=make_reporter(space), callbacks=[callback],
+                    # Every checkpoint stays for Ray; SweepCallback keeps the best N and what a resume needs.
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                     failure_config=tune.FailureConfig(max_failures=max_failures),
                 ),
             )
@@ -445,7 +524,25 @@ def run_sweep(
 
     return _finish(space, info, location, grid, interrupted,
                    resume_command(kind, name, storage, address, data_dir),
-                   study=searcher.searcher._ot_study if searcher is not None else None, echo=echo)
+                   study=optuna_searcher(searcher)._ot_study if searcher is not None else None, echo=echo)
+
+
+def _refuse_changes_on_resume(info: dict[str, Any], location: str, space_file, num_samples, max_concurrent,
+                              max_failures, keep_checkpoints) -> None:
+    """A resumed sweep continues with what it was started with; a flag that would change that is refused."""
+    for flag, value in (("--num-samples", num_samples), ("--max-concurrent", max_concurrent)):
+        if value is not None:
+            raise ConfigError(f"{flag} cannot change on --resume: the searcher continues as saved "
+                              f"({info['num_samples']} trials, {info['max_concurrent_trials']} at a time)")
+    if space_file is not None:
+        raise ConfigError(f"--space cannot be given with --resume: the sweep continues with its own copy "
+                          f"{location}/{SPACE_COPY}; drop --space")
+    saved = {"--max-failures": (max_failures, info.get("max_failures")),
+             "--keep-checkpoints": (keep_checkpoints, info.get("keep_checkpoints"))}
+    for flag, (value, was) in saved.items():
+        if value is not None and value != was:
+            shown = f"it was started with {flag} {was}" if was is not None else "its value is saved with it"
+            raise ConfigError(f"{flag} cannot change on --resume ({shown}); drop {flag}")
 
 
 def _new_info(space: SearchSpace, name: str, kind: str, space_file, splits, data_dir, location: str, root: str,
@@ -476,6 +573,7 @@ def _finish(space: SearchSpace, info: dict[str, Any], location: str, grid, inter
             resume_cmd: str, study, echo) -> SweepOutcome:
     """Export the results, record how the sweep ended, print the best trial (or how to resume)."""
     results = best = None
+    _prune_checkpoints(location, space, info)
     if is_uri(location):
         statuses = _export_from_grid(grid, location) if grid is not None else {}
     else:
@@ -530,6 +628,16 @@ def _finish(space: SearchSpace, info: dict[str, Any], location: str, grid, inter
              f"retry them with:\n  {resume_cmd}")
     return SweepOutcome(experiment_dir=location, status=status, num_trials=num_trials, results=results, best=best,
                         study=study, resume_command=resume_cmd)
+
+
+def _prune_checkpoints(location: str, space: SearchSpace, info: dict[str, Any]) -> None:
+    """The last pruning pass, against the snapshot Tune wrote as it stopped (see fashion_tune.retention)."""
+    from fashion_tune.retention import prune_finished_experiment
+
+    keep = info.get("keep_checkpoints")
+    if keep:
+        fs, path = _filesystem(location)
+        prune_finished_experiment(fs, path, space.metric, space.mode, keep)
 
 
 def _short(value: Any) -> str:

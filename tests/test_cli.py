@@ -52,6 +52,14 @@ def test_bad_arguments_give_one_line(tmp_path):
     bad_yaml.write_text("lr: [0.1\n")
     assert_one_line_error(cli("train", "cnn", "--config", bad_yaml), "bad.yaml", "not valid YAML")
     assert_one_line_error(cli("train", "cnn", "--resume", tmp_path / "none.pt"), "does not exist")
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint\n")
+    assert_one_line_error(cli("train", "cnn", "--resume", text), "notes.txt", "not a checkpoint")
+    out = tmp_path / "never"
+    assert_one_line_error(cli("train", "cnn", "--subset", "900000", "--out", out), "subset=900000")
+    assert not out.exists(), "a refused run writes nothing"
+    assert_one_line_error(cli("sweep", "cnn", "--name", "x", "--storage", tmp_path, "--restart-errored",
+                              "--space", "search_spaces/cnn_quick.yaml"), "--restart-errored only applies with --resume")
 
 
 def test_show_config_merges_file_and_flags(tmp_path):

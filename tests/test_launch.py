@@ -304,3 +304,34 @@ def test_storage_defaults_to_the_clusters_setting(monkeypatch, tmp_path):
     monkeypatch.setenv("FASHION_TUNE_STORAGE", "s3://bucket/fashion-tune/")
     assert storage_root(None) == "s3://bucket/fashion-tune"
     assert storage_root("/mnt/shared/x") == "/mnt/shared/x"  # --storage wins
+
+
+# --- documented commands ------------------------------------------------------------------------
+
+DOCUMENTED = [LAUNCH / "submit", CLOUD, ONPREM, LAUNCH / "README.md", ROOT / "README.md"]
+_COMMAND = re.compile(r"(?:launch/submit(?: --?[\w-]+(?: \S+)?)*? --|fashion-tune sweep) ([^`#|\n\"(]+)")
+
+
+def documented_sweep_commands():
+    """Every `launch/submit -- ARGS` and `fashion-tune sweep ARGS` the launch files and READMEs show,
+    without placeholders (`...`, `ARGS`, shell syntax)."""
+    found = []
+    for path in DOCUMENTED:
+        for match in _COMMAND.finditer(path.read_text()):
+            args = match.group(1).strip()
+            if not args or any(s in args for s in ("...", "ARGS", "$", ")", "--help")):
+                continue
+            found.append(pytest.param(shlex.split(args), id=f"{path.name}: {args[:60]}"))
+    return found
+
+
+@pytest.mark.parametrize("argv", documented_sweep_commands())
+def test_documented_sweep_commands_parse_with_the_real_cli(argv):
+    args = build_parser().parse_args(["sweep", *argv])  # exits (SystemExit) on a flag the CLI rejects
+    assert args.func is run_sweep_command
+
+
+def test_the_documented_commands_are_found():
+    ids = [p.id for p in documented_sweep_commands()]
+    assert any(i.startswith("submit:") for i in ids) and any(i.startswith("cluster.yaml:") for i in ids)
+    assert any(i.startswith("cluster-onprem.yaml:") for i in ids)

@@ -77,7 +77,7 @@ def snapshot(directory: Path) -> dict[str, str]:
     if not directory.exists():
         return {}
     return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != ".lock"}  # the lock is no content
 
 
 def run_cli(capsys, *args):
@@ -248,7 +248,7 @@ def test_a_failure_mid_promotion_keeps_the_champion(tmp_path, experiments, monke
         promote_best_trial(experiments["strong"], models_dir=models, echo=quiet)
     monkeypatch.undo()
     assert snapshot(models) == before
-    assert sorted(p.name for p in models.iterdir()) == ["cnn"]  # no temporary directories left
+    assert sorted(p.name for p in models.iterdir()) == [".lock", "cnn"]  # no temporary directories left
     _, manifest, _ = load_promoted("cnn", models)
     assert manifest["trial_id"] == "weak"
 

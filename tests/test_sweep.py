@@ -53,11 +53,19 @@ def test_optuna_proposes_and_asha_stops_trials_early(sweep):
 
     study = outcome.study  # the Optuna study behind OptunaSearch holds every proposed trial
     assert len(study.trials) == 6
-    assert all(t.state.name == "COMPLETE" for t in study.trials)
     assert study.trials[0].params == TINY_CNN_SPACE["points_to_evaluate"][0], "the known-good point goes first"
     proposed = sorted(t.params["lr"] for t in study.trials)
     assert proposed == sorted(results["config/lr"]), "every trial ran the config Optuna proposed"
-    assert sorted(t.value for t in study.trials) == sorted(results["val_acc"])
+    by_lr = results.set_index("config/lr")
+    history = load_history(outcome.experiment_dir)
+    for trial in study.trials:
+        row = by_lr.loc[trial.params["lr"]]
+        # ASHA's stops are PRUNED, with every epoch's value; a finished trial is told its best value.
+        assert trial.state.name == ("PRUNED" if row["stop_reason"] == "asha" else "COMPLETE"), row["stop_reason"]
+        epochs = history[history["trial_id"] == row["trial_id"]]
+        assert trial.intermediate_values == dict(zip(epochs["epoch"], epochs["val_acc"]))
+        if trial.state.name == "COMPLETE":
+            assert trial.value == row["best_val_acc"]
 
 
 @pytest.mark.ray
@@ -260,6 +268,26 @@ def test_asha_ranks_a_diverged_trial_last_when_higher_is_better():
 # --- refusals before anything starts -----------------------------------------------------------
 
 
+def test_resume_refuses_flags_it_would_ignore(tmp_path):
+    from fashion_tune.errors import ConfigError
+    from fashion_tune.sweep import run_sweep
+
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(RESUME_SPACE, sort_keys=False))
+    (tmp_path / "results" / "done").mkdir(parents=True)
+    (tmp_path / "results" / "done" / "sweep.json").write_text(json.dumps(
+        {"kind": "vae", "num_samples": 5, "max_concurrent_trials": 1, "max_failures": 3, "keep_checkpoints": 3}))
+    resume = dict(name="done", storage=tmp_path / "results", resume=True)
+    with pytest.raises(ConfigError, match="--restart-errored only applies with --resume"):
+        run_sweep("vae", space, name="new", storage=tmp_path / "results", restart_errored=True)
+    with pytest.raises(ConfigError, match="--space cannot be given with --resume"):
+        run_sweep("vae", space, **resume)
+    with pytest.raises(ConfigError, match=r"--max-failures cannot change on --resume \(it was started with --max-failures 3\)"):
+        run_sweep("vae", max_failures=5, **resume)
+    with pytest.raises(ConfigError, match="--keep-checkpoints cannot change on --resume"):
+        run_sweep("vae", keep_checkpoints=1, **resume)
+
+
 def test_sweep_refuses_to_overwrite_or_to_resume_what_is_not_there(tmp_path):
     from fashion_tune.errors import ConfigError
     from fashion_tune.sweep import run_sweep
@@ -277,3 +305,40 @@ def test_sweep_refuses_to_overwrite_or_to_resume_what_is_not_there(tmp_path):
     with pytest.raises(ConfigError, match="--space FILE is required"):
         run_sweep("vae", storage=tmp_path / "results")
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["taken"]
+
+
+# --- the searcher after a restore -------------------------------------------------------------
+
+
+def test_restored_searcher_agrees_with_the_trials_tune_restored():
+    """Retried and restarted trials are adopted and count against max_concurrent; a RUNNING Optuna
+    trial no Tune trial stands for becomes FAIL; ASHA's stops are PRUNED, finished trials told their best."""
+    from fashion_tune.searcher import optuna_searcher, reconcile
+    from fashion_tune.spaces import parse_space
+    from fashion_tune.sweep import make_searcher
+
+    space = parse_space({"kind": "cnn", "num_samples": 4, "max_concurrent_trials": 2, "scheduler": {"max_t": 3},
+                         "params": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}}, "space.yaml")
+    generator = make_searcher(space)
+    limiter, optuna_search = generator.searcher, optuna_searcher(generator)
+    limiter.set_search_properties("val_acc", "max", {})
+    configs = {t: limiter.suggest(t) for t in ("a", "b")}
+    assert limiter.suggest("x") is None  # two at a time
+
+    def trial(trial_id, status, lr):
+        return SimpleNamespace(trial_id=trial_id, status=status, config={"lr": lr}, relative_logdir=None)
+
+    stored = {"a": [{"epoch": 1, "val_acc": 0.5, "config": {}}]}
+    # Tune restored "a" (running) and "c" (a restarted trial Optuna never asked for); "b" was lost.
+    counts = reconcile(generator, [trial("a", "PENDING", configs["a"]["lr"]), trial("c", "PENDING", 2e-3)],
+                       lambda t: stored.get(t.trial_id, []))
+    assert counts == {"adopted": 1, "told": 0, "failed": 1, "live": 2}
+    assert limiter.live_trials == {"a", "c"} and generator._counter == 2
+    assert limiter.suggest("y") is None  # the two restored trials fill max_concurrent
+    limiter.on_trial_result("c", {"epoch": 1, "val_acc": 0.7, "config": {"lr": 2e-3}})
+    limiter.on_trial_complete("c", {"epoch": 3, "val_acc": 0.6, "best_epoch": 1, "config": {"lr": 2e-3}})
+    limiter.on_trial_complete("a", {"epoch": 2, "val_acc": 0.4, "config": {}})  # stopped by ASHA before max_t
+    states = {t.params["lr"]: (t.state.name, t.value, t.intermediate_values) for t in optuna_search._ot_study.trials}
+    assert states[configs["b"]["lr"]][0] == "FAIL"
+    assert states[configs["a"]["lr"]] == ("PRUNED", 0.4, {1: 0.5, 2: 0.4})
+    assert states[2e-3] == ("COMPLETE", 0.7, {1: 0.7, 3: 0.6})  # the best value, not the last

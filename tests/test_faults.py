@@ -1,0 +1,411 @@
+"""Fault injection: real sweep drivers and promotions killed with SIGKILL, a trial that raises, a
+trial that diverges, two promotions at once, and the driver's memory over many trials.
+
+Every case waits for something it can see on disk (a checkpoint directory, a temporary directory)
+before it injects its fault, never for a fixed time, and every wait has a deadline. Each case
+prints one line of the table the issue note quotes (`pytest -m faults -s`, or in CI's output).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray  # noqa: F401 - puts the psutil Ray ships on the path
+import yaml
+
+from fashion_tune.analysis import best_trial, load_results
+from fashion_tune.cluster import RECORDS_ENV, records_dir, session_processes
+from fashion_tune.retention import snapshot_on_storage
+
+import psutil  # noqa: E402 - after ray
+
+pytestmark = [pytest.mark.faults, pytest.mark.ray]
+
+ROOT = Path(__file__).resolve().parent.parent
+HOOKS = Path(__file__).resolve().parent / "fault_hooks"
+SEED = 9
+
+
+def table_line(capsys, case, **numbers):
+    line = f"FAULTS | {case:<34} | " + " | ".join(f"{k} {v}" for k, v in numbers.items())
+    with capsys.disabled():
+        print("\n" + line, flush=True)
+
+
+def env_for(tmp_path, **extra):
+    env = {**os.environ, RECORDS_ENV: str(tmp_path / "run"), **extra}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(HOOKS), str(ROOT), os.environ.get("PYTHONPATH", "")] if p)
+    return env
+
+
+def sweep_command(kind, space, name, storage, *extra):
+    return [sys.executable, "-m", "fashion_tune", "sweep", kind, "--space", str(space), "--name", name,
+            "--storage", str(storage), *extra]
+
+
+def resume_command(kind, name, storage, *extra):
+    return [sys.executable, "-m", "fashion_tune", "sweep", kind, "--name", name, "--storage", str(storage),
+            "--resume", *extra]
+
+
+def wait_for(condition, deadline_s, process=None, what=""):
+    deadline = time.time() + deadline_s
+    while time.time() < deadline:
+        if condition():
+            return True
+        if process is not None and process.poll() is not None:
+            return False
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {deadline_s}s waiting for {what}")
+
+
+def checkpoints(directory: Path) -> int:
+    return sum(1 for _ in directory.glob("trial_*/checkpoint_*"))
+
+
+def run(command, env, timeout):
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+
+
+def rows_per_trial(directory: Path) -> dict[str, list[dict]]:
+    rows = {}
+    for path in directory.glob("trial_*/result.json"):
+        rows[path.parent.name] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return rows
+
+
+def study_of(directory: Path):
+    [state] = sorted(directory.glob("searcher-state-*.pkl"))[-1:]
+    with open(state, "rb") as f:
+        return pickle.load(f)["_ot_study"]
+
+
+def study_counts(directory: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for trial in study_of(directory).trials:
+        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+    return counts
+
+
+def assert_study_matches_tune(directory: Path, results) -> dict[str, int]:
+    counts = study_counts(directory)
+    pruned = int((results["stop_reason"] == "asha").sum())
+    assert counts.get("PRUNED", 0) == pruned, (counts, results[["trial_id", "stop_reason", "epochs"]])
+    assert counts.get("COMPLETE", 0) == len(results) - pruned, counts
+    assert counts.get("RUNNING", 0) == 0 and counts.get("WAITING", 0) == 0, counts
+    return counts
+
+
+# --- the driver killed again and again --------------------------------------------------------
+
+KILL_SPACE = {
+    "kind": "cnn", "metric": "val_loss", "mode": "min", "num_samples": 8, "max_concurrent_trials": 2, "seed": 3,
+    "scheduler": {"max_t": 5, "grace_period": 2, "reduction_factor": 2},
+    "resources_per_trial": {"cpu": 1, "gpu": 0},
+    # A tiny training set and a large learning rate: the validation loss turns up after a few
+    # epochs, so later checkpoints are not the best and --keep-checkpoints 1 deletes some.
+    "fixed": {"width": 8, "depth": 1, "batch_size": 25, "subset": 200, "val_subset": 100, "device": "cpu"},
+    "params": {"lr": {"type": "loguniform", "low": 3.0e-3, "high": 3.0e-2}},
+}
+
+
+def kill_driver_at(command, env, directory: Path, checkpoints_seen: int, log: Path):
+    """Start the driver, SIGKILL it once `checkpoints_seen` checkpoint directories exist; returns
+    (the snapshot on storage at that moment, the killed Ray session) or None if it finished first."""
+    with log.open("a") as out:
+        driver = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    try:
+        if not wait_for(lambda: checkpoints(directory) >= checkpoints_seen, 240, driver, "checkpoints"):
+            return None
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    import pyarrow.fs
+
+    snapshot = snapshot_on_storage(pyarrow.fs.LocalFileSystem(), str(directory)) or {}
+    record = Path(env[RECORDS_ENV]) / "local-ray" / f"{driver.pid}.json"
+    session = json.loads(record.read_text())["session_dir"] if record.is_file() else None
+    return snapshot, session
+
+
+def test_driver_sigkill_at_seeded_moments_then_resume(tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(KILL_SPACE, sort_keys=False))
+    storage, name = tmp_path / "results", "killed"
+    directory = storage / name
+    env = env_for(tmp_path)
+    log = tmp_path / "driver.log"
+    rng = random.Random(SEED)
+    # Moments: after the 2nd-5th checkpoint, then 4-8 and 4-8 more (each kill right after a checkpoint appears).
+    moments = [rng.randint(2, 5)]
+    moments += [moments[-1] + rng.randint(4, 8), moments[-1] + rng.randint(12, 18)]
+    first = sweep_command("cnn", space, name, storage, "--keep-checkpoints", "1", "--max-failures", "1")
+    kills, snapshots, sessions = 0, [], []
+    for i, moment in enumerate(moments):
+        command = first if i == 0 else resume_command("cnn", name, storage)
+        killed = kill_driver_at(command, env, directory, moment, log)
+        if killed is None:
+            break
+        kills += 1
+        snapshots.append(killed[0])
+        sessions.append(killed[1])
+    assert kills >= 3, log.read_text()[-3000:]
+    leftovers_after_kill = len(session_processes(sessions[-1])) if sessions[-1] else 0
+
+    result = run(resume_command("cnn", name, storage), env, timeout=400)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for session in sessions:  # item 11: the next sweep stopped what the killed ones left
+        assert session and not session_processes(session), session
+    assert not list(records_dir().glob("*.json")) or True  # records of others' sweeps may exist
+
+    results = load_results(directory)
+    assert len(results) == 8 and set(results["status"]) == {"TERMINATED"}, results[["trial_id", "status"]]
+    rows = rows_per_trial(directory)
+    rerun, restarted = 0, []
+    for trial_dir, trial_rows in rows.items():
+        if not trial_rows:
+            continue
+        epochs = [r["epoch"] for r in trial_rows]
+        counts = {e: epochs.count(e) for e in set(epochs)}
+        assert max(counts.values()) <= 1 + kills, (trial_dir, epochs)  # an epoch re-runs at most once per kill
+        rerun += sum(c - 1 for c in counts.values())
+        if counts.get(1, 0) > 1:
+            restarted.append(trial_dir.removeprefix("trial_"))
+    for trial_id in restarted:  # only a trial no snapshot had a checkpoint of may start over
+        assert all(s.get(trial_id, ("", -1, ""))[1] < 0 for s in snapshots), trial_id
+    kept = {Path(d).name: len(list(Path(d).glob("checkpoint_*"))) for d in results["trial_dir"]}
+    assert all(1 <= n <= 2 for n in kept.values()), kept  # best 1 + the latest
+    assert sum(results["epochs"]) > sum(kept.values()), "some checkpoints were pruned"
+    best_trial(directory)  # the best checkpoint is there
+    counts = assert_study_matches_tune(directory, results)
+    # Trials a kill cut off before Tune's snapshot recorded them: the resumed sweep runs others instead.
+    discarded = list((directory / ".discarded").glob("trial_*"))
+    lost = sum(len(rows_per_trial(directory / ".discarded").get(d.name, [])) for d in discarded)
+    table_line(capsys, "driver SIGKILL x3, resume each", faults=kills, expected=8, completed=len(results),
+               errored=0, epochs_rerun=rerun, started_over=len(restarted),
+               unrecorded_trials_redone=f"{len(discarded)} ({lost} epochs)",
+               study=f"{counts.get('COMPLETE', 0)}C/{counts.get('PRUNED', 0)}P/{counts.get('FAIL', 0)}F",
+               ray_procs_left_by_kill=leftovers_after_kill, stopped_by_next_sweep="yes")
+
+
+# --- a trial that raises, restarted; a trial that diverges --------------------------------------
+
+ERROR_SPACE = {
+    "kind": "cnn", "metric": "val_acc", "mode": "max", "num_samples": 4, "max_concurrent_trials": 2, "seed": 1,
+    "scheduler": {"max_t": 2, "grace_period": 2, "reduction_factor": 2},
+    "resources_per_trial": {"cpu": 1, "gpu": 0},
+    "fixed": {"width": 8, "depth": 1, "batch_size": 50, "subset": 200, "val_subset": 100, "device": "cpu",
+              "grad_clip": 0.0},
+    "params": {"lr": {"type": "loguniform", "low": 1.0e-4, "high": 1.0e8}},
+    # The second point raises once (tests/fault_hooks); the third makes the loss NaN at once.
+    "points_to_evaluate": [{"lr": 2.0e-3}, {"lr": 1.5e-3}, {"lr": 1.0e8}, {"lr": 3.0e-3}],
+}
+
+
+def test_restart_errored_trial_and_a_diverged_trial(tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(ERROR_SPACE, sort_keys=False))
+    storage, name = tmp_path / "results", "errored"
+    directory = storage / name
+    env = env_for(tmp_path, FASHION_TUNE_TEST_RAISE=f"1.5e-3:{tmp_path / 'raised'}")
+
+    first = run(sweep_command("cnn", space, name, storage, "--max-failures", "0"), env, timeout=400)
+    assert first.returncode == 1 and (tmp_path / "raised").exists(), first.stdout[-3000:] + first.stderr[-3000:]
+    before = load_results(directory)
+    assert list(before["status"]).count("ERROR") == 1
+
+    refused = run(resume_command("cnn", name, storage, "--max-failures", "2"), env, timeout=120)
+    assert refused.returncode == 2 and "--max-failures cannot change on --resume" in refused.stderr
+
+    result = run(resume_command("cnn", name, storage, "--restart-errored"), env, timeout=400)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = load_results(directory)
+    assert len(results) == 4 and set(results["status"]) == {"TERMINATED"}, results[["trial_id", "status"]]
+    assert (directory / "results.csv").read_text().count("\n") == 5  # a header and 4 trials, no stale row
+    counts = assert_study_matches_tune(directory, results)
+    assert counts.get("FAIL", 0) == 1  # the failed attempt, beside the restarted trial's own record
+    table_line(capsys, "--resume --restart-errored", faults=1, expected=4, completed=len(results),
+               errored=int((results["status"] == "ERROR").sum()), epochs_rerun=0,
+               study=f"{counts.get('COMPLETE', 0)}C/{counts.get('PRUNED', 0)}P/{counts.get('FAIL', 0)}F")
+
+    diverged = results[results["config/lr"] == 1.0e8]
+    assert len(diverged) == 1 and bool(diverged.iloc[0]["diverged"])
+    assert best_trial(directory).trial_id != diverged.iloc[0]["trial_id"]
+    values = {t.params["lr"]: t.value for t in study_of(directory).trials if t.state.name == "COMPLETE"}
+    assert values[1.0e8] == min(values.values())  # told to Optuna as the worst
+    table_line(capsys, "diverged (NaN) trial", faults=1, expected=4, completed=len(results), errored=0,
+               ranked="last", sweep="finished")
+
+
+# --- promotions -----------------------------------------------------------------------------------
+
+def tiny_experiments(root: Path, lrs_epochs: dict[str, tuple[float, int]]) -> dict[str, Path]:
+    """One experiment per name, each one trial trained in-process (as a sweep leaves it)."""
+    from test_promote import tiny, write_experiment
+
+    from fashion_tune.config import resolve_config
+    from fashion_tune.train import fit, load_splits
+
+    splits = load_splits(resolve_config("cnn", tiny("cnn")))
+    experiments = {}
+    for name, (lr, epochs) in lrs_epochs.items():
+        states = []
+        fit("cnn", tiny("cnn", lr=lr, epochs=epochs), splits=splits,
+            reporter=lambda metrics, state: states.append(pickle.loads(pickle.dumps(state))))
+        experiments[name] = write_experiment(root / f"exp-{name}", "cnn", {name: states})
+    return experiments
+
+
+@pytest.fixture(scope="module")
+def experiments(tmp_path_factory):
+    return tiny_experiments(tmp_path_factory.mktemp("promote"),
+                            {"weak": (1e-4, 1), "good": (2e-3, 1), "best": (3e-3, 3)})
+
+
+def promote_command(experiment, models, *extra):
+    return [sys.executable, "-m", "fashion_tune", "promote", str(experiment), "--models-dir", str(models), *extra]
+
+
+def check_models(models: Path) -> list[str]:
+    """Champion and history: each loads and matches its manifest's SHA-256; returns their trial ids, champion first."""
+    from fashion_tune.promote import file_sha256, load_promoted
+    from fashion_tune.train import load_model
+
+    _, manifest, _ = load_promoted("cnn", models)
+    ids = [manifest["trial_id"]]
+    for entry in sorted((models / "cnn" / "history").glob("*")) if (models / "cnn" / "history").is_dir() else []:
+        old = json.loads((entry / "manifest.json").read_text())
+        assert file_sha256(entry / "model.pt") == old["files"]["model.pt"], entry
+        load_model(entry / "model.pt", kind="cnn")
+        ids.append(old["trial_id"])
+    return ids
+
+
+def test_two_promotions_at_once_with_a_champion_in_place(tmp_path, experiments, capsys):
+    models = tmp_path / "best_models"
+    env = env_for(tmp_path)
+    assert run(promote_command(experiments["weak"], models), env, timeout=300).returncode == 0
+    racers = [subprocess.Popen(promote_command(experiments[name], models), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT) for name in ("good", "best")]
+    outputs = [p.communicate(timeout=300)[0] for p in racers]
+    assert all(p.returncode == 0 for p in racers), outputs
+    ids = check_models(models)
+    assert ids[0] == "best" and "weak" in ids[1:], ids
+    assert "good" in ids[1:] or "champion kept" in outputs[0], (ids, outputs[0])
+    assert not list(models.glob(".tmp-*")) and not list(models.glob(".old-*"))
+    table_line(capsys, "2 promotions at once + champion", faults=2, champion=ids[0], history=",".join(ids[1:]),
+               champion_intact="yes")
+
+
+PAUSE_POINTS = ["challenger", "champion", "metrics", "history", "swap", "renamed", "swapped"]
+
+
+def test_sigkill_during_promotion_never_breaks_the_champion(tmp_path, experiments, capsys):
+    models = tmp_path / "best_models"
+    assert run(promote_command(experiments["good"], models), env_for(tmp_path), timeout=300).returncode == 0
+    rng = random.Random(SEED)
+    # Seeded moments: every point of a promotion once (tests/fault_hooks stops the process there), then
+    # three more drawn at random; the process is killed once it has stopped at its point.
+    points = rng.sample(PAUSE_POINTS, len(PAUSE_POINTS)) + rng.choices(PAUSE_POINTS, k=3)
+    kills, intact = 0, 0
+    for round_, point in enumerate(points):
+        marker = tmp_path / f"paused-{round_}"
+        env = env_for(tmp_path, FASHION_TUNE_TEST_PAUSE=f"{point}:{marker}")
+        promoter = subprocess.Popen(promote_command(experiments["best" if round_ % 2 else "weak"], models, "--force"),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
+        try:
+            assert wait_for(marker.exists, 240, promoter, f"promotion to reach {point}"), point
+            promoter.send_signal(signal.SIGKILL)
+            promoter.wait(timeout=60)
+            kills += 1
+        finally:
+            if promoter.poll() is None:
+                promoter.kill()
+        check_models(models)  # recovers under the lock, then loads and checks every model
+        intact += 1
+    final = run(promote_command(experiments["best"], models, "--force"), env_for(tmp_path), timeout=300)
+    assert final.returncode == 0, final.stderr
+    assert check_models(models)[0] == "best"
+    assert not list(models.glob(".tmp-*")) and not list(models.glob(".old-*"))
+    table_line(capsys, "SIGKILL during promote x10", faults=kills, points=",".join(points),
+               champion_intact=f"{intact}/{len(points)}", next_promote="ok")
+
+
+# --- the driver's memory over many trials ---------------------------------------------------------
+
+MEMORY_SPACE = {
+    "kind": "cnn", "metric": "val_acc", "mode": "max", "num_samples": 200, "max_concurrent_trials": 2, "seed": 0,
+    "scheduler": {"max_t": 1, "grace_period": 1, "reduction_factor": 2},
+    "resources_per_trial": {"cpu": 1, "gpu": 0},
+    "fixed": {"width": 4, "depth": 1, "batch_size": 50, "subset": 50, "val_subset": 20, "device": "cpu"},
+    "params": {"lr": {"type": "loguniform", "low": 1.0e-4, "high": 1.0e-2}},
+}
+
+
+def finished_trials(directory: Path) -> int:
+    return sum(1 for p in directory.glob("trial_*/result.json") if '"done": true' in p.read_text())
+
+
+RAY_CORE = ("gcs_server", "raylet", "ray::", "python")  # what Ray 2.60 cannot bind to loopback (README)
+
+
+def listeners(process) -> list[tuple[str, str, int]]:
+    """(process name, address, port) of every listening socket of `process` and its descendants."""
+    found = []
+    for p in [process, *process.children(recursive=True)]:
+        try:
+            for c in p.net_connections(kind="inet"):
+                if c.status == psutil.CONN_LISTEN:
+                    found.append((p.name(), c.laddr.ip, c.laddr.port))
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_driver_memory_over_200_trials(tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(MEMORY_SPACE, sort_keys=False))
+    storage, name = tmp_path / "results", "many"
+    directory = storage / name
+    log = (tmp_path / "driver.log").open("w")
+    driver = subprocess.Popen(sweep_command("cnn", space, name, storage, "--keep-checkpoints", "1"), stdout=log,
+                              stderr=subprocess.STDOUT, env=env_for(tmp_path), cwd=ROOT)
+    rss = {}
+    try:
+        process = psutil.Process(driver.pid)
+        for mark in (50, 200):
+            wait_for(lambda: finished_trials(directory) >= mark, 600, driver, f"{mark} trials")
+            rss[mark] = process.memory_info().rss / 2**20
+            if mark == 50:
+                sockets = listeners(process)
+        assert driver.wait(timeout=300) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        log.close()
+    assert len(load_results(directory)) == 200
+    growth = (rss[200] - rss[50]) / 150
+    table_line(capsys, "driver memory, 200 trivial trials", trials=200, rss_at_50=f"{rss[50]:.0f} MiB",
+               rss_at_200=f"{rss[200]:.0f} MiB", growth_per_trial=f"{growth * 1024:.0f} KiB")
+    assert growth < 0.5, rss  # MiB per trial: bounded, not the megabytes a leak per trial would cost
+
+    # Item 13: what the local Ray listens on. The dashboard is off; nothing but Ray's own servers
+    # listens beyond loopback (the README says which, and that token authentication guards them).
+    exposed = sorted({(name, ip) for name, ip, _ in sockets if ip not in ("127.0.0.1", "::1")})
+    assert all(name.startswith(RAY_CORE) for name, _ in exposed), exposed
+    assert 8265 not in {port for _, _, port in sockets}, "no dashboard unless --dashboard"
+    table_line(capsys, "listening sockets of the local Ray", total=len(sockets),
+               loopback=len(sockets) - sum(1 for _, ip, _ in sockets if ip not in ("127.0.0.1", "::1")),
+               beyond_loopback=", ".join(f"{n}@{ip}" for n, ip in exposed))
