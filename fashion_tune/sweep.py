@@ -27,6 +27,7 @@ from typing import Any, Callable
 import yaml
 from ray.tune.schedulers import AsyncHyperBandScheduler
 
+from fashion_tune import strategies
 from fashion_tune.analysis import SPACE_COPY, SWEEP_INFO
 from fashion_tune.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from fashion_tune.cluster import is_uri
@@ -196,27 +197,14 @@ class SweepASHA(AsyncHyperBandScheduler):
         return result
 
 
-def make_scheduler(space: SearchSpace) -> SweepASHA:
-    """ASHA on the space's metric (set by TuneConfig), with the trainable's `epoch` as its time unit."""
-    return SweepASHA(time_attr="epoch", max_t=space.max_t, grace_period=space.grace_period,
-                     reduction_factor=space.reduction_factor)
+def make_scheduler(space: SearchSpace):
+    """The space's scheduler (ASHA unless `scheduler.type` says otherwise): see fashion_tune.strategies."""
+    return strategies.make_scheduler(space)
 
 
 def make_searcher(space: SearchSpace):
-    """Optuna TPE over the space (define-by-run, for nested choices), seeded, starting from its points."""
-    import optuna
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # TPE samples at random for its first n_startup_trials; Optuna's default of 10 would leave a
-    # small sweep all random, so it is half the sweep (2 to 10).
-    startup = max(2, min(10, space.num_samples // 2))
-    sampler = optuna.samplers.TPESampler(seed=space.seed, n_startup_trials=startup)
-    searcher = OptunaSearch(space=space.suggest, metric=space.metric, mode=space.mode,
-                            points_to_evaluate=[dict(p) for p in space.points_to_evaluate] or None,
-                            sampler=sampler)
-    return ConcurrencyLimiter(searcher, max_concurrent=space.max_concurrent_trials)
+    """OptunaSearch with the space's sampler (TPE by default), objectives, points and warm start."""
+    return strategies.make_searcher(space)
 
 
 def make_reporter(space: SearchSpace):
@@ -428,7 +416,7 @@ def run_sweep(
                 ),
             )
         echo(f"sweep {name}: {space.num_samples} {kind} trials, {space.max_concurrent_trials} at a time, "
-             f"ASHA max_t {space.max_t} epochs -> {location}")
+             f"{space.strategy_line()} -> {location}")
         grid = tuner.fit()
     except KeyboardInterrupt:
         interrupted = True  # a second Ctrl-C; the first makes Tune stop and save its state itself
@@ -469,6 +457,7 @@ def _new_info(space: SearchSpace, name: str, kind: str, space_file, splits, data
         "created": _now(), "finished": None, "status": "running", "resumed": [],
         "command": shlex.join(["fashion-tune", *sys.argv[1:]]) if Path(sys.argv[0]).name == "fashion-tune" else None,
         "versions": {"fashion_tune": __version__, "ray": ray.__version__, "optuna": optuna.__version__},
+        **strategies.info(space),
     }
 
 
