@@ -23,6 +23,7 @@ import json
 import math
 import os
 import random
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -63,11 +64,17 @@ def make_sampler(space: SearchSpace):
     if space.searcher == "random":
         return s.RandomSampler(seed=seed)
     if space.searcher == "qmc":
-        # Unscrambled Sobol ignores the seed; scrambling makes it count.
-        return s.QMCSampler(seed=seed, qmc_type=options.get("qmc_type", "sobol"), scramble=options.get("scramble", True),
-                            warn_asynchronous_seeding=False, warn_independent_sampling=False)
+        from optuna.exceptions import ExperimentalWarning
+
+        with warnings.catch_warnings():  # experimental since Optuna 3.0, and stable in use since
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            # Unscrambled Sobol ignores the seed; scrambling makes it count.
+            return s.QMCSampler(seed=seed, qmc_type=options.get("qmc_type", "sobol"),
+                                scramble=options.get("scramble", True),
+                                warn_asynchronous_seeding=False, warn_independent_sampling=False)
     if space.searcher == "nsga2":
-        population = options.get("population_size", max(2, min(50, space.num_samples // 2)))
+        # Parents need a few distinct members to cross: at least 4 (Optuna's default, 50, suits big sweeps).
+        population = options.get("population_size", max(4, min(50, space.num_samples // 2)))
         return s.NSGAIISampler(seed=seed, population_size=population)
     if space.searcher == "grid":
         return s.GridSampler({p.name: grid_values(p) for p in space.params}, seed=seed)
@@ -206,7 +213,7 @@ def make_scheduler(space: SearchSpace):
     if space.scheduler == "pbt":
         random.seed(space.seed)  # PBT draws clones and perturbations from the global `random`
         params = {p.name: p for p in space.params}
-        return SweepPBT(time_attr="epoch", perturbation_interval=options["perturbation_interval"],
+        return SweepPBT(time_attr="epoch", max_t=space.max_t, perturbation_interval=options["perturbation_interval"],
                         hyperparam_mutations={name: _mutation(params[name]) for name in options["mutate"]},
                         quantile_fraction=options["quantile_fraction"],
                         resample_probability=options["resample_probability"],
@@ -299,13 +306,25 @@ class SweepPBT(PopulationBasedTraining):
             state.last_train_time = state.last_perturbation_time = last[self._time_attr]
             state.last_result = last
 
+    def __init__(self, *args, max_t: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._max_t = max_t
+
+    def _quantiles(self):
+        """Ray's quantiles without the trials at their last epoch: cloning a finished model would leave
+        its clone no epoch to train, and replacing one would throw away its finished run."""
+        lower, upper = super()._quantiles()
+        active = lambda t: (self._trial_state[t].last_train_time or 0) < self._max_t  # noqa: E731
+        lower, upper = [t for t in lower if active(t)], [t for t in upper if active(t)]
+        return (lower, upper) if lower and upper else ([], [])
+
     def _log_config_on_step(self, trial_state, new_state, trial, trial_to_clone, new_config):
         super()._log_config_on_step(trial_state, new_state, trial, trial_to_clone, new_config)
         mutated = list(self._hyperparam_mutations)
         record = {
             "time": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
             "trial_id": trial.trial_id, "cloned_from": trial_to_clone.trial_id,
-            "at_epoch": trial.last_result.get(self._time_attr),
+            "at_epoch": trial_state.last_train_time,
             "from_epoch": new_state.last_train_time,  # the epoch of the checkpoint it continues from
             "before": {k: trial.config.get(k) for k in mutated},
             "cloned": {k: trial_to_clone.config.get(k) for k in mutated},
