@@ -97,7 +97,9 @@ def _read_json_lines(path: Path) -> list[dict[str, Any]]:
 def _trial_records(path: Path) -> list[dict[str, Any]]:
     """Every trial Ray knows of: id, status, directory, config, failures (newest experiment state + dirs)."""
     records: dict[str, dict[str, Any]] = {}
-    states = sorted(path.glob("experiment_state-*.json"), key=lambda p: (p.stat().st_mtime, p.name))
+    # The newest run's file by its name (the run's start time): at the end of a resumed run Ray syncs
+    # the older runs' files up again, so modification times do not say which is current.
+    states = sorted(path.glob("experiment_state-*.json"), key=lambda p: (p.name, p.stat().st_mtime))
     if states:
         try:
             state = json.loads(states[-1].read_text())

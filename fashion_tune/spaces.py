@@ -37,6 +37,17 @@ A space file holds the sweep settings and the parameter distributions::
       - {lr: 2.0e-3, latent_dim: 32, beta_schedule: linear, beta_start: 0.1, beta_end: 1.0}
     start_from: ray_results/NAME  # optional: the best trial of that finished sweep (same kind) is the
                                   # first point, e.g. to train a champion longer in a follow-up sweep
+    searcher: {type: tpe}         # tpe | gp | cmaes | random | qmc | nsga2 | grid (SEARCHER_TYPES: options)
+    objectives:                   # instead of metric/mode: several; the first is a validation metric and
+      - {metric: val_neg_elbo, mode: min}   # the only one schedulers stop on
+      - {metric: flops, mode: min}
+    warm_start: ray_results/NAME  # tell the searcher every finished trial of that sweep (not run again)
+
+`scheduler` may name its type: `{type: asha | hyperband | median | pbt | fifo, ...}`, each with its
+own keys (SCHEDULER_TYPES); without `type` it is ASHA. PBT needs `mutate: [lr, ...]`, searched
+top-level parameters among MUTABLE, and takes `perturbation_interval` (epochs), `quantile_fraction`
+and `resample_probability`. A sampler that cannot handle the space (cmaes and a choice, grid and a
+continuous range, cmaes and several objectives) is refused with what to use instead.
 
 `epochs` is not set in `fixed` or `params`: it is `scheduler.max_t` (a `fixed.epochs` equal to it
 is accepted, and gives `max_t` when the scheduler omits it). The data split (`subset`, `val_subset`,

@@ -133,6 +133,11 @@ def train_trial(config: dict[str, Any], kind: str, metric: str, mode: str, split
 
     from fashion_tune.train import fit
 
+    if state is not None and state["epoch"] >= config["epochs"]:
+        # PBT cloned a trial's last checkpoint into this one: nothing is left to train, and the
+        # trial now holds that model, so it reports it once (else it would end on its old result).
+        report(dict(state["metrics"]), state)
+        return
     fit(kind, config, splits=splits, reporter=report, checkpoint=state)
 
 

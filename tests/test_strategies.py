@@ -209,7 +209,7 @@ def test_every_strategy_sweeps_and_resumes_after_an_interruption(name, local_ray
     texts = result_texts(directory, finished)
 
     again = run_sweep("cnn", name="s", storage=root / "results", resume=True, verbose=0, echo=printed.append)
-    assert again.status == "finished", printed
+    assert again.status == "finished", "\n".join(printed)
     results = load_results(directory)
     assert len(results) == data["num_samples"] and set(results["status"]) == {"TERMINATED"}, results
     assert set(before["trial_id"]) <= set(results["trial_id"])
