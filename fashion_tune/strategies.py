@@ -239,13 +239,42 @@ class SweepMedian(MedianStoppingRule):
 
 
 class SweepHyperBand(HyperBandScheduler):
-    """Synchronous HyperBand; a finished trial restored on resume stays out of the new brackets
-    (it never reports again, so a bracket holding it would wait for it forever)."""
+    """Synchronous HyperBand whose brackets hold only trials that start in this run.
+
+    Ray does not save a scheduler, and a bracket rebuilt on resume would wait for finished trials
+    (they never report again) or pause restored ones that it never releases. So a trial restored
+    with results (finished or not) stays out of the brackets: unfinished ones run on to max_t
+    without early stopping; trials proposed after the resume fill new brackets as usual.
+    """
 
     def on_trial_add(self, tune_controller, trial):
-        if trial.status in (trial.TERMINATED, trial.ERROR):
+        if trial.status in (trial.TERMINATED, trial.ERROR) or _replay(trial):
             return
         super().on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result):
+        if trial not in self._trial_info:
+            return self.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller, trial, result):
+        if trial in self._trial_info:
+            super().on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_error(self, tune_controller, trial):
+        if trial in self._trial_info:
+            super().on_trial_error(tune_controller, trial)
+
+    def on_trial_remove(self, tune_controller, trial):
+        if trial in self._trial_info:
+            super().on_trial_remove(tune_controller, trial)
+
+    def choose_trial_to_run(self, tune_controller):
+        chosen = super().choose_trial_to_run(tune_controller)
+        if chosen is None:  # the restored trials outside the brackets
+            chosen = next((t for t in tune_controller.get_trials()
+                           if t not in self._trial_info and t.status in (t.PENDING, t.PAUSED)), None)
+        return chosen
 
 
 def _mutation(param: Param):
