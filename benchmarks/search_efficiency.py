@@ -13,7 +13,8 @@ each with `--seeds` seeds (the searcher's and PBT's; the data and the models' in
 
 For each run, the best validation accuracy found is followed against the epochs trained so far
 (every epoch any trial trains counts, re-trained PBT epochs included). The target is the median,
-over seeds, of random + FIFO's final best. Printed and written to OUT/table.md: per strategy the
+over seeds, of random + FIFO's final best (lower medians throughout: with an even number of seeds
+the middle value below, so the target is one a baseline seed reached). Printed and written to OUT/table.md: per strategy the
 final best, the epochs needed to reach the target (median and range over seeds; "-" where a seed
 never reached it), the ratio of random + FIFO's median epochs to the strategy's (higher is
 better), and wall time. OUT/curves.png draws median and min-max band per strategy;
@@ -96,17 +97,21 @@ def space_for(name: str, seed: int, sizes: dict) -> dict:
 
 
 class EpochBudget:
-    """A Tune stopper that ends the sweep once its trials have trained `budget` epochs in all."""
+    """A Tune stopper that ends the sweep once its trials have trained `budget` epochs in all.
+
+    Tune also passes the final result a finished trial returns with; counting (trial, iteration)
+    pairs counts each epoch once (a PBT clone's iterations go on counting up, so they count too).
+    """
 
     def __init__(self, budget: int):
-        self.budget, self.seen = budget, 0
+        self.budget, self.seen = budget, set()
 
     def __call__(self, trial_id, result) -> bool:
-        self.seen += 1
+        self.seen.add((trial_id, result.get("training_iteration")))
         return False
 
     def stop_all(self) -> bool:
-        return self.seen >= self.budget
+        return len(self.seen) >= self.budget
 
 
 def run_one(name: str, seed: int, sizes: dict, out: Path, data_dir) -> dict:
@@ -162,21 +167,23 @@ def epochs_to(curve: list[float], target: float) -> int | None:
 def summarize(runs: list[dict], names: list[str]) -> tuple[dict, float]:
     """Per strategy: finals, epochs to the baseline's target, the ratio against the baseline, wall times."""
     baseline = [r["final"] for r in runs if r["strategy"] == BASELINE]
-    target = statistics.median(baseline)
+    # Lower medians: with an even number of seeds the target is a value a baseline seed reached.
+    target = statistics.median_low(baseline)
     table = {}
     for name in names:
         mine = [r for r in runs if r["strategy"] == name]
         reached = [epochs_to(r["curve"], target) for r in mine]
         hits = [e for e in reached if e is not None]
         # A seed that never reached the target counts as infinitely slow, so the median is honest.
-        median = statistics.median([e if e is not None else math.inf for e in reached])
+        median = statistics.median_low([e if e is not None else math.inf for e in reached])
         table[name] = {"finals": [r["final"] for r in mine], "epochs_to_target": reached,
                        "median_epochs": median, "reached": len(hits), "seeds": len(mine),
                        "range": [min(hits), max(hits)] if hits else None,
                        "wall_s": [r["wall_s"] for r in mine], "epochs": [r["epochs"] for r in mine]}
     base = table[BASELINE]["median_epochs"]
     for row in table.values():
-        row["ratio"] = base / row["median_epochs"] if math.isfinite(row["median_epochs"]) else 0.0
+        finite = math.isfinite(base) and math.isfinite(row["median_epochs"])
+        row["ratio"] = base / row["median_epochs"] if finite else math.nan
     return table, target
 
 
@@ -189,7 +196,8 @@ def format_table(table: dict, target: float) -> list[str]:
         spread = f"[{row['range'][0]}-{row['range'][1]}]" if row["range"] else "[-]"
         median = f"{row['median_epochs']:g}" if math.isfinite(row["median_epochs"]) else "not reached"
         lines.append(f"| {name} | {statistics.median(finals):.4f} [{min(finals):.4f}-{max(finals):.4f}] | "
-                     f"{median} {spread}, {row['reached']}/{row['seeds']} | {row['ratio']:.2f}x | "
+                     f"{median} {spread}, {row['reached']}/{row['seeds']} | "
+                     f"{'n/a' if math.isnan(row['ratio']) else format(row['ratio'], '.2f') + 'x'} | "
                      f"{statistics.median(row['wall_s']):.0f} s |")
     return lines
 
@@ -207,7 +215,7 @@ def plot(runs: list[dict], names: list[str], target: float, target_path: Path) -
         length = max(len(c) for c in curves)
         grid = [[c[min(i, len(c) - 1)] for c in curves] for i in range(length)]  # a finished run stays at its best
         x = list(range(1, length + 1))
-        median = [statistics.median(v) if all(map(math.isfinite, v)) else math.nan for v in grid]
+        median = [statistics.median_low(v) if all(map(math.isfinite, v)) else math.nan for v in grid]
         line, = ax.plot(x, median, label=name, drawstyle="steps-post")
         ax.fill_between(x, [min(v) for v in grid], [max(v) for v in grid], step="post", alpha=0.15,
                         color=line.get_color())
