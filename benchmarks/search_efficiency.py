@@ -195,7 +195,7 @@ def format_table(table: dict, target: float) -> list[str]:
         finals = row["finals"]
         spread = f"[{row['range'][0]}-{row['range'][1]}]" if row["range"] else "[-]"
         median = f"{row['median_epochs']:g}" if math.isfinite(row["median_epochs"]) else "not reached"
-        lines.append(f"| {name} | {statistics.median(finals):.4f} [{min(finals):.4f}-{max(finals):.4f}] | "
+        lines.append(f"| {name} | {statistics.median_low(finals):.4f} [{min(finals):.4f}-{max(finals):.4f}] | "
                      f"{median} {spread}, {row['reached']}/{row['seeds']} | "
                      f"{'n/a' if math.isnan(row['ratio']) else format(row['ratio'], '.2f') + 'x'} | "
                      f"{statistics.median(row['wall_s']):.0f} s |")
