@@ -30,6 +30,9 @@ SWEEP_INFO = "sweep.json"
 SPACE_COPY = "space.yaml"
 RESULT_FILE = "result.json"
 UNFINISHED = ("PENDING", "RUNNING", "PAUSED")
+LINEAGE_FILE = "pbt_lineage.jsonl"  # written by strategies.SweepPBT
+_STOPPED_BY = {"asha": "asha", "hyperband": "hyperband", "median": "median"}  # schedulers that stop trials early
+_LABELS = {"asha": "ASHA", "hyperband": "HyperBand", "median": "the median rule", "pbt": "PBT", "fifo": "FIFO"}
 # Per-epoch bookkeeping that Ray adds to every result; kept in the history, left out of the summaries.
 _RAY_KEYS = ("trial_id", "training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "date",
              "hostname", "node_ip", "pid", "checkpoint_dir_name", "done", "should_checkpoint",
@@ -213,7 +216,7 @@ def load_results(path: str | Path) -> pd.DataFrame:
         elif patience and best is not None and epochs - int(best.get("epoch", 0)) >= patience:
             reason = "early_stop"
         else:
-            reason = "asha"
+            reason = _STOPPED_BY.get(info.get("scheduler") or "asha", "stopped")  # the scheduler stopped it
         checkpoint = _checkpoint_dir(record, best)
         row = {
             "trial_id": record["trial_id"], "status": status,
@@ -222,7 +225,8 @@ def load_results(path: str | Path) -> pd.DataFrame:
             f"best_{metric}": best[metric] if best else math.nan,
             "best_epoch": int(best["epoch"]) if best else 0,
             "epochs": epochs, "max_t": max_t,
-            "stopped_early": reason in ("asha", "early_stop"), "stop_reason": reason, "diverged": diverged,
+            "stopped_early": reason in (*_STOPPED_BY.values(), "stopped", "early_stop"), "stop_reason": reason,
+            "diverged": diverged,
             "best_checkpoint": str(checkpoint) if checkpoint else None,
             "num_failures": record["num_failures"],
             "hostname": last.get("hostname"), "node_ip": last.get("node_ip"), "pid": last.get("pid"),
@@ -235,10 +239,12 @@ def load_results(path: str | Path) -> pd.DataFrame:
     return frame
 
 
-def best_trial(experiment_dir: str | Path, metric: str | None = None, mode: str | None = None) -> TrialPick:
+def best_trial(experiment_dir: str | Path, metric: str | None = None, mode: str | None = None,
+               limits: dict[str, float] | None = None) -> TrialPick:
     """The trial with the best validation `metric` (default: the sweep's) and its checkpoint at that value.
 
     Diverged trials are left out; running and interrupted sweeps are read as they are on disk.
+    `limits` ({"params": 1e6, "flops": 5e7}) keeps only trials whose reported cost is at most that.
     """
     path = experiment_path(experiment_dir)
     info = read_sweep_info(path)
@@ -253,13 +259,20 @@ def best_trial(experiment_dir: str | Path, metric: str | None = None, mode: str 
         raise FashionTuneError(f"mode {mode!r} is not allowed; choose min or max")
 
     pick = None
+    smallest: dict[str, float] = {}  # per limit, the lowest cost seen (for the error when none fits)
     for record in _trial_records(path):
         history = _history_rows(record)
         if any(r.get("diverged") for r in history):
             continue
         row = _best_row(history, metric, mode)
+        if row is not None and not _within(row, limits or {}, smallest):
+            continue
         if row is not None and (pick is None or _better(row[metric], pick[1][metric], mode)):
             pick = (record, row)
+    if pick is None and smallest:
+        raise FashionTuneError(f"no trial in {path} satisfies " + " and ".join(
+            f"{k} <= {v:,.0f} (the smallest has {smallest.get(k, math.nan):,.0f})" for k, v in limits.items())
+            + "; raise the limit or sweep smaller models")
     if pick is None:
         raise FashionTuneError(f"no trial in {path} has reported a finite {metric} yet (trials still pending, "
                                "all diverged, or all failed); wait for the sweep or check its trials")
@@ -273,6 +286,19 @@ def best_trial(experiment_dir: str | Path, metric: str | None = None, mode: str 
     return TrialPick(kind=kind, trial_id=record["trial_id"], config=resolve_config(kind, record["config"]),
                      metric=metric, mode=mode, value=float(row[metric]), epoch=int(row["epoch"]),
                      checkpoint=checkpoint)
+
+
+def _within(row: dict[str, Any], limits: dict[str, float], smallest: dict[str, float]) -> bool:
+    """Whether a trial's reported cost is inside every limit; records the smallest cost seen."""
+    ok = True
+    for key, limit in limits.items():
+        value = row.get(key)
+        if not _is_finite(value):
+            raise FashionTuneError(f"the trials report no {key}, so --max-{key} cannot be checked; "
+                                   "sweep again with this version of fashion-tune")
+        smallest[key] = min(smallest.get(key, math.inf), value)
+        ok = ok and value <= limit
+    return ok
 
 
 def write_frame(frame: pd.DataFrame, stem: str | Path) -> tuple[Path, Path]:
@@ -391,10 +417,37 @@ def analyze(experiment_dir: str | Path, top: int = 10, out: str | Path | None = 
             importance_note = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if importances:
             files["importance"] = _plot_importances(importances, metric, out / "importance.png")
+    sections = _strategy_sections(path, info, history, out, files, echo)
     files["summary"] = _write_summary(out / "summary.md", path, info, results, table, importances,
-                                      importance_note, files)
+                                      importance_note, files, sections)
     echo("wrote " + ", ".join(str(p) for p in files.values()))
     return files
+
+
+def _strategy_sections(path: Path, info: dict[str, Any], history: pd.DataFrame, out: Path,
+                       files: dict[str, Path], echo: Callable[[str], None]) -> list[str]:
+    """A multi-objective sweep's Pareto front (pareto.png) and a PBT sweep's lineage, for summary.md."""
+    from fashion_tune import tradeoffs
+
+    lines: list[str] = []
+    objectives = [tuple(o) for o in info.get("objectives") or []]
+    if len(objectives) > 1 and not history.empty and all(m in history.columns for m, _ in objectives):
+        front = tradeoffs.pareto_front(history, objectives)
+        if not front.empty:
+            files["pareto"] = tradeoffs.plot_pareto(front, objectives, out / "pareto.png",
+                                                    f"{info.get('name', path.name)}: Pareto front")
+            shown = front[front["pareto"]].drop(columns="pareto")
+            echo(f"Pareto front ({len(shown)} of {len(front)} trials; "
+                 + ", ".join(f"{mode} {m}" for m, mode in objectives) + "):")
+            echo(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+            lines += ["## Pareto front", "", f"{len(shown)} of {len(front)} trials are not dominated on "
+                      + ", ".join(f"{mode} `{m}`" for m, mode in objectives) + " (each at its best epoch of the first):",
+                      "", _markdown(shown), ""]
+    if info.get("scheduler") == "pbt":
+        steps = tradeoffs.describe_lineage(tradeoffs.lineage(path))
+        echo(f"PBT lineage ({len(steps)} exploit steps):" + "".join(f"\n  {line}" for line in steps))
+        lines += ["## PBT lineage", "", *(f"- {line}" for line in steps or ["no exploit step yet"]), ""]
+    return lines
 
 
 def _plot_curves(history: pd.DataFrame, results: pd.DataFrame, info: dict[str, Any], target: Path) -> Path:
@@ -403,7 +456,9 @@ def _plot_curves(history: pd.DataFrame, results: pd.DataFrame, info: dict[str, A
     metric, max_t = info["metric"], info.get("max_t")
     reasons = dict(zip(results["trial_id"], results["stop_reason"])) if not results.empty else {}
     fig, ax = plt.subplots(figsize=(8, 5))
-    style = {"asha": ("x", "stopped by ASHA"), "early_stop": ("s", "early stop"), "completed": ("o", "reached max_t"),
+    style = {"asha": ("x", "stopped by ASHA"), "hyperband": ("x", "stopped by HyperBand"),
+             "median": ("x", "stopped by the median rule"), "early_stop": ("s", "early stop"),
+             "completed": ("o", "reached max_t"),
              "diverged": ("v", "diverged"), "error": ("*", "error"), "": (">", "running")}
     labelled = set()
     for trial_id, rows in history.groupby("trial_id", sort=False):
@@ -427,7 +482,8 @@ def _plot_curves(history: pd.DataFrame, results: pd.DataFrame, info: dict[str, A
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"{metric} (validation)")
-    ax.set_title(f"{info.get('name', '')}: {metric} per trial (dotted: ASHA rungs)")
+    rungs = " (dotted: ASHA rungs)" if max_t and grace and rf else ""
+    ax.set_title(f"{info.get('name', '')}: {metric} per trial{rungs}")
     if labelled:
         ax.legend(loc="best", fontsize="small")
     if metric == "val_neg_elbo":
@@ -497,12 +553,14 @@ def _plot_importances(importances: dict[str, float], metric: str, target: Path) 
 
 
 def _write_summary(target: Path, path: Path, info: dict[str, Any], results: pd.DataFrame, table: pd.DataFrame,
-                   importances: dict[str, float], importance_note: str, files: dict[str, Path]) -> Path:
+                   importances: dict[str, float], importance_note: str, files: dict[str, Path],
+                   sections: list[str] = ()) -> Path:
     metric, mode = info["metric"], info["mode"]
     statuses = results["status"].value_counts().to_dict() if not results.empty else {}
     epochs = int(results["epochs"].sum()) if not results.empty else 0
     budget = info["num_samples"] * info["max_t"]
-    stopped = int((results["stop_reason"] == "asha").sum()) if not results.empty else 0
+    scheduler = info.get("scheduler") or "asha"
+    stopped = int((results["stop_reason"] == _STOPPED_BY.get(scheduler, "stopped")).sum()) if not results.empty else 0
     diverged = int(results["diverged"].sum()) if not results.empty else 0
     lines = [
         f"# Sweep {info.get('name', path.name)}",
@@ -510,7 +568,8 @@ def _write_summary(target: Path, path: Path, info: dict[str, Any], results: pd.D
         f"- {info['kind']} trials, {mode} `{metric}` (validation), space `{info.get('space_file')}`",
         f"- trials: {len(results)} of {info['num_samples']} "
         f"({', '.join(f'{v} {k.lower()}' for k, v in sorted(statuses.items())) or 'none yet'}); sweep status: {info.get('status')}",
-        f"- stopped early by ASHA: {stopped}; diverged: {diverged}",
+        f"- stopped early by {_LABELS.get(scheduler, scheduler)}: {stopped}; diverged: {diverged} "
+        f"(searcher {info.get('searcher', 'tpe')}, scheduler {scheduler})",
         f"- epochs trained: {epochs} of {budget} (num_samples {info['num_samples']} x max_t {info['max_t']})",
         f"- created {info.get('created')}, finished {info.get('finished') or '-'}",
         "",
@@ -535,7 +594,7 @@ def _write_summary(target: Path, path: Path, info: dict[str, Any], results: pd.D
                       "(ASHA-stopped trials at the epoch they stopped); with few trials they are rough."]
     else:
         lines.append(f"Not computed: {importance_note or 'no finished trials'}.")
-    lines += ["", "## Files", ""] + [f"- `{p.name}`" for k, p in files.items() if k != "summary"]
+    lines += ["", *sections, "## Files", ""] + [f"- `{p.name}`" for k, p in files.items() if k != "summary"]
     target.write_text("\n".join(lines) + "\n")
     return target
 

@@ -231,13 +231,19 @@ def add_promote(sub) -> None:
     p.add_argument("--force", action="store_true", help="replace the champion even if the challenger is not better")
     p.add_argument("--models-dir", type=Path, default=Path("best_models"), help="where promoted models live (default best_models)")
     p.add_argument("--data-dir", help="directory with the Fashion-MNIST files")
+    p.add_argument("--max-params", type=float, metavar="N", help="only trials with at most N trainable parameters")
+    p.add_argument("--max-flops", type=float, metavar="N", help="only trials with at most N FLOPs per training image")
     p.set_defaults(func=run_promote)
 
 
 def run_promote(args) -> int:
     from fashion_tune.promote import promote_best_trial
 
-    promote_best_trial(args.experiment, kind=args.kind, models_dir=args.models_dir, force=args.force, data_dir=args.data_dir)
+    limits = {key: value for key, value in (("params", args.max_params), ("flops", args.max_flops)) if value is not None}
+    if any(value <= 0 for value in limits.values()):
+        raise ConfigError("--max-params and --max-flops must be > 0")
+    promote_best_trial(args.experiment, kind=args.kind, models_dir=args.models_dir, force=args.force,
+                       data_dir=args.data_dir, limits=limits or None)
     return 0
 
 

@@ -316,10 +316,10 @@ def fsync_dir(path: Path) -> None:
 # --- promotion -----------------------------------------------------------------------------
 
 
-def _best_trial(experiment_dir: Path):
+def _best_trial(experiment_dir: Path, limits: dict[str, float] | None = None):
     from fashion_tune.analysis import best_trial
 
-    return best_trial(experiment_dir)
+    return best_trial(experiment_dir, limits=limits)
 
 
 def _format(value: Any) -> str:
@@ -348,17 +348,21 @@ def promote_best_trial(
     force: bool = False,
     data_dir=None,
     echo: Callable[[str], None] = print,
+    limits: dict[str, float] | None = None,
 ) -> Promotion:
     """Promote the best trial (by validation) of a sweep into `models_dir/<kind>/`; see the module docstring.
 
     The challenger is scored first; the champion is read, scored and (maybe) replaced under
     `models_lock`, so two promotions at once compare in turn and the later one sees the earlier's
     champion.
+
+    `limits` ({"params": 1e6} and/or {"flops": ...}) picks the best trial whose cost is within them.
     """
     from fashion_tune.train import load_model
 
     experiment_dir = Path(experiment_dir)
-    pick = _best_trial(experiment_dir)  # checks the directory, picks by validation, finds the checkpoint
+    # Checks the directory, picks by validation (within the cost limits), finds the checkpoint.
+    pick = _best_trial(experiment_dir, limits)
     if kind is not None and pick.kind != kind:
         raise FashionTuneError(f"{experiment_dir} is a {pick.kind} sweep, not {kind}; pass --kind {pick.kind} or another experiment")
     kind = pick.kind

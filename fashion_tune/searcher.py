@@ -45,13 +45,24 @@ def is_pruned(result: dict[str, Any] | None, max_t: int) -> bool:
 
 
 class SweepOptuna(OptunaSearch):
-    """OptunaSearch that reports intermediate values, prunes ASHA-stopped trials and tells the best value."""
+    """OptunaSearch that reports intermediate values, prunes ASHA-stopped trials and tells the best value.
+
+    With several objectives (`metric` a list) the first one decides: a trial is told the values
+    of all objectives at the epoch where the first was best; Optuna keeps no intermediate values
+    for multi-objective studies.
+    """
 
     def __init__(self, *args, max_t: int, **kwargs):
         super().__init__(*args, **kwargs)
         self._max_t = max_t
-        self._values: dict[str, dict[int, float]] = {}  # trial id -> epoch -> metric
+        self._metrics = list(self._metric) if isinstance(self._metric, (list, tuple)) else [self._metric]
+        self._modes = list(self._mode) if isinstance(self._mode, (list, tuple)) else [self._mode]
+        self._values: dict[str, dict[int, tuple[float, ...]]] = {}  # trial id -> epoch -> objective values
         self._adopted: dict[str, dict[str, Any]] = {}  # trial id -> params, for trials Optuna never asked
+
+    @property
+    def _multi(self) -> bool:
+        return len(self._metrics) > 1
 
     # --- results --------------------------------------------------------------------------
 
@@ -59,18 +70,18 @@ class SweepOptuna(OptunaSearch):
         self.record(trial_id, result)
 
     def record(self, trial_id: str, result: dict[str, Any]) -> None:
-        """Keep one epoch's metric; report it to Optuna as an intermediate value (once per epoch)."""
-        value, epoch = result.get(self._metric), result.get("epoch")
-        if value is None or epoch is None:
+        """Keep one epoch's objective values; report the first to Optuna as an intermediate value (once per epoch)."""
+        values, epoch = tuple(result.get(m) for m in self._metrics), result.get("epoch")
+        if any(v is None for v in values) or epoch is None:
             return
         if trial_id not in self._ot_trials or trial_id in self._completed_trials:
             self.adopt(trial_id, result.get("config") or {})
-        values = self._values.setdefault(trial_id, {})
-        if int(epoch) in values:
+        seen = self._values.setdefault(trial_id, {})
+        if int(epoch) in seen:
             return  # an epoch re-run after a restore: its first report stands
-        values[int(epoch)] = float(value)
-        if trial_id not in self._adopted:
-            self._ot_trials[trial_id].report(float(value), int(epoch))
+        seen[int(epoch)] = tuple(float(v) for v in values)
+        if trial_id not in self._adopted and not self._multi:
+            self._ot_trials[trial_id].report(float(values[0]), int(epoch))
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials and trial_id not in self._adopted:
@@ -87,20 +98,23 @@ class SweepOptuna(OptunaSearch):
         self._completed_trials.add(trial_id)
 
     def _outcome(self, trial_id: str, result: dict[str, Any] | None, error: bool):
-        """Optuna's state and value for a trial that ended: FAIL, PRUNED, or COMPLETE with its best value."""
+        """Optuna's state and value(s) for a trial that ended: FAIL, PRUNED, or COMPLETE at its best epoch."""
         from optuna.trial import TrialState
 
         if error:
             return TrialState.FAIL, None
         if is_pruned(result, self._max_t):
             return TrialState.PRUNED, None
-        values = list(self._values.get(trial_id, {}).values())
-        if not values:
+        rows = list(self._values.get(trial_id, {}).values())
+        if not rows:
             return TrialState.FAIL, None
-        finite = [v for v in values if math.isfinite(v)]
+        finite = [row for row in rows if all(math.isfinite(v) for v in row)]
         if not finite or (result or {}).get("diverged"):
-            return TrialState.COMPLETE, math.inf if self._mode == "min" else -math.inf  # ranked last
-        return TrialState.COMPLETE, min(finite) if self._mode == "min" else max(finite)
+            worst = [math.inf if mode == "min" else -math.inf for mode in self._modes]  # ranked last
+            return TrialState.COMPLETE, worst if self._multi else worst[0]
+        pick = min if self._modes[0] == "min" else max
+        best = pick(finite, key=lambda row: row[0])
+        return TrialState.COMPLETE, list(best) if self._multi else best[0]
 
     # --- trials Optuna did not ask for ------------------------------------------------------
 
@@ -123,10 +137,12 @@ class SweepOptuna(OptunaSearch):
         import optuna
 
         adopted = self._adopted.pop(trial_id)
-        intermediate = {e: v for e, v in self._values.get(trial_id, {}).items() if not math.isnan(v)}
+        intermediate = None if self._multi else {
+            e: row[0] for e, row in self._values.get(trial_id, {}).items() if not math.isnan(row[0])}
+        values = {"values": value} if self._multi and value is not None else {"value": value}
         self._ot_study.add_trial(optuna.trial.create_trial(
-            state=state, value=value, params=adopted["params"], distributions=adopted["distributions"],
-            intermediate_values=intermediate))
+            state=state, params=adopted["params"], distributions=adopted["distributions"],
+            intermediate_values=intermediate, **values))
 
     # --- after a restore ----------------------------------------------------------------------
 
@@ -144,22 +160,6 @@ class SweepOptuna(OptunaSearch):
         for trial_id in [t for t in self._ot_trials if t not in live]:
             self._completed_trials.add(trial_id)
         return failed
-
-
-def make_search(space, max_t: int) -> SearchGenerator:
-    """SearchGenerator(ConcurrencyLimiter(SweepOptuna)): TPE, seeded, starting from the space's points."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # TPE samples at random for its first n_startup_trials; Optuna's default of 10 would leave a
-    # small sweep all random, so it is half the sweep (2 to 10).
-    startup = max(2, min(10, space.num_samples // 2))
-    sampler = optuna.samplers.TPESampler(seed=space.seed, n_startup_trials=startup)
-    searcher = SweepOptuna(space=space.suggest, metric=space.metric, mode=space.mode,
-                           points_to_evaluate=[dict(p) for p in space.points_to_evaluate] or None,
-                           sampler=sampler, max_t=max_t)
-    # Passing the SearchGenerator (not the bare searcher) keeps a handle on its suggestion count.
-    return SearchGenerator(ConcurrencyLimiter(searcher, max_concurrent=space.max_concurrent_trials))
 
 
 def optuna_searcher(generator: SearchGenerator) -> SweepOptuna:

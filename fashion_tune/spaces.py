@@ -37,6 +37,17 @@ A space file holds the sweep settings and the parameter distributions::
       - {lr: 2.0e-3, latent_dim: 32, beta_schedule: linear, beta_start: 0.1, beta_end: 1.0}
     start_from: ray_results/NAME  # optional: the best trial of that finished sweep (same kind) is the
                                   # first point, e.g. to train a champion longer in a follow-up sweep
+    searcher: {type: tpe}         # tpe | gp | cmaes | random | qmc | nsga2 | grid (SEARCHER_TYPES: options)
+    objectives:                   # instead of metric/mode: several; the first is a validation metric and
+      - {metric: val_neg_elbo, mode: min}   # the only one schedulers stop on
+      - {metric: flops, mode: min}
+    warm_start: ray_results/NAME  # tell the searcher every finished trial of that sweep (not run again)
+
+`scheduler` may name its type: `{type: asha | hyperband | median | pbt | fifo, ...}`, each with its
+own keys (SCHEDULER_TYPES); without `type` it is ASHA. PBT needs `mutate: [lr, ...]`, searched
+top-level parameters among MUTABLE, and takes `perturbation_interval` (epochs), `quantile_fraction`
+and `resample_probability`. A sampler that cannot handle the space (cmaes and a choice, grid and a
+continuous range, cmaes and several objectives) is refused with what to use instead.
 
 `epochs` is not set in `fixed` or `params`: it is `scheduler.max_t` (a `fixed.epochs` equal to it
 is accepted, and gives `max_t` when the scheduler omits it). The data split (`subset`, `val_subset`,
@@ -61,8 +72,29 @@ from fashion_tune.errors import ConfigError
 
 DISTRIBUTIONS = ("loguniform", "uniform", "quniform", "randint", "choice")
 TOP_KEYS = ("kind", "metric", "mode", "num_samples", "max_concurrent_trials", "seed", "scheduler",
-            "resources_per_trial", "fixed", "params", "points_to_evaluate", "start_from")
-SCHEDULER_KEYS = ("max_t", "grace_period", "reduction_factor")
+            "resources_per_trial", "fixed", "params", "points_to_evaluate", "start_from",
+            "searcher", "objectives", "warm_start")
+# Each scheduler type and the keys it takes (no `type:` means ASHA, as before).
+SCHEDULER_TYPES = {
+    "asha": ("type", "max_t", "grace_period", "reduction_factor"),
+    "hyperband": ("type", "max_t", "reduction_factor"),
+    "median": ("type", "max_t", "grace_period", "min_samples_required"),
+    "pbt": ("type", "max_t", "perturbation_interval", "mutate", "quantile_fraction", "resample_probability"),
+    "fifo": ("type", "max_t"),
+}
+SCHEDULER_KEYS = SCHEDULER_TYPES["asha"][1:]
+# Each Optuna sampler and the options it takes besides `type`.
+SEARCHER_TYPES = {
+    "tpe": ("n_startup_trials", "multivariate"),
+    "gp": ("n_startup_trials",),
+    "cmaes": ("n_startup_trials", "sigma0", "popsize"),
+    "random": (),
+    "qmc": ("qmc_type", "scramble"),
+    "nsga2": ("population_size",),
+    "grid": (),
+}
+# What PBT may change in a running trial: optimizer settings and regularisation, never the architecture.
+MUTABLE = ("lr", "weight_decay", "dropout", "beta_start", "beta_end")
 RESOURCE_KEYS = ("cpu", "gpu")
 # Keys that define the data every trial shares, or where it runs: fixed per sweep, never searched.
 NOT_SEARCHABLE = {
@@ -177,6 +209,17 @@ class SearchSpace:
     fixed: dict[str, Any] = field(default_factory=dict)
     params: tuple[Param, ...] = ()
     points_to_evaluate: tuple[dict[str, Any], ...] = ()
+    searcher: str = "tpe"  # an Optuna sampler, see SEARCHER_TYPES
+    searcher_options: dict[str, Any] = field(default_factory=dict)
+    scheduler: str = "asha"  # a Ray scheduler, see SCHEDULER_TYPES
+    scheduler_options: dict[str, Any] = field(default_factory=dict)  # the type's keys besides max_t
+    objectives: tuple[tuple[str, str], ...] = ()  # (metric, mode) pairs; empty: the one metric
+    warm_start: str | None = None
+    warm_trials: tuple[Any, ...] = ()  # strategies.WarmTrial: finished trials of the warm_start sweep
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
 
     # --- what the sweep uses ------------------------------------------------------------
 
@@ -235,14 +278,27 @@ class SearchSpace:
             changes["seed"] = seed
         return dataclasses.replace(self, **changes)
 
+    def strategy_line(self) -> str:
+        """The searcher and the scheduler with its settings, in one line."""
+        options = {"max_t": self.max_t, **self.scheduler_options}
+        if self.scheduler == "asha":
+            options.update(grace_period=self.grace_period, reduction_factor=self.reduction_factor)
+        shown = ", ".join(f"{k} {'/'.join(v) if isinstance(v, (list, tuple)) else v}" for k, v in options.items())
+        return f"searcher {self.searcher}, scheduler {self.scheduler}: {shown}"
+
     def summary(self) -> str:
         """A few lines describing the sweep, for --dry-run and logs."""
         lines = [
             f"{self.path}: {self.kind} sweep, {self.num_samples} trials ({self.max_concurrent_trials} at a time), "
             f"{self.mode} {self.metric}",
-            f"  ASHA: max_t {self.max_t} epochs, grace_period {self.grace_period}, reduction_factor {self.reduction_factor:g}",
-            f"  per trial: {self.cpu:g} CPU, {self.gpu:g} GPU; TPE seed {self.seed}; {len(self.points_to_evaluate)} starting point(s)",
+            f"  {self.strategy_line()}",
+            f"  per trial: {self.cpu:g} CPU, {self.gpu:g} GPU; {self.searcher} seed {self.seed}; "
+            f"{len(self.points_to_evaluate)} starting point(s)"
+            + (f"; warm start: {len(self.warm_trials)} trials of {self.warm_start}" if self.warm_start else ""),
         ]
+        if self.multi_objective:
+            lines.insert(1, "  objectives: " + ", ".join(f"{mode} {metric}" for metric, mode in self.objectives)
+                         + f" (the scheduler stops on {self.metric} only)")
 
         def describe(params, indent):
             for param in params:
@@ -336,7 +392,8 @@ def parse_space(data: Mapping[str, Any], path: str | Path = "<space>", kind: str
     kind = file_kind
 
     validation = [m for m in METRICS[kind] if m.startswith("val_")]
-    metric = data.get("metric", MONITOR[kind][0])
+    objectives = _parse_objectives(c, kind, data.get("objectives"), data.get("metric"))
+    metric = data.get("metric", objectives[0][0] if objectives else MONITOR[kind][0])
     if metric not in validation:
         raise c.fail("metric", f"{_show(metric)} is not a validation metric the {kind} trainable reports; "
                                f"choose one of: {', '.join(validation)}")
@@ -354,7 +411,11 @@ def parse_space(data: Mapping[str, Any], path: str | Path = "<space>", kind: str
     seed = c.integer(data.get("seed", 0), "seed", 0)
 
     fixed = dict(c.mapping(data.get("fixed") or {}, "fixed"))
-    scheduler = c.mapping(data.get("scheduler") or {}, "scheduler", SCHEDULER_KEYS)
+    scheduler = c.mapping(data.get("scheduler") or {}, "scheduler")
+    scheduler_type = scheduler.get("type", "asha")
+    if scheduler_type not in SCHEDULER_TYPES:
+        raise c.fail("scheduler.type", f"{_show(scheduler_type)} is not allowed; choose one of: {', '.join(SCHEDULER_TYPES)}")
+    c.mapping(scheduler, "scheduler", SCHEDULER_TYPES[scheduler_type])
     max_t = scheduler.get("max_t", fixed.get("epochs"))
     if max_t is None:
         raise c.fail("scheduler.max_t", "missing; give the most epochs a trial may train, an integer >= 1")
@@ -398,15 +459,19 @@ def parse_space(data: Mapping[str, Any], path: str | Path = "<space>", kind: str
         path=path, kind=kind, metric=metric, mode=mode, num_samples=num_samples,
         max_concurrent_trials=max_concurrent, seed=seed, max_t=max_t, grace_period=grace,
         reduction_factor=float(rf) if not _integer(rf) else rf, cpu=float(cpu), gpu=float(gpu),
-        fixed=fixed, params=tuple(params),
+        fixed=fixed, params=tuple(params), scheduler=scheduler_type, objectives=objectives,
     )
+    space = _parse_strategies(c, space, data.get("searcher"), scheduler)
     points = data.get("points_to_evaluate") or []
     if not isinstance(points, list):
         raise c.fail("points_to_evaluate", f"expected a list of mappings of parameter values, got {_show(points)}")
     checked = tuple(_check_point(c, space, point, f"points_to_evaluate[{i}]") for i, point in enumerate(points))
     if data.get("start_from") is not None:
         checked = (_start_point(c, space, data["start_from"]), *checked)
-    return dataclasses.replace(space, points_to_evaluate=checked)
+    space = dataclasses.replace(space, points_to_evaluate=checked)
+    if data.get("warm_start") is not None:
+        space = _warm_start(c, space, data["warm_start"])
+    return space
 
 
 def _start_point(c: _Checker, space: SearchSpace, experiment: Any) -> dict[str, Any]:
@@ -426,6 +491,161 @@ def _start_point(c: _Checker, space: SearchSpace, experiment: Any) -> dict[str, 
     point = {p.name: pick.config[p.name] for p in space.all_params() if p.name in pick.config}
     active = space.active_params(point)
     return _check_point(c, space, {name: value for name, value in point.items() if name in active}, "start_from")
+
+
+# --- strategies: objectives, searcher, scheduler, warm start -----------------------------------
+
+
+def _parse_objectives(c: _Checker, kind: str, raw: Any, metric: Any) -> tuple[tuple[str, str], ...]:
+    """`objectives: [{metric, mode}, ...]`: the first is a validation metric; it drives the scheduler."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or len(raw) < 2:
+        raise c.fail("objectives", f"expected a list of at least two {{metric: M, mode: min|max}}, got {_show(raw)}; "
+                                   "for one objective use metric: and mode:")
+    objectives = []
+    for i, item in enumerate(raw):
+        key = f"objectives[{i}]"
+        item = c.mapping(item, key, ("metric", "mode"))
+        name = item.get("metric")
+        if name not in METRICS[kind]:
+            raise c.fail(f"{key}.metric", f"{_show(name)} is not a metric the {kind} trainable reports; "
+                                          f"choose one of: {', '.join(METRICS[kind])}")
+        if any(name == other for other, _ in objectives):
+            raise c.fail(f"{key}.metric", f"{name} is listed twice; list each objective once")
+        mode = item.get("mode", METRICS[kind][name])
+        if mode != METRICS[kind][name]:
+            raise c.fail(f"{key}.mode", f"{name} is better when {'lower' if METRICS[kind][name] == 'min' else 'higher'}; "
+                                        f"use mode: {METRICS[kind][name]}")
+        objectives.append((name, mode))
+    if not objectives[0][0].startswith("val_"):
+        raise c.fail("objectives[0].metric", f"{objectives[0][0]} is not a validation metric; the first objective "
+                                             "is the one the scheduler stops on and checkpoints are ranked by, so put "
+                                             "e.g. val_acc or val_neg_elbo first")
+    if metric is not None and metric != objectives[0][0]:
+        raise c.fail("metric", f"{metric} differs from the first objective {objectives[0][0]}; drop metric: "
+                               "(the first objective is the metric)")
+    return tuple(objectives)
+
+
+def _parse_strategies(c: _Checker, space: SearchSpace, searcher: Any, scheduler: dict[str, Any]) -> SearchSpace:
+    """The searcher's and the scheduler's options, checked against the space and each other."""
+    searcher = c.mapping(searcher if searcher is not None else {}, "searcher")
+    kind = searcher.get("type", "tpe")
+    if kind not in SEARCHER_TYPES:
+        raise c.fail("searcher.type", f"{_show(kind)} is not allowed; choose one of: {', '.join(SEARCHER_TYPES)}")
+    options = {k: v for k, v in c.mapping(searcher, "searcher", ("type", *SEARCHER_TYPES[kind])).items() if k != "type"}
+    for name in ("n_startup_trials", "popsize", "population_size"):
+        if name in options:
+            options[name] = c.integer(options[name], f"searcher.{name}", 2 if name != "n_startup_trials" else 0)
+    if "sigma0" in options and (not _number(options["sigma0"]) or options["sigma0"] <= 0):
+        raise c.fail("searcher.sigma0", f"{_show(options['sigma0'])} is not allowed; use a number > 0")
+    if "qmc_type" in options and options["qmc_type"] not in ("sobol", "halton"):
+        raise c.fail("searcher.qmc_type", f"{_show(options['qmc_type'])} is not allowed; choose sobol or halton")
+    for name in ("multivariate", "scramble"):
+        if name in options and not isinstance(options[name], bool):
+            raise c.fail(f"searcher.{name}", f"{_show(options[name])} must be true or false")
+    _check_searcher(c, space, kind)
+    extra = _scheduler_options(c, space, scheduler)
+    return dataclasses.replace(space, searcher=kind, searcher_options=options, scheduler_options=extra)
+
+
+def _check_searcher(c: _Checker, space: SearchSpace, kind: str) -> None:
+    """Refuse a sampler that cannot handle this space or these objectives."""
+    nested = [p.name for p in _walk(space.params) if not any(p is top for top in space.params)]
+    if kind == "cmaes":
+        choices = [p.name for p in _walk(space.params) if p.type == "choice"]
+        if choices:
+            raise c.fail(f"params.{choices[0]}", "searcher cmaes cannot sample choice parameters (CMA-ES moves "
+                                                 "through continuous and integer ranges); use searcher: {type: gp} "
+                                                 "or tpe, or make it a randint/quniform range")
+        if space.multi_objective:
+            raise c.fail("searcher.type", "cmaes optimizes a single objective; with objectives: use nsga2, tpe or gp")
+    if kind == "grid":
+        continuous = [p.name for p in _walk(space.params) if p.type in ("uniform", "loguniform")]
+        if continuous:
+            raise c.fail(f"params.{continuous[0]}", "searcher grid needs a finite set of values, not a continuous "
+                                                    "range; use {type: quniform, ...} or {type: choice, ...}, or "
+                                                    "searcher: {type: qmc} to cover a range evenly")
+        if nested:
+            raise c.fail(f"params ({nested[0]})", "searcher grid needs a flat space (no parameters inside choice "
+                                                  "options); flatten it or use searcher: {type: tpe}")
+        size = math.prod(len(grid_values(p)) for p in space.params)
+        if space.num_samples > size:
+            raise c.fail("num_samples", f"{space.num_samples} is more than the grid's {size} points; "
+                                        f"use num_samples: {size} (or less)")
+
+
+def grid_values(param: Param) -> list[Any]:
+    """Every value a finite distribution can produce, in order (for the grid searcher)."""
+    if param.type == "choice":
+        return param.values
+    if param.type == "randint":
+        return list(range(param.low, param.high))
+    steps = int(round((param.high - param.low) / param.q))
+    values = [param.low + i * param.q for i in range(steps + 1)]
+    return [int(v) if all(_integer(x) for x in (param.low, param.q)) else v for v in values]
+
+
+def _scheduler_options(c: _Checker, space: SearchSpace, raw: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a scheduler type besides max_t (asha's grace_period and reduction_factor are fields)."""
+    kind = space.scheduler
+    if kind == "hyperband":
+        return {"reduction_factor": space.reduction_factor}
+    if kind == "median":
+        return {"grace_period": space.grace_period,
+                "min_samples_required": c.integer(raw.get("min_samples_required", 3),
+                                                  "scheduler.min_samples_required", 1)}
+    if kind != "pbt":
+        return {}
+    interval = c.integer(raw.get("perturbation_interval", max(1, space.max_t // 4)),
+                         "scheduler.perturbation_interval", 1)
+    if interval >= space.max_t:
+        raise c.fail("scheduler.perturbation_interval", f"{interval} leaves no perturbation before max_t={space.max_t}; "
+                                                        f"use 1..{space.max_t - 1}")
+    options = {"perturbation_interval": interval, "mutate": _mutable(c, space, raw.get("mutate"))}
+    for name, default in (("quantile_fraction", 0.25), ("resample_probability", 0.25)):
+        value = raw.get(name, default)
+        top = 0.5 if name == "quantile_fraction" else 1.0
+        if not _number(value) or not 0 < value <= top:
+            raise c.fail(f"scheduler.{name}", f"{_show(value)} is not allowed; use a number in (0, {top:g}]")
+        options[name] = float(value)
+    if space.num_samples < 2:
+        raise c.fail("num_samples", "pbt needs a population: use num_samples >= 2 (4 or more is usual)")
+    return options
+
+
+def _mutable(c: _Checker, space: SearchSpace, raw: Any) -> tuple[str, ...]:
+    """PBT's `mutate:` list: searched top-level parameters the trainable can change mid-run."""
+    allowed = [name for name in MUTABLE if name in default_config(space.kind)]
+    if not isinstance(raw, list) or not raw:
+        raise c.fail("scheduler.mutate", f"pbt needs the parameters it may change in a running trial, e.g. "
+                                         f"mutate: [lr, weight_decay]; allowed: {', '.join(allowed)}")
+    top = {p.name: p for p in space.params}
+    for name in raw:
+        if name not in allowed:
+            raise c.fail("scheduler.mutate", f"{_show(name)} cannot change in a running trial (the model or the data "
+                                             f"would differ from its checkpoint); allowed: {', '.join(allowed)}")
+        if name not in top:
+            raise c.fail("scheduler.mutate", f"{name} is not a top-level searched parameter; add it under params: "
+                                             "(its distribution bounds the mutations)")
+    return tuple(dict.fromkeys(raw))
+
+
+def _warm_start(c: _Checker, space: SearchSpace, experiment: Any) -> SearchSpace:
+    """Seed the searcher with every finished trial of another sweep; its configs are not run again."""
+    from fashion_tune.errors import FashionTuneError
+    from fashion_tune.strategies import warm_trials  # reads results with pandas: only when asked
+
+    if not isinstance(experiment, str) or not experiment:
+        raise c.fail("warm_start", f"expected the directory of a finished sweep, e.g. ray_results/NAME, got {_show(experiment)}")
+    try:
+        trials = warm_trials(experiment, space)
+    except FashionTuneError as exc:
+        raise c.fail("warm_start", str(exc)) from None
+    known = [t.params for t in trials]
+    points = tuple(p for p in space.points_to_evaluate if p not in known)  # already evaluated there
+    return dataclasses.replace(space, warm_start=experiment, warm_trials=tuple(trials), points_to_evaluate=points)
 
 
 def _parse_params(c: _Checker, kind: str, raw: Any, key: str, fixed: dict[str, Any],

@@ -28,6 +28,7 @@ import yaml
 from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler
 
+from fashion_tune import strategies
 from fashion_tune.analysis import SPACE_COPY, SWEEP_INFO
 from fashion_tune.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from fashion_tune.cluster import is_uri
@@ -134,6 +135,11 @@ def train_trial(config: dict[str, Any], kind: str, metric: str, mode: str, split
 
     from fashion_tune.train import fit
 
+    if state is not None and state["epoch"] >= config["epochs"]:
+        # PBT cloned a trial's last checkpoint into this one: nothing is left to train, and the
+        # trial now holds that model, so it reports it once (else it would end on its old result).
+        report(dict(state["metrics"]), state)
+        return
     fit(kind, config, splits=splits, reporter=report, checkpoint=state)
 
 
@@ -202,18 +208,14 @@ class SweepASHA(AsyncHyperBandScheduler):
         return result
 
 
-def make_scheduler(space: SearchSpace) -> SweepASHA:
-    """ASHA on the space's metric (set by TuneConfig), with the trainable's `epoch` as its time unit."""
-    return SweepASHA(time_attr="epoch", max_t=space.max_t, grace_period=space.grace_period,
-                     reduction_factor=space.reduction_factor)
+def make_scheduler(space: SearchSpace):
+    """The space's scheduler (ASHA unless `scheduler.type` says otherwise): see fashion_tune.strategies."""
+    return strategies.make_scheduler(space)
 
 
 def make_searcher(space: SearchSpace):
-    """Optuna TPE over the space (define-by-run, for nested choices), seeded, starting from its points,
-    behind Ray's concurrency limit; see `fashion_tune.searcher`."""
-    from fashion_tune.searcher import make_search
-
-    return make_search(space, max_t=space.max_t)
+    """The space's Optuna sampler behind Ray's concurrency limit: see fashion_tune.strategies and .searcher."""
+    return strategies.make_searcher(space)
 
 
 class SweepCallback(Callback):
@@ -507,7 +509,7 @@ def run_sweep(
                 ),
             )
         echo(f"sweep {name}: {space.num_samples} {kind} trials, {space.max_concurrent_trials} at a time, "
-             f"ASHA max_t {space.max_t} epochs -> {location}")
+             f"{space.strategy_line()} -> {location}")
         grid = tuner.fit()
     except KeyboardInterrupt:
         interrupted = True  # a second Ctrl-C; the first makes Tune stop and save its state itself
@@ -566,6 +568,7 @@ def _new_info(space: SearchSpace, name: str, kind: str, space_file, splits, data
         "created": _now(), "finished": None, "status": "running", "resumed": [],
         "command": shlex.join(["fashion-tune", *sys.argv[1:]]) if Path(sys.argv[0]).name == "fashion-tune" else None,
         "versions": {"fashion_tune": __version__, "ray": ray.__version__, "optuna": optuna.__version__},
+        **strategies.info(space),
     }
 
 

@@ -229,6 +229,7 @@ def fit(
         best, best_epoch, stale = checkpoint["best"], checkpoint["best_epoch"], checkpoint["stale_epochs"]
         history = list(checkpoint["history"])
         start = checkpoint["epoch"]
+        apply_mutations(optimizer, scheduler, checkpoint["config"], config)  # PBT may have changed lr / weight_decay
 
     precision = pick_precision(config["precision"], device)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
@@ -302,6 +303,39 @@ def fit(
         if diverged or (patience and stale >= patience):
             break
     return metrics
+
+
+# --- PBT: a run continued with changed hyperparameters -------------------------------------------
+
+
+def apply_mutations(optimizer: torch.optim.Optimizer, scheduler, saved: Mapping[str, Any],
+                    config: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
+    """Carry a checkpoint's optimizer on under the lr and weight_decay of `config` (PBT's explore step).
+
+    The loaded optimizer and scheduler hold the checkpoint's lr. The learning-rate schedule is linear
+    in lr (its floor is lr * min_lr_ratio), so scaling the current, base and floor lrs by new/old gives
+    exactly the schedule the new lr would have had at this epoch. The weights and the optimizer's
+    moments are kept; dropout and beta need nothing here, as the model and task are built from `config`.
+    Returns what changed, {key: (old, new)}.
+    """
+    changed = {}
+    old_lr, new_lr = saved.get("lr", config["lr"]), config["lr"]
+    if old_lr != new_lr:
+        ratio = new_lr / old_lr
+        for group in optimizer.param_groups:
+            group["lr"] *= ratio
+            if "initial_lr" in group:
+                group["initial_lr"] *= ratio
+        scheduler.base_lrs = [lr * ratio for lr in scheduler.base_lrs]
+        scheduler.eta_min *= ratio
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+        changed["lr"] = (old_lr, new_lr)
+    old_wd, new_wd = saved.get("weight_decay", config["weight_decay"]), config["weight_decay"]
+    if old_wd != new_wd:
+        for group in optimizer.param_groups:
+            group["weight_decay"] = new_wd
+        changed["weight_decay"] = (old_wd, new_wd)
+    return changed
 
 
 def _progress_bar(loader, epoch: int, epochs: int):
