@@ -93,9 +93,15 @@ class SweepOptuna(OptunaSearch):
         state, value = self._outcome(trial_id, result, error)
         if trial_id in self._adopted:
             self._add_adopted(trial_id, state, value)
-        else:
+        elif not self._told_already(trial_id):
             self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
         self._completed_trials.add(trial_id)
+
+    def _told_already(self, trial_id: str) -> bool:
+        """Whether the study already holds this trial's outcome (a restore told it from stored results
+        before Tune stopped the trial again); a second tell would raise and kill the driver."""
+        number = self._ot_trials[trial_id].number
+        return self._ot_study.get_trials(deepcopy=False)[number].state.is_finished()
 
     def _outcome(self, trial_id: str, result: dict[str, Any] | None, error: bool):
         """Optuna's state and value(s) for a trial that ended: FAIL, PRUNED, or COMPLETE at its best epoch."""

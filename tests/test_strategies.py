@@ -110,14 +110,14 @@ def test_every_searcher_proposes_configs_inside_the_space_without_ray():
     for kind, params in [("tpe", None), ("gp", None), ("cmaes", NO_CHOICE), ("random", None), ("qmc", None),
                          ("nsga2", None), ("grid", grid_params)]:
         parsed = parse_space(space(searcher={"type": kind}, params=params or BASE["params"]), "s.yaml")
-        searcher = make_searcher(parsed)
+        searcher = make_searcher(parsed).searcher  # the ConcurrencyLimiter inside the SearchGenerator
         seen = []
         for i in range(4):
             config = searcher.suggest(f"t{i}")
             assert config is not None, kind
             parsed.trial_config(config)  # inside the space and a valid training config
             seen.append(config)
-            searcher.on_trial_complete(f"t{i}", {"val_acc": 0.1 * i, "training_iteration": 1})
+            searcher.on_trial_complete(f"t{i}", {"val_acc": 0.1 * i, "epoch": 3, "training_iteration": 3})
         assert len({json.dumps(c, sort_keys=True) for c in seen}) == 4, (kind, seen)
 
 
@@ -337,7 +337,7 @@ def test_warm_start_tells_the_searcher_every_finished_trial_and_refuses_what_doe
     told = {round(t.params["lr"], 12): t.value for t in study.trials}
     for _, row in results.iterrows():
         assert told[round(row["config/lr"], 12)] == row["best_val_acc"]
-    config = searcher.suggest("new")
+    config = optuna_searcher(searcher).suggest("new")
     assert config["lr"] not in list(results["config/lr"])
 
     narrow = dict(wider, params={**BASE["params"], "lr": {"type": "loguniform", "low": 1.0e-4, "high": 2.0e-4}})
