@@ -69,8 +69,17 @@ def wait_for(condition, deadline_s, process=None, what=""):
     raise AssertionError(f"timed out after {deadline_s}s waiting for {what}")
 
 
-def checkpoints(directory: Path) -> int:
-    return sum(1 for _ in directory.glob("trial_*/checkpoint_*"))
+class CheckpointWatch:
+    """Counts every checkpoint folder the trials of an experiment ever wrote. Retention deletes old
+    ones while the sweep runs, so the folders present at one moment would undercount (and could
+    stall a wait for the n-th); result.json is no clock either: the driver writes it buffered."""
+
+    def __init__(self, directory: Path):
+        self.directory, self.seen = directory, set()
+
+    def count(self) -> int:
+        self.seen.update(str(p) for p in self.directory.glob("trial_*/checkpoint_*"))
+        return len(self.seen)
 
 
 def run(command, env, timeout):
@@ -119,13 +128,14 @@ KILL_SPACE = {
 }
 
 
-def kill_driver_at(command, env, directory: Path, checkpoints_seen: int, log: Path):
-    """Start the driver, SIGKILL it once `checkpoints_seen` checkpoint directories exist; returns
+def kill_driver_at(command, env, watch: CheckpointWatch, new_checkpoints: int, log: Path):
+    """Start the driver, SIGKILL it once its trials have written `new_checkpoints` checkpoints; returns
     (the snapshot on storage at that moment, the killed Ray session) or None if it finished first."""
+    directory, already = watch.directory, watch.count()
     with log.open("a") as out:
         driver = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     try:
-        if not wait_for(lambda: checkpoints(directory) >= checkpoints_seen, 240, driver, "checkpoints"):
+        if not wait_for(lambda: watch.count() >= already + new_checkpoints, 240, driver, "checkpoints"):
             return None
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
@@ -148,14 +158,14 @@ def test_driver_sigkill_at_seeded_moments_then_resume(tmp_path, capsys):
     env = env_for(tmp_path)
     log = tmp_path / "driver.log"
     rng = random.Random(SEED)
-    # Moments: after the 2nd-5th checkpoint, then 4-8 and 4-8 more (each kill right after a checkpoint appears).
-    moments = [rng.randint(2, 5)]
-    moments += [moments[-1] + rng.randint(4, 8), moments[-1] + rng.randint(12, 18)]
+    # Moments: each run is killed right after its 2nd-5th, then 4-7th, then 4-7th new checkpoint
+    # (the sweep commits about 22 in all).
+    moments = [rng.randint(2, 5), rng.randint(4, 7), rng.randint(4, 7)]
     first = sweep_command("cnn", space, name, storage, "--keep-checkpoints", "1", "--max-failures", "1")
-    kills, snapshots, sessions = 0, [], []
+    kills, snapshots, sessions, watch = 0, [], [], CheckpointWatch(directory)
     for i, moment in enumerate(moments):
         command = first if i == 0 else resume_command("cnn", name, storage)
-        killed = kill_driver_at(command, env, directory, moment, log)
+        killed = kill_driver_at(command, env, watch, moment, log)
         if killed is None:
             break
         kills += 1
