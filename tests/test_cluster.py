@@ -264,12 +264,16 @@ def test_a_trial_on_a_lost_worker_resumes_from_its_checkpoint_on_the_head(tmp_pa
     rows = result_rows(victim)
     trial_id = victim.name.removeprefix("trial_")
     assert results.loc[trial_id, "num_failures"] == 1
-    # Every epoch reported once, in order: the retry went on from the checkpoint, not from epoch 0.
-    assert [r["epoch"] for r in rows] == list(range(1, epochs + 1))
+    # Every epoch reported at most once, in order: the retry went on from the checkpoint, not from
+    # epoch 0. The one result in flight when the node died may be lost from result.json although its
+    # checkpoint was saved (the retry then starts after it): at most that one epoch is missing.
+    reported = [r["epoch"] for r in rows]
+    missing = sorted(set(range(1, epochs + 1)) - set(reported))
+    assert reported == sorted(set(reported)) and reported[-1] == epochs and len(missing) <= 1, reported
     before = [r["epoch"] for r in rows if r["node_id"] == nodes["worker-1"]]
     after = [r["epoch"] for r in rows if r["node_id"] == nodes["head"]]
-    assert before and after and before + after == list(range(1, epochs + 1)), (before, after)
-    assert after[0] == before[-1] + 1 > 1
+    assert before and after and before + after == reported, (before, after)
+    assert after[0] == before[-1] + 1 + len(missing) > 1, (before, after)
 
     # What the lost node cost this trial: its wall time beyond the training it kept (time_total_s
     # resumes from the checkpoint), part of it spent waiting for the head's only CPU to free up.
