@@ -24,7 +24,7 @@ from fashion_tune.data import Augment, BatchLoader, Splits, make_splits
 from fashion_tune.datafiles import load_fashion_mnist
 from fashion_tune.device import pick_device, pick_precision
 from fashion_tune.errors import CheckpointError
-from fashion_tune.models import CNNConfig, ConditionalVAE, FashionCNN, VAEConfig, count_parameters
+from fashion_tune.models import ConditionalVAE, FashionCNN, VAEConfig, count_parameters
 
 EVAL_BATCH = 1000
 BINARIZE_SEED = 2024  # the fixed binarization of validation images
