@@ -10,7 +10,6 @@ Adding a model means adding a record here (and its network under `fashion_tune/m
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -50,8 +49,7 @@ class Kind:
 
     def model_config_of(self, config: Mapping[str, Any]) -> Any:
         """The network's config dataclass from the matching keys of a flat config."""
-        fields = {f.name for f in dataclasses.fields(self.model_config)} - {"num_classes"}
-        return self.model_config(**{name: config[name] for name in fields if name in config})
+        return from_flat(self.model_config, {k: v for k, v in config.items() if k != "num_classes"})
 
     def build(self, config: Mapping[str, Any]) -> nn.Module:
         """The (untrained) network a flat config describes."""
