@@ -290,7 +290,8 @@ def promote_command(experiment, models, *extra):
 
 def check_models(models: Path) -> list[str]:
     """Champion and history: each loads and matches its manifest's SHA-256; returns their trial ids, champion first."""
-    from fashion_tune.promote import file_sha256, load_promoted
+    from fashion_tune.files import file_sha256
+    from fashion_tune.promoted import load_promoted
     from fashion_tune.train import load_model
 
     _, manifest, _ = load_promoted("cnn", models)
