@@ -333,7 +333,7 @@ def test_warm_start_tells_the_searcher_every_finished_trial_and_refuses_what_doe
     parsed = parse_space(wider, tmp_path / "w.yaml")
     assert len(parsed.warm_trials) == len(results)
     searcher = make_searcher(parsed)
-    study = optuna_searcher(searcher)._ot_study
+    study = optuna_searcher(searcher).study
     told = {round(t.params["lr"], 12): t.value for t in study.trials}
     for _, row in results.iterrows():
         assert told[round(row["config/lr"], 12)] == row["best_val_acc"]
