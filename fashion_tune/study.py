@@ -87,6 +87,19 @@ def find_journal(experiment_dir: str | os.PathLike) -> tuple[Path, str | None]:
     return (own if own.is_file() else recorded), info.get("study_name")
 
 
+def study_name_in(journal: Path, name: str | None) -> str:
+    """`name` if the journal holds that study, else its only study; a one-line error otherwise."""
+    import optuna
+
+    names = optuna.get_all_study_names(journal_storage(journal))
+    if name is None and len(names) == 1:
+        name = names[0]
+    if name not in names:
+        raise FashionTuneError(f"{journal} holds no study {name!r} (it holds {', '.join(names) or 'none'}); "
+                               "is it the journal of this experiment?")
+    return name
+
+
 def open_study(experiment_dir: str | os.PathLike):
     """The experiment's Optuna study, read from its journal; None where it has no journal.
 
@@ -97,14 +110,7 @@ def open_study(experiment_dir: str | os.PathLike):
     journal, name = find_journal(experiment_dir)
     if not journal.is_file():
         return None
-    storage = journal_storage(journal)
-    names = optuna.get_all_study_names(storage)
-    if name is None and len(names) == 1:
-        name = names[0]
-    if name not in names:
-        raise FashionTuneError(f"{journal} holds no study {name!r} (it holds {', '.join(names) or 'none'}); "
-                               f"the journal does not belong to {experiment_dir}")
-    return optuna.load_study(study_name=name, storage=storage)
+    return optuna.load_study(study_name=study_name_in(journal, name), storage=journal_storage(journal))
 
 
 def completed_study(study):
