@@ -65,6 +65,15 @@ def study_record(search) -> dict[str, Any]:
             "journal": str(searcher.journal) if searcher.journal is not None else None}
 
 
+def check_journal(info: dict[str, Any], location: str) -> None:
+    """Refuse to resume a sweep whose journal is gone: its searcher would continue a study it cannot read."""
+    journal = info.get("journal")
+    if journal and not Path(journal).is_file():
+        raise FashionTuneError(f"{journal}, the Optuna journal of {location}, is missing; a sweep resumes with the "
+                               "journal it started with: put it back there (a copy of the experiment's "
+                               f"{JOURNAL_FILE}) and resume again")
+
+
 def _sweep_info(experiment_dir: Path) -> dict[str, Any]:
     try:
         return json.loads((experiment_dir / SWEEP_INFO).read_text())

@@ -34,7 +34,7 @@ from fashion_tune.cluster import is_uri
 from fashion_tune.errors import ConfigError, FashionTuneError
 from fashion_tune.searcher import optuna_searcher
 from fashion_tune.spaces import SearchSpace, check_resources, load_space, local_capacity, parse_space
-from fashion_tune.study import study_record
+from fashion_tune.study import check_journal, study_record
 
 RESULTS = "results"  # .csv and .parquet
 HISTORY = "history"
@@ -387,6 +387,7 @@ def run_sweep(
             raise ConfigError(f"{location} is a {info['kind']} sweep; resume it with `fashion-tune sweep {info['kind']} ...`")
         _refuse_changes_on_resume(info, location, space_file, num_samples, max_concurrent, max_failures,
                                   keep_checkpoints)
+        check_journal(info, location)
         text = _read_text(f"{location}/{SPACE_COPY}")
         if text is None:
             raise FashionTuneError(f"{location}/{SPACE_COPY} is missing; a sweep cannot be resumed without its space")

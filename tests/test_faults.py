@@ -26,6 +26,7 @@ import yaml
 from fashion_tune.analysis import best_trial, load_results
 from fashion_tune.cluster import RECORDS_ENV, records_dir, session_processes
 from fashion_tune.retention import snapshot_on_storage
+from fashion_tune.study import TUNE_TRIAL_ID, open_study
 
 import psutil  # noqa: E402 - after ray
 
@@ -94,24 +95,31 @@ def rows_per_trial(directory: Path) -> dict[str, list[dict]]:
 
 
 def study_of(directory: Path):
-    [state] = sorted(directory.glob("searcher-state-*.pkl"))[-1:]
-    with open(state, "rb") as f:
-        return pickle.load(f)["_ot_study"]
+    return open_study(directory)  # the sweep's Optuna journal
 
 
-def study_counts(directory: Path) -> dict[str, int]:
-    counts: dict[str, int] = {}
+def study_counts(directory: Path, results) -> dict[str, int]:
+    """The study's trials by state; "LOST" counts those that ended after Tune's last snapshot before a
+    kill (Tune ran others instead): real evaluations, kept in the journal and tagged with a Tune
+    trial id that results.csv does not hold."""
+    known, counts = set(results["trial_id"]), {}
     for trial in study_of(directory).trials:
-        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+        lost = trial.state.name in ("COMPLETE", "PRUNED") and trial.user_attrs.get(TUNE_TRIAL_ID) not in known
+        key = "LOST" if lost else trial.state.name
+        counts[key] = counts.get(key, 0) + 1
     return counts
 
 
 def assert_study_matches_tune(directory: Path, results) -> dict[str, int]:
-    counts = study_counts(directory)
+    counts = study_counts(directory, results)
     pruned = int((results["stop_reason"] == "asha").sum())
     assert counts.get("PRUNED", 0) == pruned, (counts, results[["trial_id", "stop_reason", "epochs"]])
     assert counts.get("COMPLETE", 0) == len(results) - pruned, counts
     assert counts.get("RUNNING", 0) == 0 and counts.get("WAITING", 0) == 0, counts
+    told = [t.user_attrs.get(TUNE_TRIAL_ID) for t in study_of(directory).trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert sorted(t for t in told if t in set(results["trial_id"])) == sorted(results["trial_id"]), told  # once each
+    for trial_id in set(told) - set(results["trial_id"]):
+        assert (directory / ".discarded" / f"trial_{trial_id}").is_dir(), trial_id
     return counts
 
 
@@ -206,7 +214,8 @@ def test_driver_sigkill_at_seeded_moments_then_resume(tmp_path, capsys):
     table_line(capsys, "driver SIGKILL x3, resume each", faults=kills, expected=8, completed=len(results),
                errored=0, epochs_rerun=rerun, started_over=len(restarted),
                unrecorded_trials_redone=f"{len(discarded)} ({lost} epochs)",
-               study=f"{counts.get('COMPLETE', 0)}C/{counts.get('PRUNED', 0)}P/{counts.get('FAIL', 0)}F",
+               study=f"{counts.get('COMPLETE', 0)}C/{counts.get('PRUNED', 0)}P/{counts.get('FAIL', 0)}F"
+                     f"/{counts.get('LOST', 0)}L",
                ray_procs_left_by_kill=leftovers_after_kill, stopped_by_next_sweep="yes")
 
 

@@ -307,6 +307,18 @@ def test_sweep_refuses_to_overwrite_or_to_resume_what_is_not_there(tmp_path):
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["taken"]
 
 
+def test_resume_refuses_a_sweep_whose_optuna_journal_is_gone(tmp_path):
+    from fashion_tune.sweep import run_sweep
+
+    (tmp_path / "results" / "moved").mkdir(parents=True)
+    (tmp_path / "results" / "moved" / "sweep.json").write_text(json.dumps(
+        {"kind": "vae", "num_samples": 5, "max_concurrent_trials": 1, "max_failures": 3, "keep_checkpoints": 3,
+         "journal": str(tmp_path / "elsewhere" / "optuna.journal")}))
+    with pytest.raises(FashionTuneError, match=r"elsewhere/optuna.journal, the Optuna journal of .*moved, is missing; "
+                                               r"a sweep resumes with the journal it started with"):
+        run_sweep("vae", name="moved", storage=tmp_path / "results", resume=True)
+
+
 # --- the searcher after a restore -------------------------------------------------------------
 
 
