@@ -122,13 +122,20 @@ def open_study(experiment_dir: str | os.PathLike):
     return optuna.load_study(study_name=study_name_in(journal, name), storage=journal_storage(journal))
 
 
-def completed_study(study):
-    """An in-memory copy of a single-objective study's COMPLETE trials with finite values (diverged
-    trials are told the worst value, inf), for importances."""
+def importance_study(study):
+    """The single-objective study importances are computed over, in memory: COMPLETE trials with a finite
+    value (a diverged one is told inf) and PRUNED ones at their last intermediate value (their budget)."""
     import optuna
     from optuna.trial import TrialState
 
     copy = optuna.create_study(directions=study.directions)
-    copy.add_trials([t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                     if all(math.isfinite(v) for v in t.values)])
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if trial.state == TrialState.PRUNED:
+            last = max(trial.intermediate_values, default=None)
+            value = trial.intermediate_values[last] if last is not None else math.nan
+        else:
+            value = trial.value
+        if math.isfinite(value):
+            copy.add_trial(optuna.trial.create_trial(params=trial.params, distributions=trial.distributions,
+                                                     value=value, user_attrs=trial.user_attrs))
     return copy
