@@ -26,7 +26,6 @@ from typing import Any, Callable
 
 import yaml
 from ray.tune import Callback
-from ray.tune.schedulers import AsyncHyperBandScheduler
 
 from fashion_tune import strategies
 from fashion_tune.analysis import SPACE_COPY, SWEEP_INFO
@@ -35,6 +34,7 @@ from fashion_tune.cluster import is_uri
 from fashion_tune.errors import ConfigError, FashionTuneError
 from fashion_tune.searcher import optuna_searcher
 from fashion_tune.spaces import SearchSpace, check_resources, load_space, local_capacity, parse_space
+from fashion_tune.study import check_journal, study_record
 
 RESULTS = "results"  # .csv and .parquet
 HISTORY = "history"
@@ -44,8 +44,6 @@ DEFAULT_MAX_FAILURES = 3
 DEFAULT_KEEP_CHECKPOINTS = 3
 # Ray would otherwise log every per-epoch checkpoint of every trial.
 _QUIET_LOGGERS = ("ray.train._internal.storage", "ray.tune.trainable.function_trainable")
-# ASHA ranks results; a non-finite one (a diverged trial) counts as this bad, finite so percentiles stay finite.
-_WORST_REWARD = -1e30
 
 
 def default_name(kind: str) -> str:
@@ -172,50 +170,15 @@ def _stored_results(trial) -> list[dict[str, Any]]:
     return rows
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
-        return _WORST_REWARD
-    return value
-
-
-class SweepASHA(AsyncHyperBandScheduler):
-    """ASHA that keeps its rungs across `Tuner.restore` and ranks diverged trials last.
-
-    Ray restores the searcher but not the scheduler; restored trials replay the results they
-    stored, so a resumed sweep stops trials against the same rungs as before. Non-finite
-    metrics (a diverged trial) become the worst finite reward: with inf the rung percentiles
-    turn NaN and ASHA would stop nothing at that rung.
-    """
-
-    def on_trial_add(self, tune_controller, trial):
-        super().on_trial_add(tune_controller, trial)
-        bracket = self._trial_info[trial.trial_id]
-        for result in _stored_results(trial):
-            if self._time_attr in result and self._metric in result and result[self._metric] is not None:
-                bracket.on_result(trial, result[self._time_attr], _finite(self._metric_op * result[self._metric]))
-
-    def on_trial_result(self, tune_controller, trial, result):
-        return super().on_trial_result(tune_controller, trial, self._finite_result(result))
-
-    def on_trial_complete(self, tune_controller, trial, result):
-        return super().on_trial_complete(tune_controller, trial, self._finite_result(result))
-
-    def _finite_result(self, result):
-        if result and self._metric in result and result[self._metric] is not None:
-            value = result[self._metric]
-            if not math.isfinite(value):
-                result = {**result, self._metric: _WORST_REWARD * self._metric_op}  # reward = op * value
-        return result
-
-
 def make_scheduler(space: SearchSpace):
     """The space's scheduler (ASHA unless `scheduler.type` says otherwise): see fashion_tune.strategies."""
     return strategies.make_scheduler(space)
 
 
-def make_searcher(space: SearchSpace):
-    """The space's Optuna sampler behind Ray's concurrency limit: see fashion_tune.strategies and .searcher."""
-    return strategies.make_searcher(space)
+def make_searcher(space: SearchSpace, experiment_dir: str | None = None, name: str | None = None):
+    """The space's Optuna sampler behind Ray's concurrency limit, its study in the experiment's journal
+    (in memory without `experiment_dir`): see fashion_tune.strategies, .searcher and .study."""
+    return strategies.make_searcher(space, experiment_dir, name)
 
 
 class SweepCallback(Callback):
@@ -424,6 +387,7 @@ def run_sweep(
             raise ConfigError(f"{location} is a {info['kind']} sweep; resume it with `fashion-tune sweep {info['kind']} ...`")
         _refuse_changes_on_resume(info, location, space_file, num_samples, max_concurrent, max_failures,
                                   keep_checkpoints)
+        check_journal(info, location)
         text = _read_text(f"{location}/{SPACE_COPY}")
         if text is None:
             raise FashionTuneError(f"{location}/{SPACE_COPY} is missing; a sweep cannot be resumed without its space")
@@ -489,7 +453,9 @@ def run_sweep(
             tuner = tune.Tuner.restore(location, trainable=trainable, resume_unfinished=True,
                                        resume_errored=not restart_errored, restart_errored=restart_errored)
         else:
-            searcher = make_searcher(space)
+            searcher = make_searcher(space, location, name)
+            info.update(study_record(searcher))  # the study's name and journal
+            _write_json(f"{location}/{SWEEP_INFO}", info)
             callback = SweepCallback(searcher, space.metric, space.mode, keep_checkpoints)
             tuner = tune.Tuner(
                 trainable,
@@ -526,7 +492,7 @@ def run_sweep(
 
     return _finish(space, info, location, grid, interrupted,
                    resume_command(kind, name, storage, address, data_dir),
-                   study=optuna_searcher(searcher)._ot_study if searcher is not None else None, echo=echo)
+                   study=optuna_searcher(searcher).study if searcher is not None else None, echo=echo)
 
 
 def _refuse_changes_on_resume(info: dict[str, Any], location: str, space_file, num_samples, max_concurrent,
