@@ -17,10 +17,8 @@ from __future__ import annotations
 import atexit
 import json
 import logging
-import math
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +27,13 @@ import pyarrow.fs
 
 from fashion_tune.checkpoint import CHECKPOINT_FILE
 from fashion_tune.cluster import is_uri
-from fashion_tune.config import METRICS, resolve_config
+from fashion_tune.config import resolve_config
 from fashion_tune.errors import FashionTuneError
+from fashion_tune.results import (STOPPED_BY, TrialPick, TrialRecord, check_metric, history_rows, is_finite, pick_best,
+                                  result_row)
+
+__all__ = ["Experiment", "TrialPick", "TrialRecord", "STOPPED_BY", "is_finite", "filesystem", "read_lines",
+           "stored_results", "ray_trials"]
 
 SWEEP_INFO = "sweep.json"
 SPACE_COPY = "space.yaml"
@@ -38,15 +41,19 @@ RESULTS = "results"  # .csv and .parquet
 HISTORY = "history"
 RESULT_FILE = "result.json"
 UNFINISHED = ("PENDING", "RUNNING", "PAUSED")
-STOPPED_BY = {"asha": "asha", "hyperband": "hyperband", "median": "median"}  # schedulers that stop trials early
 _ARROW_ERRORS = (OSError, pyarrow.lib.ArrowException)
 
 
 def filesystem(location: str) -> tuple[pyarrow.fs.FileSystem, str]:
     """The pyarrow filesystem and path of a local path or URI (credentials and endpoint from the environment)."""
-    if is_uri(location):
+    if not is_uri(location):
+        return pyarrow.fs.LocalFileSystem(), str(location).removeprefix("file://")
+    try:
         return pyarrow.fs.FileSystem.from_uri(location)
-    return pyarrow.fs.LocalFileSystem(), str(location).removeprefix("file://")
+    except (*_ARROW_ERRORS, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise FashionTuneError(f"cannot open {location} ({first[:200]}); check the URI, and for s3:// the "
+                               "AWS_* variables (credentials, AWS_ENDPOINT_URL_S3 for a non-AWS server)") from None
 
 
 def read_lines(fs: pyarrow.fs.FileSystem, path: str) -> list[dict[str, Any]]:
@@ -90,78 +97,6 @@ def ray_trials(fs: pyarrow.fs.FileSystem, path: str) -> list | None:
         return None
     finally:
         log.setLevel(level)
-
-
-@dataclass
-class TrialPick:
-    """The trial a sweep found best by a validation metric, and its checkpoint at that metric."""
-
-    kind: str
-    trial_id: str
-    config: dict  # the resolved training config
-    metric: str
-    mode: str
-    value: float  # the best validation value the trial reached
-    epoch: int  # the epoch of that value (and of `checkpoint`)
-    checkpoint: Path | None  # local directory holding checkpoint.pt (downloaded from a URI); None if not fetched
-    source: str = ""  # where that checkpoint lives in the store (a path or URI)
-
-
-@dataclass
-class TrialRecord:
-    """One trial as stored: Ray's status and config, its directory, and its results one per epoch."""
-
-    trial_id: str
-    status: str
-    directory: str  # filesystem path of the trial directory
-    config: dict
-    num_failures: int
-    rows: list  # result.json lines
-
-
-def is_finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _better(a: float, b: float, mode: str) -> bool:
-    return a < b if mode == "min" else a > b
-
-
-def history_rows(record: TrialRecord) -> list[dict[str, Any]]:
-    """A trial's results, one per epoch; a re-reported epoch (after a restore) keeps its last report."""
-    by_epoch: dict[Any, dict[str, Any]] = {}
-    for row in record.rows:
-        row = {k: v for k, v in row.items() if k != "config"}
-        row["trial_id"] = record.trial_id
-        by_epoch[row.get("epoch", row.get("training_iteration"))] = row
-    return [by_epoch[k] for k in sorted(by_epoch, key=lambda e: (e is None, e))]
-
-
-def best_row(rows: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:
-    """The epoch with the best finite, non-diverged `metric` (the earliest among ties)."""
-    best = None
-    for row in rows:
-        if row.get("diverged") or not is_finite(row.get(metric)):
-            continue
-        if best is None or _better(row[metric], best[metric], mode):
-            best = row
-    return best
-
-
-def stop_reason(status: str, epochs: int, best: dict | None, diverged: bool, config: dict, info: dict) -> str:
-    """completed, asha (or the scheduler that stopped it), early_stop, diverged, error; empty while running."""
-    max_t, patience = info.get("max_t"), config.get("early_stop_patience", 0) or 0
-    if status == "ERROR":
-        return "error"
-    if diverged:
-        return "diverged"
-    if status != "TERMINATED":
-        return ""
-    if max_t is None or epochs >= max_t:
-        return "completed"
-    if patience and best is not None and epochs - int(best.get("epoch", 0)) >= patience:
-        return "early_stop"
-    return STOPPED_BY.get(info.get("scheduler") or "asha", "stopped")
 
 
 class Experiment:
@@ -250,16 +185,17 @@ class Experiment:
         """Every trial: those in Ray's newest snapshot, then trial directories it does not know yet."""
         records: dict[str, TrialRecord] = {}
         for trial in ray_trials(self.fs, self.path) or []:
-            records[trial.trial_id] = TrialRecord(
-                trial.trial_id, trial.status, f"{self.path}/{trial.relative_logdir}", dict(trial.config or {}),
-                int(trial.num_failures or 0), [])
-        known = {r.directory.rsplit("/", 1)[-1] for r in records.values()}
+            directory = f"{self.path}/{trial.relative_logdir}" if trial.relative_logdir else ""  # "": not started
+            records[trial.trial_id] = TrialRecord(trial.trial_id, trial.status, directory, dict(trial.config or {}),
+                                                  int(trial.num_failures or 0), [])
+        known = {r.directory.rsplit("/", 1)[-1] for r in records.values() if r.directory}
         for directory in self._trial_directories(known):
             record = self._unknown_trial(directory)
             if record is not None:
                 records[record.trial_id] = record
         for record in records.values():
-            record.rows = record.rows or read_lines(self.fs, f"{record.directory}/{RESULT_FILE}")
+            if record.directory and not record.rows:
+                record.rows = read_lines(self.fs, f"{record.directory}/{RESULT_FILE}")
             if record.rows and record.rows[-1].get("done") and record.status in UNFINISHED:
                 record.status = "TERMINATED"  # the snapshot may lag behind a running sweep
             elif record.rows and record.status == "PENDING":
@@ -289,7 +225,7 @@ class Experiment:
 
     def checkpoint_path(self, record: TrialRecord, row: dict[str, Any] | None) -> str | None:
         """Filesystem path of the checkpoint a result row names, if it is still there."""
-        if row is None or not row.get("checkpoint_dir_name"):
+        if row is None or not row.get("checkpoint_dir_name") or not record.directory:
             return None
         directory = f"{record.directory}/{row['checkpoint_dir_name']}"
         try:
@@ -297,6 +233,10 @@ class Experiment:
         except _ARROW_ERRORS:
             found = False
         return directory if found else None
+
+    def _checkpoint_location(self, record: TrialRecord, row: dict[str, Any] | None) -> str | None:
+        found = self.checkpoint_path(record, row)
+        return self.where(found) if found else None
 
     # --- tables --------------------------------------------------------------------------------
 
@@ -312,34 +252,11 @@ class Experiment:
     def results(self, records: list[TrialRecord] | None = None) -> pd.DataFrame:
         """One row per trial; the columns are listed in `fashion_tune.analysis.load_results`."""
         info = self.info()
-        rows = [self._result_row(record, info) for record in (self.trials() if records is None else records)]
+        rows = [result_row(record, info, self._checkpoint_location, self.where(record.directory) or None)
+                for record in (self.trials() if records is None else records)]
         if not rows:
             return pd.DataFrame(columns=["trial_id", "status", f"best_{info['metric']}", "epochs", "stopped_early"])
         return pd.DataFrame(rows)
-
-    def _result_row(self, record: TrialRecord, info: dict[str, Any]) -> dict[str, Any]:
-        metric, mode = info["metric"], info["mode"]
-        history = history_rows(record)
-        last = history[-1] if history else {}
-        best = best_row(history, metric, mode)
-        diverged = any(bool(r.get("diverged")) for r in history)
-        epochs = int(last.get("epoch", 0) or 0)
-        reason = stop_reason(record.status, epochs, best, diverged, record.config, info)
-        checkpoint = self.checkpoint_path(record, best)
-        return {
-            "trial_id": record.trial_id, "status": record.status,
-            **{f"config/{k}": v for k, v in record.config.items()},
-            **{m: last.get(m, math.nan) for m in METRICS[info["kind"]]},
-            f"best_{metric}": best[metric] if best else math.nan,
-            "best_epoch": int(best["epoch"]) if best else 0,
-            "epochs": epochs, "max_t": info.get("max_t"),
-            "stopped_early": reason in (*STOPPED_BY.values(), "stopped", "early_stop"), "stop_reason": reason,
-            "diverged": diverged,
-            "best_checkpoint": self.where(checkpoint) if checkpoint else None,
-            "num_failures": record.num_failures,
-            "hostname": last.get("hostname"), "node_ip": last.get("node_ip"), "pid": last.get("pid"),
-            "time_total_s": last.get("time_total_s", math.nan), "trial_dir": self.where(record.directory),
-        }
 
     def write_tables(self) -> pd.DataFrame:
         """Write results.{csv,parquet} and history.{csv,parquet} from what is stored; returns the results."""
@@ -361,8 +278,8 @@ class Experiment:
         """
         info = self.info()
         kind = info["kind"]
-        metric, mode = _check_metric(kind, info, metric, mode)
-        record, row = self._pick(metric, mode, limits)
+        metric, mode = check_metric(kind, info, metric, mode)
+        record, row = pick_best(self.trials(), metric, mode, limits, self.location)
         found = self.checkpoint_path(record, row)
         if found is None:
             name = row.get("checkpoint_dir_name") or "(none reported)"
@@ -374,58 +291,12 @@ class Experiment:
                          metric=metric, mode=mode, value=float(row[metric]), epoch=int(row["epoch"]),
                          checkpoint=local, source=self.where(found))
 
-    def _pick(self, metric: str, mode: str, limits: dict[str, float] | None) -> tuple[TrialRecord, dict[str, Any]]:
-        pick = None
-        smallest: dict[str, float] = {}  # per limit, the lowest cost seen (for the error when none fits)
-        for record in self.trials():
-            history = history_rows(record)
-            if any(r.get("diverged") for r in history):
-                continue
-            row = best_row(history, metric, mode)
-            if row is not None and not _within(row, limits or {}, smallest):
-                continue
-            if row is not None and (pick is None or _better(row[metric], pick[1][metric], mode)):
-                pick = (record, row)
-        if pick is None and smallest:
-            raise FashionTuneError(f"no trial in {self.location} satisfies " + " and ".join(
-                f"{k} <= {v:,.0f} (the smallest has {smallest.get(k, math.nan):,.0f})" for k, v in limits.items())
-                + "; raise the limit or sweep smaller models")
-        if pick is None:
-            raise FashionTuneError(f"no trial in {self.location} has reported a finite {metric} yet (trials still "
-                                   "pending, all diverged, or all failed); wait for the sweep or check its trials")
-        return pick
-
     def _download(self, fs_path: str) -> Path:
         target = Path(tempfile.mkdtemp(prefix="fashion-tune-checkpoint-"))
         atexit.register(shutil.rmtree, target, ignore_errors=True)
         pyarrow.fs.copy_files(fs_path, str(target), source_filesystem=self.fs,
                               destination_filesystem=pyarrow.fs.LocalFileSystem())
         return target
-
-
-def _check_metric(kind: str, info: dict[str, Any], metric: str | None, mode: str | None) -> tuple[str, str]:
-    metric = metric or info["metric"]
-    validation = [m for m in METRICS[kind] if m.startswith("val_")]
-    if metric not in validation:
-        raise FashionTuneError(f"metric {metric!r} is not a validation metric of the {kind} trainable; "
-                               f"choose one of: {', '.join(validation)}")
-    mode = mode or (info["mode"] if metric == info["metric"] else METRICS[kind][metric])
-    if mode not in ("min", "max"):
-        raise FashionTuneError(f"mode {mode!r} is not allowed; choose min or max")
-    return metric, mode
-
-
-def _within(row: dict[str, Any], limits: dict[str, float], smallest: dict[str, float]) -> bool:
-    """Whether a trial's reported cost is inside every limit; records the smallest cost seen."""
-    ok = True
-    for key, limit in limits.items():
-        value = row.get(key)
-        if not is_finite(value):
-            raise FashionTuneError(f"the trials report no {key}, so --max-{key} cannot be checked; "
-                                   "sweep again with this version of fashion-tune")
-        smallest[key] = min(smallest.get(key, math.inf), value)
-        ok = ok and value <= limit
-    return ok
 
 
 def _parquet_bytes(frame: pd.DataFrame, shown: str) -> bytes:

@@ -13,28 +13,22 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import shlex
-import sys
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from pathlib import Path
+from datetime import datetime
 from typing import Any, Callable
 
-import yaml
 from ray.tune.schedulers import AsyncHyperBandScheduler
 
 from fashion_tune import strategies
-from fashion_tune.callbacks import SweepCallback  # noqa: F401 - the tuner.pkl of a sweep names it here
-from fashion_tune.cluster import is_uri
+from fashion_tune.callbacks import SweepCallback  # also imported here by the tuner.pkl of older sweeps
 from fashion_tune.errors import ConfigError, FashionTuneError
-from fashion_tune.experiment import HISTORY, RESULTS, SPACE_COPY, SWEEP_INFO, Experiment
-from fashion_tune.experiment import stored_results as _stored_results
+from fashion_tune.experiment import HISTORY, RESULTS, Experiment
+from fashion_tune.experiment import stored_results as _stored_results  # SweepASHA and strategies replay with it
 from fashion_tune.searcher import optuna_searcher
-from fashion_tune.spaces import SearchSpace, check_resources, load_space, local_capacity, parse_space
-from fashion_tune.trainable import make_reporter, make_trainable, train_trial, trial_name  # noqa: F401
+from fashion_tune.spaces import SearchSpace, check_resources, load_space, local_capacity
+from fashion_tune.sweep_info import new_store, now, record_start, resume_command, resumed, storage_root
+from fashion_tune.trainable import make_reporter, make_trainable, trial_name
 
-DEFAULT_STORAGE = "ray_results"
-STORAGE_ENV = "FASHION_TUNE_STORAGE"  # the default --storage; launch/*.yaml set it on every node
 DEFAULT_MAX_FAILURES = 3
 DEFAULT_KEEP_CHECKPOINTS = 3
 # ASHA ranks results; a non-finite one (a diverged trial) counts as this bad, finite so percentiles stay finite.
@@ -43,19 +37,6 @@ _WORST_REWARD = -1e30
 
 def default_name(kind: str) -> str:
     return f"{kind}-{datetime.now():%Y%m%d-%H%M%S}"
-
-
-def storage_root(storage: str | os.PathLike | None) -> str:
-    """Where experiments live: a URI as given (s3://, gs://, ...), or an absolute local path (Ray needs one).
-
-    Without `storage`: $FASHION_TUNE_STORAGE, else ./ray_results.
-    """
-    storage = str(storage or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE).removeprefix("file://")
-    return storage.rstrip("/") if is_uri(storage) else str(Path(storage).expanduser().resolve())
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
 # --- Ray wiring ------------------------------------------------------------------------------
@@ -151,16 +132,6 @@ class SweepOutcome:
     resume_command: str = ""
 
 
-def resume_command(kind: str, name: str, storage: str | None, address: str | None, data_dir: str | None) -> str:
-    """The exact command that continues an interrupted sweep."""
-    args = ["fashion-tune", "sweep", kind, "--name", name, "--storage", storage_root(storage), "--resume"]
-    if address:
-        args += ["--address", address]
-    if data_dir:
-        args += ["--data-dir", str(data_dir)]
-    return shlex.join(args)
-
-
 def _shared_splits(space: SearchSpace, data_dir):
     """The training and validation data every trial shares; the test split stays out of the sweep."""
     from fashion_tune.train import load_splits
@@ -221,7 +192,7 @@ def run_sweep(
     _check_flags(max_failures, keep_checkpoints, restart_errored, resume)
     root = storage_root(storage)
     if resume:
-        store, space, info = _resumed(kind, name, root, space_file, num_samples, max_concurrent, max_failures,
+        store, space, info = resumed(kind, name, root, space_file, num_samples, max_concurrent, max_failures,
                                       keep_checkpoints)
         name, max_failures, keep_checkpoints = store.name, info.get("max_failures"), info.get("keep_checkpoints")
     else:
@@ -229,7 +200,7 @@ def run_sweep(
             raise ConfigError(f"--space FILE is required; e.g. search_spaces/{kind}_quick.yaml")
         space = load_space(space_file, kind=kind).with_overrides(num_samples, max_concurrent)
         name = name or default_name(kind)
-        store, info = _new_store(root, name), None
+        store, info = new_store(root, name), None
         max_failures = DEFAULT_MAX_FAILURES if max_failures is None else max_failures
         keep_checkpoints = DEFAULT_KEEP_CHECKPOINTS if keep_checkpoints is None else keep_checkpoints
     attach = bool(address or os.environ.get("RAY_ADDRESS"))
@@ -239,11 +210,37 @@ def run_sweep(
         num_cpus = cpus if num_cpus is None else num_cpus
         num_gpus = gpus if num_gpus is None else num_gpus
         check_resources(space, num_cpus, num_gpus, where)
-    splits = _shared_splits(space, data_dir)
-    command = resume_command(kind, name, storage, address, data_dir)
+    run = _Run(kind, space, store, info, space_file, _shared_splits(space, data_dir), data_dir, root, address,
+               max_failures, keep_checkpoints, resume_command(kind, name, storage, address, data_dir))
+    return _run_on_ray(run, attach, num_cpus=num_cpus, num_gpus=num_gpus, dashboard=dashboard,
+                       dashboard_host=dashboard_host, allow_local_storage=allow_local_storage,
+                       restart_errored=restart_errored, stop=stop, verbose=verbose, echo=echo)
 
+
+@dataclass
+class _Run:
+    """What a sweep run was prepared with, before Ray starts."""
+
+    kind: str
+    space: SearchSpace
+    store: Experiment
+    info: dict[str, Any] | None  # sweep.json of a sweep being resumed
+    space_file: Any
+    splits: Any
+    data_dir: Any
+    root: str
+    address: str | None
+    max_failures: int | None
+    keep_checkpoints: int | None
+    command: str  # the command that resumes it
+
+
+def _run_on_ray(run: _Run, attach: bool, *, num_cpus, num_gpus, dashboard: bool, dashboard_host: str,
+                allow_local_storage: bool, restart_errored: bool, stop, verbose: int, echo) -> SweepOutcome:
+    """Connect to (or start) Ray, run the Tuner to its end or a Ctrl-C, and export what the store holds."""
     from fashion_tune import cluster
 
+    space, store, info = run.space, run.store, run.info
     # The classic reporter prints the trial table with the searched parameters and the metric.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Ray keeps every checkpoint (SweepCallback prunes them); its per-trial list of them then needs
@@ -251,37 +248,39 @@ def run_sweep(
     os.environ.setdefault("TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE", "1")
     if not attach:
         cluster.stop_leftovers(echo)
-    started = cluster.connect(address, num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard,
+    started = cluster.connect(run.address, num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard,
                               dashboard_host=dashboard_host)
     searcher = None
     interrupted = False
     try:
         if attach:
-            echo(f"attached to the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: {cluster.describe_cluster()}")
-            _check_cluster_resources(space, address, echo)
-            cluster.check_storage(root, allow_node_local=allow_local_storage)
-        info = _record_start(store, info, space, kind, space_file, splits, data_dir, root, address, max_failures,
-                             keep_checkpoints)
-        trainable = make_trainable(space, splits)
-        if resume:
+            echo(f"attached to the Ray cluster at {run.address or os.environ.get('RAY_ADDRESS')}: "
+                 f"{cluster.describe_cluster()}")
+            _check_cluster_resources(space, run.address, echo)
+            cluster.check_storage(run.root, allow_node_local=allow_local_storage)
+        info = record_start(store, info, space, run.kind, run.space_file, run.splits, run.data_dir, run.root,
+                             run.address, run.max_failures, run.keep_checkpoints)
+        trainable = make_trainable(space, run.splits)
+        if run.info is not None:
             tuner = _restored_tuner(store, trainable, restart_errored)
         else:
-            tuner, searcher = _make_tuner(space, trainable, name, root, stop, verbose, max_failures, keep_checkpoints)
-        echo(f"sweep {name}: {space.num_samples} {kind} trials, {space.max_concurrent_trials} at a time, "
+            tuner, searcher = _make_tuner(space, trainable, store.name, run.root, stop, verbose, run.max_failures,
+                                          run.keep_checkpoints)
+        echo(f"sweep {store.name}: {space.num_samples} {run.kind} trials, {space.max_concurrent_trials} at a time, "
              f"{space.strategy_line()} -> {store.location}")
         tuner.fit()  # the results come from the store, in one schema on any storage
     except KeyboardInterrupt:
         interrupted = True  # a second Ctrl-C; the first makes Tune stop and save its state itself
     except Exception:
         if info is not None:
-            echo(f"the sweep driver failed; what the trials saved is kept, and this may continue it:\n  {command}")
+            echo(f"the sweep driver failed; what the trials saved is kept, and this may continue it:\n  {run.command}")
         raise
     finally:
         if started:
             cluster.disconnect()
     if info is None:  # interrupted before anything was written
         raise KeyboardInterrupt
-    return _finish(space, info, store, interrupted, command,
+    return _finish(space, info, store, interrupted, run.command,
                    study=optuna_searcher(searcher)._ot_study if searcher is not None else None, echo=echo)
 
 
@@ -295,52 +294,6 @@ def _check_flags(max_failures, keep_checkpoints, restart_errored: bool, resume: 
                           "being continued)")
 
 
-def _new_store(root: str, name: str) -> Experiment:
-    """The store of a new sweep; refuses a name already taken."""
-    store = Experiment(f"{root}/{name}")
-    if store.read_info() is not None or store.has_ray_state():
-        raise FashionTuneError(f"a sweep named {name!r} already exists at {store.location}; continue it with --resume "
-                               "or pick another --name")
-    return store
-
-
-def _resumed(kind: str, name: str | None, root: str, space_file, num_samples, max_concurrent, max_failures,
-             keep_checkpoints) -> tuple[Experiment, SearchSpace, dict[str, Any]]:
-    """The store, space and sweep.json of the sweep to continue, checked against the flags given."""
-    if not name:
-        raise ConfigError(f"--resume needs --name NAME of the sweep to continue (a directory in {root})")
-    store = Experiment(f"{root}/{name}")
-    info = store.read_info()
-    if info is None:
-        raise FashionTuneError(f"no sweep to resume at {store.location} (no {SWEEP_INFO}); check --name and "
-                               "--storage, or start it without --resume")
-    if info["kind"] != kind:
-        raise ConfigError(f"{store.location} is a {info['kind']} sweep; resume it with `fashion-tune sweep {info['kind']} ...`")
-    _refuse_changes_on_resume(info, store.location, space_file, num_samples, max_concurrent, max_failures,
-                              keep_checkpoints)
-    text = store.read_text(SPACE_COPY)
-    if text is None:
-        raise FashionTuneError(f"{store.location}/{SPACE_COPY} is missing; a sweep cannot be resumed without its space")
-    space = parse_space(yaml.safe_load(text), f"{store.location}/{SPACE_COPY}", kind=kind)
-    space = dataclasses.replace(space, num_samples=info["num_samples"],
-                                max_concurrent_trials=info["max_concurrent_trials"], seed=info["seed"])
-    return store, space, info
-
-
-def _record_start(store: Experiment, info: dict[str, Any] | None, space: SearchSpace, kind: str, space_file, splits,
-                  data_dir, root: str, address: str | None, max_failures, keep_checkpoints) -> dict[str, Any]:
-    """Write sweep.json (and space.yaml for a new sweep) as the sweep starts or resumes."""
-    if info is None:
-        info = _new_info(space, store.name, kind, space_file, splits, data_dir, store.location, root, address)
-        info.update(max_failures=max_failures, keep_checkpoints=keep_checkpoints)
-        store.write_bytes(SPACE_COPY, Path(space_file).read_bytes())
-    else:
-        info.update(status="running", finished=None)
-        info["resumed"] = [*info.get("resumed", []), _now()]
-    store.write_info(info)
-    return info
-
-
 def _restored_tuner(store: Experiment, trainable, restart_errored: bool):
     from ray import tune
 
@@ -349,49 +302,6 @@ def _restored_tuner(store: Experiment, trainable, restart_errored: bool):
                                "the first trial started); start it again with another --name")
     return tune.Tuner.restore(store.location, trainable=trainable, resume_unfinished=True,
                               resume_errored=not restart_errored, restart_errored=restart_errored)
-
-
-def _refuse_changes_on_resume(info: dict[str, Any], location: str, space_file, num_samples, max_concurrent,
-                              max_failures, keep_checkpoints) -> None:
-    """A resumed sweep continues with what it was started with; a flag that would change that is refused."""
-    for flag, value in (("--num-samples", num_samples), ("--max-concurrent", max_concurrent)):
-        if value is not None:
-            raise ConfigError(f"{flag} cannot change on --resume: the searcher continues as saved "
-                              f"({info['num_samples']} trials, {info['max_concurrent_trials']} at a time)")
-    if space_file is not None:
-        raise ConfigError(f"--space cannot be given with --resume: the sweep continues with its own copy "
-                          f"{location}/{SPACE_COPY}; drop --space")
-    saved = {"--max-failures": (max_failures, info.get("max_failures")),
-             "--keep-checkpoints": (keep_checkpoints, info.get("keep_checkpoints"))}
-    for flag, (value, was) in saved.items():
-        if value is not None and value != was:
-            shown = f"it was started with {flag} {was}" if was is not None else "its value is saved with it"
-            raise ConfigError(f"{flag} cannot change on --resume ({shown}); drop {flag}")
-
-
-def _new_info(space: SearchSpace, name: str, kind: str, space_file, splits, data_dir, location: str, root: str,
-              address: str | None) -> dict[str, Any]:
-    """What sweep.json records about a new sweep."""
-    import optuna
-    import ray
-
-    from fashion_tune import __version__
-
-    return {
-        "name": name, "kind": kind, "metric": space.metric, "mode": space.mode,
-        "num_samples": space.num_samples, "max_concurrent_trials": space.max_concurrent_trials,
-        "seed": space.seed, "max_t": space.max_t, "grace_period": space.grace_period,
-        "reduction_factor": space.reduction_factor,
-        "resources_per_trial": {"cpu": space.cpu, "gpu": space.gpu},
-        "params": space.param_names(), "fixed": space.fixed,
-        "space_file": str(Path(space_file).resolve()), "space_copy": SPACE_COPY,
-        "data": {"sizes": splits.sizes(), "data_dir": str(data_dir) if data_dir else None},
-        "experiment_dir": location, "storage": root, "address": address,
-        "created": _now(), "finished": None, "status": "running", "resumed": [],
-        "command": shlex.join(["fashion-tune", *sys.argv[1:]]) if Path(sys.argv[0]).name == "fashion-tune" else None,
-        "versions": {"fashion_tune": __version__, "ray": ray.__version__, "optuna": optuna.__version__},
-        **strategies.info(space),
-    }
 
 
 def _finish(space: SearchSpace, info: dict[str, Any], store: Experiment, interrupted: bool, resume_cmd: str,
@@ -408,8 +318,8 @@ def _finish(space: SearchSpace, info: dict[str, Any], store: Experiment, interru
         status = "errored"
     else:
         status = "finished"
-    info.update(status=status, finished=_now() if status != "interrupted" else None,
-                interrupted=_now() if status == "interrupted" else None, trials=statuses)
+    info.update(status=status, finished=now() if status != "interrupted" else None,
+                interrupted=now() if status == "interrupted" else None, trials=statuses)
     best = None
     try:
         best = store.best(download=False)
