@@ -133,10 +133,13 @@ class Experiment:
     # --- files ---------------------------------------------------------------------------------
 
     def exists(self, name: str) -> bool:
+        """Whether the file is there; storage that cannot be reached is an error, not a missing file."""
         try:
             return self.fs.get_file_info(f"{self.path}/{name}").type == pyarrow.fs.FileType.File
-        except _ARROW_ERRORS:
-            return False
+        except _ARROW_ERRORS as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise FashionTuneError(f"cannot read {self.location}/{name} ({first[:200]}); check the location "
+                                   "and, for a URI, the credentials and endpoint in the environment") from None
 
     def read_text(self, name: str) -> str | None:
         if not self.exists(name):

@@ -135,3 +135,11 @@ def test_sweep_to_s3_interrupted_resumed_analyzed_and_promoted(s3, cluster, tmp_
     assert manifest["experiment"] == f"{storage}/remote" and manifest["checkpoint"] == best["checkpoint"]
     assert manifest["trial_id"] == best["trial_id"]
     assert (models / "cnn" / "model.pt").is_file()
+
+
+def test_analyze_and_promote_say_when_the_bucket_holds_no_experiment(s3, tmp_path):
+    for command in (["analyze", f"s3://{BUCKET}/nothing"], ["promote", f"s3://{BUCKET}/nothing", "--kind", "cnn"]):
+        result = subprocess.run([sys.executable, "-m", "fashion_tune", *command], capture_output=True, text=True,
+                                timeout=120, env=s3, cwd=tmp_path)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+        assert f"s3://{BUCKET}/nothing is not a fashion-tune experiment directory (no sweep.json)" in result.stderr
