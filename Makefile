@@ -7,7 +7,7 @@ FT := $(VENV)/bin/fashion-tune
 STAMP := $(VENV)/.installed
 SYSTEM_DATA := /usr/share/datasets/fashion-mnist
 
-.PHONY: install data demo models test clean
+.PHONY: install data browser demo models test clean
 
 install: $(STAMP)
 
@@ -71,7 +71,15 @@ define sweep
 	fi
 endef
 
-test: data
+# The dashboard's browser test drives Debian's Chromium: installed here as root where apt is
+# (elsewhere that test skips and says why).
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's chromium (for the dashboard's browser test)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
+
+test: data browser
 	$(PY) -m pytest -q
 
 clean:

@@ -6,9 +6,7 @@ model, optimizer, scheduler, epoch, config, RNG states, history and early-stoppi
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ from typing import Any
 import torch
 
 from fashion_tune.errors import CheckpointError
+from fashion_tune.files import atomic_write
 
 CHECKPOINT_FILE = "checkpoint.pt"
 REQUIRED_KEYS = ("kind", "config", "model", "epoch")
@@ -23,19 +22,7 @@ REQUIRED_KEYS = ("kind", "config", "model", "epoch")
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write `state` to `path` through a temporary file, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())  # the rename must never publish a file whose data is not on disk yet
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | Path, kind: str | None = None, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -209,6 +209,26 @@ def run_analyze(args) -> int:
     return 0
 
 
+def add_dashboard(sub) -> None:
+    from fashion_tune.dashboard import DEFAULT_HOST, DEFAULT_PORT
+
+    p = sub.add_parser("dashboard", help="watch a sweep's Optuna study live in optuna-dashboard",
+                       description="Serve optuna-dashboard on the sweep's Optuna journal (trials, intermediate values, "
+                                   "importances, Pareto front), live while the sweep runs, and print its URL.")
+    p.add_argument("experiment", metavar="EXPERIMENT_DIR", help="a sweep's directory, e.g. ray_results/NAME")
+    p.add_argument("--host", default=DEFAULT_HOST,
+                   help=f"address to bind (default {DEFAULT_HOST}: this machine only; 0.0.0.0 for the network)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})")
+    p.set_defaults(func=run_dashboard)
+
+
+def run_dashboard(args) -> int:
+    from fashion_tune.dashboard import serve
+
+    serve(args.experiment, host=args.host, port=args.port)
+    return 0
+
+
 # --- promote, evaluate, sample -------------------------------------------------------------
 
 
@@ -359,7 +379,7 @@ def run_predict(args) -> int:
     return 0
 
 
-COMMANDS = [add_data, add_train, add_sweep, add_analyze, add_promote, add_evaluate, add_sample, add_predict]  # pipeline order
+COMMANDS = [add_data, add_train, add_sweep, add_analyze, add_dashboard, add_promote, add_evaluate, add_sample, add_predict]  # pipeline order
 
 
 def build_parser() -> argparse.ArgumentParser:

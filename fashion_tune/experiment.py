@@ -29,6 +29,7 @@ from fashion_tune.checkpoint import CHECKPOINT_FILE
 from fashion_tune.cluster import is_uri
 from fashion_tune.config import resolve_config
 from fashion_tune.errors import FashionTuneError
+from fashion_tune.files import json_text, parse_jsonl
 from fashion_tune.results import (STOPPED_BY, TrialPick, TrialRecord, check_metric, history_rows, is_finite, pick_best,
                                   result_row)
 
@@ -63,13 +64,7 @@ def read_lines(fs: pyarrow.fs.FileSystem, path: str) -> list[dict[str, Any]]:
             text = f.readall().decode()
     except _ARROW_ERRORS:
         return []
-    rows = []
-    for line in text.splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    return parse_jsonl(text)
 
 
 def stored_results(trial) -> list[dict[str, Any]]:
@@ -169,7 +164,7 @@ class Experiment:
         return info
 
     def write_info(self, info: dict[str, Any]) -> None:
-        self.write_bytes(SWEEP_INFO, (json.dumps(info, indent=2, default=str) + "\n").encode())
+        self.write_bytes(SWEEP_INFO, json_text(info).encode())
 
     def has_ray_state(self) -> bool:
         """Whether Ray Tune wrote an experiment snapshot here (a sweep that got as far as starting)."""

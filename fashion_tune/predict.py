@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from PIL import Image, UnidentifiedImageError
 
 from fashion_tune.datafiles import CLASSES, IMAGE_SIZE
 from fashion_tune.errors import DataError
-from fashion_tune.promote import DEFAULT_MODELS_DIR, load_promoted
+from fashion_tune.promoted import DEFAULT_MODELS_DIR, load_promoted
 
 TOP_K = 3
 
@@ -38,8 +39,6 @@ def load_image(path: str | Path, invert: bool | None = None) -> tuple[torch.Tens
 
     invert=None inverts when the image's border is mostly light (a light background).
     """
-    from PIL import Image, UnidentifiedImageError
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file; check the path")

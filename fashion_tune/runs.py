@@ -11,7 +11,8 @@ import pandas as pd
 import yaml
 
 from fashion_tune.checkpoint import save_checkpoint
-from fashion_tune.config import MONITOR
+from fashion_tune.files import format_number, write_text
+from fashion_tune.kinds import get_kind
 
 LAST = "checkpoint.pt"
 BEST = "best.pt"
@@ -32,14 +33,13 @@ class RunDirReporter:
         self.rows: list[dict[str, Any]] = []
 
     def __call__(self, metrics: dict[str, Any], state: dict[str, Any]) -> None:
-        monitor, _ = MONITOR[self.kind]
         if not self.rows:
-            (self.out / "config.yaml").write_text(yaml.safe_dump(state["config"], sort_keys=True))
+            write_text(self.out / "config.yaml", yaml.safe_dump(state["config"], sort_keys=True))
         self.rows = list(state["history"])
         save_checkpoint(state, self.out / LAST)
         if state["best_epoch"] == metrics["epoch"]:
             save_checkpoint(state, self.out / BEST)
-        pd.DataFrame(self.rows).to_csv(self.out / "metrics.csv", index=False)
+        write_text(self.out / "metrics.csv", pd.DataFrame(self.rows).to_csv(index=False))
         self.echo(format_epoch(self.kind, metrics, state["config"]["epochs"]))
 
 
@@ -47,8 +47,8 @@ def format_epoch(kind: str, metrics: dict[str, Any], epochs: int) -> str:
     """One readable line per epoch."""
     if metrics.get("diverged"):
         return f"epoch {metrics['epoch']}/{epochs}: loss is not finite, training stopped"
-    keys = ["val_neg_elbo", "val_recon", "val_kl", "beta"] if kind == "vae" else ["val_acc", "val_loss"]
-    parts = [f"{k} {metrics[k]:.4f}" for k in ["train_loss", *keys] if isinstance(metrics.get(k), float) and math.isfinite(metrics[k])]
+    keys = ["train_loss", *get_kind(kind).epoch_line]
+    parts = [f"{k} {format_number(metrics[k])}" for k in keys if isinstance(metrics.get(k), float) and math.isfinite(metrics[k])]
     parts.append(f"{metrics['images_per_s']:.0f} img/s")
     parts.append(f"{metrics['epoch_time_s']:.1f}s")
     return f"epoch {metrics['epoch']}/{epochs}: " + ", ".join(parts)

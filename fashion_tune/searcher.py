@@ -13,16 +13,26 @@ ids it suggested itself. `SweepOptuna` changes three things:
   Tune actually restored: Optuna trials left RUNNING that Tune does not know become FAIL, the
   concurrency limit counts exactly the live trials (retried ones included), and the number of
   suggestions made is the number of trials Tune holds.
+
+The study is reached through `study`, a public `optuna.Study` handle on the searcher's storage
+(the sweep's journal, see `fashion_tune.study`). Every Optuna trial carries the Ray Tune trial id
+it stands for (user attribute `tune_trial_id`), so a restored searcher never enters one Tune trial
+into the journal twice: the journal may already hold outcomes told after the last snapshot.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import Any, Iterable
 
+import optuna
+from optuna.trial import TrialState
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
+
+from fashion_tune.study import TUNE_TRIAL_ID
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +62,14 @@ class SweepOptuna(OptunaSearch):
     for multi-objective studies.
     """
 
-    def __init__(self, *args, max_t: int, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, space, *, metric, mode, sampler, storage, study_name: str, max_t: int,
+                 journal: Path | None = None, points_to_evaluate=None):
+        super().__init__(space=space, metric=metric, mode=mode, points_to_evaluate=points_to_evaluate,
+                         sampler=sampler, storage=storage, study_name=study_name)
+        # The same study OptunaSearch created, on the same storage and sampler (after_trial hooks).
+        self.study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler,
+                                       pruner=optuna.pruners.NopPruner())
+        self.journal = journal
         self._max_t = max_t
         self._metrics = list(self._metric) if isinstance(self._metric, (list, tuple)) else [self._metric]
         self._modes = list(self._mode) if isinstance(self._mode, (list, tuple)) else [self._mode]
@@ -65,6 +81,13 @@ class SweepOptuna(OptunaSearch):
         return len(self._metrics) > 1
 
     # --- results --------------------------------------------------------------------------
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        config = super().suggest(trial_id)
+        trial = self._ot_trials.get(trial_id)
+        if config is not None and trial is not None and TUNE_TRIAL_ID not in trial.user_attrs:
+            trial.set_user_attr(TUNE_TRIAL_ID, trial_id)
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         self.record(trial_id, result)
@@ -80,7 +103,7 @@ class SweepOptuna(OptunaSearch):
         if int(epoch) in seen:
             return  # an epoch re-run after a restore: its first report stands
         seen[int(epoch)] = tuple(float(v) for v in values)
-        if trial_id not in self._adopted and not self._multi:
+        if trial_id not in self._adopted and not self._multi and not self._told_already(trial_id):
             self._ot_trials[trial_id].report(float(values[0]), int(epoch))
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
@@ -94,19 +117,27 @@ class SweepOptuna(OptunaSearch):
         if trial_id in self._adopted:
             self._add_adopted(trial_id, state, value)
         elif not self._told_already(trial_id):
-            self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
+            self._tell(self._ot_trials[trial_id].number, value, state)
         self._completed_trials.add(trial_id)
 
     def _told_already(self, trial_id: str) -> bool:
-        """Whether the study already holds this trial's outcome (a restore told it from stored results
-        before Tune stopped the trial again); a second tell would raise and kill the driver."""
+        """Whether the study already holds this trial's outcome: told before the driver stopped, after
+        the searcher's last snapshot, or by a restore from stored results. A second tell (or a
+        report) would raise and kill the driver."""
         number = self._ot_trials[trial_id].number
-        return self._ot_study.get_trials(deepcopy=False)[number].state.is_finished()
+        return self.study.get_trials(deepcopy=False)[number].state.is_finished()
+
+    def _tell(self, number: int, value, state) -> None:
+        try:
+            self.study.tell(number, value, state=state)
+        except RuntimeError as exc:
+            # GridSampler's after_trial calls study.stop() once the grid is used up, which refuses
+            # outside study.optimize; Optuna stores the outcome before that (a `finally`).
+            if "Study.stop" not in str(exc):
+                raise
 
     def _outcome(self, trial_id: str, result: dict[str, Any] | None, error: bool):
         """Optuna's state and value(s) for a trial that ended: FAIL, PRUNED, or COMPLETE at its best epoch."""
-        from optuna.trial import TrialState
-
         if error:
             return TrialState.FAIL, None
         if is_pruned(result, self._max_t):
@@ -126,8 +157,6 @@ class SweepOptuna(OptunaSearch):
 
     def adopt(self, trial_id: str, config: dict[str, Any]) -> None:
         """Take on a trial Tune runs but this searcher did not suggest (or saw fail before its retry)."""
-        import optuna
-
         if trial_id in self._adopted:
             return
         fixed = optuna.trial.FixedTrial(dict(config))
@@ -140,28 +169,31 @@ class SweepOptuna(OptunaSearch):
         self._values.pop(trial_id, None)
 
     def _add_adopted(self, trial_id: str, state, value) -> None:
-        import optuna
-
         adopted = self._adopted.pop(trial_id)
+        if self._entered(trial_id):
+            return  # added before the driver stopped, after the searcher's last snapshot
         intermediate = None if self._multi else {
             e: row[0] for e, row in self._values.get(trial_id, {}).items() if not math.isnan(row[0])}
         values = {"values": value} if self._multi and value is not None else {"value": value}
-        self._ot_study.add_trial(optuna.trial.create_trial(
+        self.study.add_trial(optuna.trial.create_trial(
             state=state, params=adopted["params"], distributions=adopted["distributions"],
-            intermediate_values=intermediate, **values))
+            intermediate_values=intermediate, user_attrs={TUNE_TRIAL_ID: trial_id}, **values))
+
+    def _entered(self, trial_id: str) -> bool:
+        """Whether the study holds a COMPLETE or PRUNED trial for this Tune trial (a FAIL may be retried)."""
+        done = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        return any(t.user_attrs.get(TUNE_TRIAL_ID) == trial_id for t in done)
 
     # --- after a restore ----------------------------------------------------------------------
 
     def fail_unknown(self, live_ids: Iterable[str]) -> int:
         """Tell FAIL for every RUNNING Optuna trial that no live Tune trial stands for; returns how many."""
-        from optuna.trial import TrialState
-
         live = set(live_ids)
         kept = {self._ot_trials[t].number for t in live if t in self._ot_trials and t not in self._completed_trials}
         failed = 0
-        for frozen in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if frozen.number not in kept:
-                self._ot_study.tell(frozen.number, state=TrialState.FAIL)
+                self._tell(frozen.number, None, TrialState.FAIL)
                 failed += 1
         for trial_id in [t for t in self._ot_trials if t not in live]:
             self._completed_trials.add(trial_id)
@@ -190,7 +222,8 @@ def reconcile(generator: SearchGenerator, trials, stored_results) -> dict[str, i
     limiter: ConcurrencyLimiter = generator.searcher
     limiter.live_trials = live
     limiter.num_unfinished_live_trials = len(live)
-    generator._counter = len(trials)  # every trial Tune holds was suggested once; a lost suggestion is made again
+    # Every trial Tune holds was suggested once; a lost suggestion is made again.
+    generator.set_state({**generator.get_state(), "counter": len(trials)})
     counts["live"] = len(live)
     return counts
 

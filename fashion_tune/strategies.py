@@ -5,12 +5,14 @@ sampler of `searcher: {type: ...}` (always seeded), the space's objectives, its 
 the finished trials of a `warm_start:` sweep (added to the study as evaluated trials, so they are
 not run again). `make_scheduler(space)` builds the scheduler of `scheduler: {type: ...}`:
 
-- asha       `sweep.SweepASHA` (ASHA that replays stored results on resume)
+- asha       Ray's ASHA, replaying stored results on resume
 - hyperband  Ray's synchronous `HyperBandScheduler`; restored finished trials stay out of its brackets
 - median     Ray's `MedianStoppingRule`, replaying stored results on resume
 - pbt        Ray's `PopulationBasedTraining` on the space's `mutate:` parameters, mutations kept
              inside their distributions; every exploit is logged with trial ids in `pbt_lineage.jsonl`
 - fifo       no early stopping
+
+The subclasses that add the resume behaviour live in `fashion_tune.schedulers`.
 
 Schedulers see only the first objective (the space's `metric`). HyperBand and PBT pause trials and
 need the whole population to exist, so with them the searcher proposes every trial without a
@@ -19,21 +21,20 @@ concurrency cap (Ray's resources still bound how many run at once).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
 import warnings
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
-from ray.tune.schedulers import FIFOScheduler, HyperBandScheduler, MedianStoppingRule, PopulationBasedTraining
+from ray.tune.schedulers import FIFOScheduler
 
 from fashion_tune.errors import FashionTuneError
+from fashion_tune.schedulers import SweepASHA, SweepHyperBand, SweepMedian, SweepPBT
 from fashion_tune.spaces import Param, SearchSpace, grid_values
+from fashion_tune.study import journal_location, journal_storage, new_study_name
 
-LINEAGE_FILE = "pbt_lineage.jsonl"  # ours, one exploit per line, with trial ids (Ray's pbt_global.txt has tags)
 STOPPED_BY = {"asha": "asha", "hyperband": "hyperband", "median": "median"}  # schedulers that stop trials early
 _DATA_KEYS = ("subset", "val_subset", "val_size", "split_seed", "seed")
 
@@ -94,7 +95,7 @@ def concurrency(space: SearchSpace) -> int:
     return space.num_samples if space.scheduler in ("hyperband", "pbt") else space.max_concurrent_trials
 
 
-def make_searcher(space: SearchSpace):
+def make_searcher(space: SearchSpace, experiment_dir: str | os.PathLike | None = None, name: str | None = None):
     """The sweep's search algorithm: `SearchGenerator(ConcurrencyLimiter(SweepOptuna))`.
 
     SweepOptuna (fashion_tune.searcher) is OptunaSearch over the space's define-by-run function
@@ -102,6 +103,9 @@ def make_searcher(space: SearchSpace):
     stopped, retried and restored trials; the finished trials of a `warm_start:` sweep go into its
     study as evaluated. The SearchGenerator (not the bare searcher) is passed to Tune so a
     restored sweep keeps a handle on its suggestion count.
+
+    With `experiment_dir` the study is a new one (named `<name>-<random suffix>`) in the journal
+    `fashion_tune.study.journal_location` gives; without, it is kept in memory.
     """
     import optuna
     from ray.tune.search import ConcurrencyLimiter, SearchGenerator
@@ -110,11 +114,17 @@ def make_searcher(space: SearchSpace):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     metric, mode = objective(space)
+    journal = storage = None
+    if experiment_dir is not None:
+        name = name or str(experiment_dir).rstrip("/").rsplit("/", 1)[-1]
+        journal = journal_location(experiment_dir, name)
+        storage = journal_storage(journal)
     searcher = SweepOptuna(space=space.suggest, metric=metric, mode=mode,
                            points_to_evaluate=[dict(p) for p in space.points_to_evaluate] or None,
-                           sampler=make_sampler(space), max_t=space.max_t)
+                           sampler=make_sampler(space), storage=storage or optuna.storages.InMemoryStorage(),
+                           study_name=new_study_name(name or space.kind), journal=journal, max_t=space.max_t)
     # OptunaSearch's evaluated_rewards refuses a define-by-run space, so the trials go in directly.
-    add_warm_trials(searcher._ot_study, space)
+    add_warm_trials(searcher.study, space)
     return SearchGenerator(ConcurrencyLimiter(searcher, max_concurrent=concurrency(space)))
 
 
@@ -140,13 +150,14 @@ def add_warm_trials(study, space: SearchSpace) -> None:
     for warm in space.warm_trials:
         active = space.active_params(warm.params)
         distributions = {name: active[name].distribution() for name in warm.params}
+        origin = {"warm_start_trial_id": warm.trial_id, "warm_start": space.warm_start}
         if warm.pruned:
             trial = optuna.trial.create_trial(
-                state=TrialState.PRUNED, params=warm.params, distributions=distributions,
+                state=TrialState.PRUNED, params=warm.params, distributions=distributions, user_attrs=origin,
                 intermediate_values=None if space.multi_objective else warm.intermediate)
         else:
             values = list(warm.values)
-            trial = optuna.trial.create_trial(params=warm.params, distributions=distributions,
+            trial = optuna.trial.create_trial(params=warm.params, distributions=distributions, user_attrs=origin,
                                               **({"values": values} if space.multi_objective else {"value": values[0]}))
         study.add_trial(trial)
 
@@ -209,8 +220,6 @@ def make_scheduler(space: SearchSpace):
     """The Ray scheduler of `scheduler: {type: ...}`, on the first objective, with `epoch` as its time."""
     options = space.scheduler_options
     if space.scheduler == "asha":
-        from fashion_tune.sweep import SweepASHA
-
         return SweepASHA(time_attr="epoch", max_t=space.max_t, grace_period=space.grace_period,
                          reduction_factor=space.reduction_factor)
     if space.scheduler == "hyperband":
@@ -227,62 +236,6 @@ def make_scheduler(space: SearchSpace):
                         resample_probability=options["resample_probability"],
                         custom_explore_fn=_Clip([params[name] for name in options["mutate"]]))
     return FIFOScheduler()
-
-
-def _replay(trial) -> list[dict[str, Any]]:
-    """The results a restored trial stored before the interruption, non-finite values made finite."""
-    from fashion_tune.sweep import _stored_results
-
-    return _stored_results(trial)
-
-
-class SweepMedian(MedianStoppingRule):
-    """The median stopping rule that, on resume, knows the results restored trials had reported."""
-
-    def on_trial_add(self, tune_controller, trial):
-        super().on_trial_add(tune_controller, trial)
-        for row in _replay(trial):
-            if row.get(self._time_attr) is not None and isinstance(row.get(self._metric), (int, float)):
-                self._results[trial].append(row)
-
-
-class SweepHyperBand(HyperBandScheduler):
-    """Synchronous HyperBand whose brackets hold only trials that start in this run.
-
-    Ray does not save a scheduler, and a bracket rebuilt on resume would wait for finished trials
-    (they never report again) or pause restored ones that it never releases. So a trial restored
-    with results (finished or not) stays out of the brackets: unfinished ones run on to max_t
-    without early stopping; trials proposed after the resume fill new brackets as usual.
-    """
-
-    def on_trial_add(self, tune_controller, trial):
-        if trial.status in (trial.TERMINATED, trial.ERROR) or _replay(trial):
-            return
-        super().on_trial_add(tune_controller, trial)
-
-    def on_trial_result(self, tune_controller, trial, result):
-        if trial not in self._trial_info:
-            return self.CONTINUE
-        return super().on_trial_result(tune_controller, trial, result)
-
-    def on_trial_complete(self, tune_controller, trial, result):
-        if trial in self._trial_info:
-            super().on_trial_complete(tune_controller, trial, result)
-
-    def on_trial_error(self, tune_controller, trial):
-        if trial in self._trial_info:
-            super().on_trial_error(tune_controller, trial)
-
-    def on_trial_remove(self, tune_controller, trial):
-        if trial in self._trial_info:
-            super().on_trial_remove(tune_controller, trial)
-
-    def choose_trial_to_run(self, tune_controller):
-        chosen = super().choose_trial_to_run(tune_controller)
-        if chosen is None:  # the restored trials outside the brackets
-            chosen = next((t for t in tune_controller.get_trials()
-                           if t not in self._trial_info and t.status in (t.PENDING, t.PAUSED)), None)
-        return chosen
 
 
 def _mutation(param: Param):
@@ -316,60 +269,6 @@ class _Clip:
                 value = p.low + round((value - p.low) / p.q) * p.q
             config[p.name] = int(round(value)) if p.type == "randint" or isinstance(config[p.name], int) else float(value)
         return config
-
-
-class SweepPBT(PopulationBasedTraining):
-    """Population Based Training that takes its population from our searcher and logs lineage by trial id.
-
-    Ray refuses any search algorithm with PBT, since a searcher learns from configs that PBT then
-    changes. Here the searcher only draws the initial population (seeded, from the space, with its
-    starting points), which is what a space file promises; so that check is left out. On resume,
-    each restored trial's last stored result becomes its score, so quantiles need not start empty.
-    """
-
-    def on_trial_add(self, tune_controller, trial):
-        from ray.tune.schedulers.pbt import _fill_config, _PBTTrialState
-
-        if not self._metric or not self._metric_op:
-            raise ValueError("PBT needs a metric and mode (TuneConfig sets them)")
-        state = self._trial_state[trial] = _PBTTrialState(trial)
-        for attr, distribution in self._hyperparam_mutations.items():
-            if attr not in trial.config:
-                _fill_config(trial.config, attr, distribution)
-        rows = [r for r in _replay(trial) if isinstance(r.get(self._metric), (int, float))]
-        if rows:
-            last = rows[-1]
-            state.last_score = self._metric_op * last[self._metric]
-            state.last_train_time = state.last_perturbation_time = last[self._time_attr]
-            state.last_result = last
-
-    def __init__(self, *args, max_t: int, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._max_t = max_t
-
-    def _quantiles(self):
-        """Ray's quantiles without the trials at their last epoch: cloning a finished model would leave
-        its clone no epoch to train, and replacing one would throw away its finished run."""
-        lower, upper = super()._quantiles()
-        active = lambda t: (self._trial_state[t].last_train_time or 0) < self._max_t  # noqa: E731
-        lower, upper = [t for t in lower if active(t)], [t for t in upper if active(t)]
-        return (lower, upper) if lower and upper else ([], [])
-
-    def _log_config_on_step(self, trial_state, new_state, trial, trial_to_clone, new_config):
-        super()._log_config_on_step(trial_state, new_state, trial, trial_to_clone, new_config)
-        mutated = list(self._hyperparam_mutations)
-        record = {
-            "time": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
-            "trial_id": trial.trial_id, "cloned_from": trial_to_clone.trial_id,
-            "at_epoch": trial_state.last_train_time,
-            "from_epoch": new_state.last_train_time,  # the epoch of the checkpoint it continues from
-            "before": {k: trial.config.get(k) for k in mutated},
-            "cloned": {k: trial_to_clone.config.get(k) for k in mutated},
-            "after": {k: new_config.get(k) for k in mutated},
-        }
-        # The driver's staging directory: Ray syncs it into the experiment directory, as pbt_global.txt.
-        with open(os.path.join(trial.local_experiment_path, LINEAGE_FILE), "a") as f:
-            f.write(json.dumps(record, default=str) + "\n")
 
 
 # --- what sweep.json records ----------------------------------------------------------------------

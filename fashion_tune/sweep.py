@@ -11,28 +11,24 @@ per trial) and `history.{csv,parquet}` (one row per trial per epoch), in one sch
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable
 
-from ray.tune.schedulers import AsyncHyperBandScheduler
-
 from fashion_tune import strategies
 from fashion_tune.callbacks import SweepCallback  # also imported here by the tuner.pkl of older sweeps
 from fashion_tune.errors import ConfigError, FashionTuneError
 from fashion_tune.experiment import HISTORY, RESULTS, Experiment
-from fashion_tune.experiment import stored_results as _stored_results  # SweepASHA and strategies replay with it
+from fashion_tune.files import format_short
 from fashion_tune.searcher import optuna_searcher
 from fashion_tune.spaces import SearchSpace, check_resources, load_space, local_capacity
+from fashion_tune.study import check_journal, study_record
 from fashion_tune.sweep_info import new_store, now, record_start, resume_command, resumed, storage_root
 from fashion_tune.trainable import make_reporter, make_trainable, trial_name
 
 DEFAULT_MAX_FAILURES = 3
 DEFAULT_KEEP_CHECKPOINTS = 3
-# ASHA ranks results; a non-finite one (a diverged trial) counts as this bad, finite so percentiles stay finite.
-_WORST_REWARD = -1e30
 
 
 def default_name(kind: str) -> str:
@@ -42,59 +38,24 @@ def default_name(kind: str) -> str:
 # --- Ray wiring ------------------------------------------------------------------------------
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
-        return _WORST_REWARD
-    return value
-
-
-
-class SweepASHA(AsyncHyperBandScheduler):
-    """ASHA that keeps its rungs across `Tuner.restore` and ranks diverged trials last.
-
-    Ray restores the searcher but not the scheduler; restored trials replay the results they
-    stored, so a resumed sweep stops trials against the same rungs as before. Non-finite
-    metrics (a diverged trial) become the worst finite reward: with inf the rung percentiles
-    turn NaN and ASHA would stop nothing at that rung.
-    """
-
-    def on_trial_add(self, tune_controller, trial):
-        super().on_trial_add(tune_controller, trial)
-        bracket = self._trial_info[trial.trial_id]
-        for result in _stored_results(trial):
-            if self._time_attr in result and self._metric in result and result[self._metric] is not None:
-                bracket.on_result(trial, result[self._time_attr], _finite(self._metric_op * result[self._metric]))
-
-    def on_trial_result(self, tune_controller, trial, result):
-        return super().on_trial_result(tune_controller, trial, self._finite_result(result))
-
-    def on_trial_complete(self, tune_controller, trial, result):
-        return super().on_trial_complete(tune_controller, trial, self._finite_result(result))
-
-    def _finite_result(self, result):
-        if result and self._metric in result and result[self._metric] is not None:
-            value = result[self._metric]
-            if not math.isfinite(value):
-                result = {**result, self._metric: _WORST_REWARD * self._metric_op}  # reward = op * value
-        return result
-
-
 def make_scheduler(space: SearchSpace):
     """The space's scheduler (ASHA unless `scheduler.type` says otherwise): see fashion_tune.strategies."""
     return strategies.make_scheduler(space)
 
 
-def make_searcher(space: SearchSpace):
-    """The space's Optuna sampler behind Ray's concurrency limit: see fashion_tune.strategies and .searcher."""
-    return strategies.make_searcher(space)
+def make_searcher(space: SearchSpace, experiment_dir: str | None = None, name: str | None = None):
+    """The space's Optuna sampler behind Ray's concurrency limit, its study in the experiment's journal
+    (in memory without `experiment_dir`): see fashion_tune.strategies, .searcher and .study."""
+    return strategies.make_searcher(space, experiment_dir, name)
 
 
-def _make_tuner(space: SearchSpace, trainable, name: str, root: str, stop, verbose: int, max_failures: int,
+def _make_tuner(space: SearchSpace, trainable, store: Experiment, root: str, stop, verbose: int, max_failures: int,
                 keep_checkpoints: int):
-    """A new Tuner for `space`; returns it and its search algorithm."""
+    """A new Tuner for `space` (its study in the experiment's journal); returns it and its search algorithm."""
     from ray import tune
 
-    searcher = make_searcher(space)
+    name = store.name
+    searcher = make_searcher(space, store.location, name)
     callback = SweepCallback(searcher, space.metric, space.mode, keep_checkpoints)
     tuner = tune.Tuner(
         trainable,
@@ -195,6 +156,7 @@ def run_sweep(
         store, space, info = resumed(kind, name, root, space_file, num_samples, max_concurrent, max_failures,
                                       keep_checkpoints)
         name, max_failures, keep_checkpoints = store.name, info.get("max_failures"), info.get("keep_checkpoints")
+        check_journal(info, store.location)
     else:
         if space_file is None:
             raise ConfigError(f"--space FILE is required; e.g. search_spaces/{kind}_quick.yaml")
@@ -264,8 +226,10 @@ def _run_on_ray(run: _Run, attach: bool, *, num_cpus, num_gpus, dashboard: bool,
         if run.info is not None:
             tuner = _restored_tuner(store, trainable, restart_errored)
         else:
-            tuner, searcher = _make_tuner(space, trainable, store.name, run.root, stop, verbose, run.max_failures,
+            tuner, searcher = _make_tuner(space, trainable, store, run.root, stop, verbose, run.max_failures,
                                           run.keep_checkpoints)
+            info.update(study_record(searcher))  # the study's name and journal
+            store.write_info(info)
         echo(f"sweep {store.name}: {space.num_samples} {run.kind} trials, {space.max_concurrent_trials} at a time, "
              f"{space.strategy_line()} -> {store.location}")
         tuner.fit()  # the results come from the store, in one schema on any storage
@@ -281,7 +245,7 @@ def _run_on_ray(run: _Run, attach: bool, *, num_cpus, num_gpus, dashboard: bool,
     if info is None:  # interrupted before anything was written
         raise KeyboardInterrupt
     return _finish(space, info, store, interrupted, run.command,
-                   study=optuna_searcher(searcher)._ot_study if searcher is not None else None, echo=echo)
+                   study=optuna_searcher(searcher).study if searcher is not None else None, echo=echo)
 
 
 def _check_flags(max_failures, keep_checkpoints, restart_errored: bool, resume: bool) -> None:
@@ -331,7 +295,7 @@ def _finish(space: SearchSpace, info: dict[str, Any], store: Experiment, interru
         searched = {k: best.config[k] for k in space.active_params(best.config) if k in best.config}
         echo(f"best trial {best.trial_id}: {best.metric} {best.value:.4f} at epoch {best.epoch} "
              f"(checkpoint {best.source})")
-        echo("  config: " + ", ".join(f"{k}={_short(v)}" for k, v in searched.items()))
+        echo("  config: " + ", ".join(f"{k}={format_short(v)}" for k, v in searched.items()))
     store.write_info(info)
 
     echo(f"{num_trials} trials ({', '.join(f'{v} {k.lower()}' for k, v in sorted(statuses.items()))}); "
@@ -353,7 +317,3 @@ def _prune_checkpoints(store: Experiment, space: SearchSpace, info: dict[str, An
     keep = info.get("keep_checkpoints")
     if keep:
         prune_finished_experiment(store.fs, store.path, space.metric, space.mode, keep)
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)

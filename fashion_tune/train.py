@@ -1,10 +1,11 @@
-"""Trainables: `train_vae` and `train_cnn` train one model from a flat config dict.
+"""The training loop: `fit` trains one model of any kind from a flat config dict.
 
-They report after every epoch through a reporter callback, so the same code serves tests,
+It reports after every epoch through a reporter callback, so the same code serves tests,
 single runs (`fashion-tune train`, which prints a progress bar and writes files) and Ray Tune
-sweeps (whose reporter calls `ray.tune.report`). Given a checkpoint they continue exactly
+sweeps (whose reporter calls `ray.tune.report`). Given a checkpoint it continues exactly
 where it stopped: RNG states are part of the checkpoint, so a resumed run matches an
-uninterrupted one on CPU.
+uninterrupted one on CPU. What differs between models (loss, augmentation, validation
+metrics) is their `Kind`'s (`fashion_tune.kinds`).
 """
 
 from __future__ import annotations
@@ -12,22 +13,24 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from typing import Any, Callable, Mapping, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm.auto import tqdm
 
 from fashion_tune.checkpoint import load_checkpoint
-from fashion_tune.config import MONITOR, beta_schedule, model_config, resolve_config
-from fashion_tune.data import Augment, BatchLoader, Splits, make_splits
+from fashion_tune.config import resolve_config
+from fashion_tune.data import BatchLoader, Splits, make_splits
 from fashion_tune.datafiles import load_fashion_mnist
 from fashion_tune.device import pick_device, pick_precision
 from fashion_tune.errors import CheckpointError
-from fashion_tune.models import ConditionalVAE, FashionCNN, VAEConfig, count_parameters
+from fashion_tune.kinds import Kind, get_kind
+from fashion_tune.models import count_parameters
+from fashion_tune.training_config import TrainingConfig
 
-EVAL_BATCH = 1000
-BINARIZE_SEED = 2024  # the fixed binarization of validation images
 FINITE_CHECK_EVERY = 25  # training steps between checks that the loss is still finite
 
 
@@ -39,8 +42,7 @@ class Reporter(Protocol):
 
 def build_model(kind: str, config: Mapping[str, Any]) -> nn.Module:
     """The network a flat config describes."""
-    cfg = model_config(kind, config)
-    return ConditionalVAE(cfg) if isinstance(cfg, VAEConfig) else FashionCNN(cfg)
+    return get_kind(kind).build(config)
 
 
 def load_model(path, kind: str | None = None, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -73,123 +75,148 @@ def training_cost(kind: str, config: Mapping[str, Any]) -> dict[str, float]:
     so the running model and the RNG are untouched. Convolutions and matrix products only, as
     FLOP counts are usually quoted.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     config = resolve_config(kind, config)
-    task = TASKS[kind](config)
+    k = get_kind(kind)
+    task = k.trainer(k.settings(config))
     with torch.random.fork_rng(devices=[]):  # leaves the training RNG where it was
         torch.manual_seed(0)
-        model = build_model(kind, config).train()
+        model = k.build(config).train()
         x, y = torch.rand(2, 1, 28, 28), torch.tensor([0, 1])
         with FlopCounterMode(display=False) as counter:
             task.loss(model, x, y).backward()
     return {"params": count_parameters(model), "flops": counter.get_total_flops() / len(x)}
 
 
-# --- what differs between the two models -------------------------------------------------
-
-
-class VAETask:
-    """Trains the conditional beta-VAE; the HPO metric is the validation negative ELBO (nats)."""
-
-    kind = "vae"
-
-    def __init__(self, config: Mapping[str, Any]):
-        self.config = config
-        self.beta_schedule = beta_schedule(config)
-        self.beta = self.beta_schedule(0, config["epochs"])
-
-    def start_epoch(self, epoch: int) -> None:
-        self.beta = self.beta_schedule(epoch, self.config["epochs"])
-
-    def augment(self) -> Augment | None:
-        return None
-
-    def loss(self, model: ConditionalVAE, x, y) -> torch.Tensor:
-        if self.config["binarize"] == "dynamic":
-            x = torch.bernoulli(x)  # a fresh binarization every step (from the training RNG)
-        return model.loss_terms(x, y, self.beta)["loss"]
-
-    @torch.no_grad()
-    def evaluate(self, model: ConditionalVAE, x, y) -> dict[str, float]:
-        """The ELBO on grey levels (today's number) and on a fixed binarization (a bound on -log p(x)).
-
-        Grey levels as Bernoulli targets give a cross-entropy that is not a log-likelihood: its
-        floor, BCE(x, x), is about 188 nats here. On binarized images the negative ELBO is an
-        upper bound on the negative log-likelihood, comparable with published numbers.
-        """
-        # Fixed noise and binarization seeds make epoch-to-epoch numbers comparable, and leave
-        # the training RNG untouched so a resumed run matches an uninterrupted one.
-        sums = {"recon": 0.0, "kl": 0.0, "neg_elbo_bin": 0.0}
-        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-            binarizer = torch.Generator(device=x.device).manual_seed(BINARIZE_SEED)
-            torch.manual_seed(self.config["seed"] + 7919)
-            for i in range(0, len(x), EVAL_BATCH):
-                xb, yb = x[i : i + EVAL_BATCH], y[i : i + EVAL_BATCH]
-                terms = model.loss_terms(xb, yb, self.beta)
-                binary = model.loss_terms(torch.bernoulli(xb, generator=binarizer), yb, self.beta)
-                sums["recon"] += terms["recon"].item() * len(xb)
-                sums["kl"] += terms["kl"].item() * len(xb)
-                sums["neg_elbo_bin"] += binary["neg_elbo"].item() * len(xb)
-        recon, kl = sums["recon"] / len(x), sums["kl"] / len(x)
-        return {
-            "val_neg_elbo": recon + kl,
-            "val_neg_elbo_bin": sums["neg_elbo_bin"] / len(x),
-            "val_recon": recon,
-            "val_kl": kl,
-            "val_loss": recon + self.beta * kl,
-            "beta": self.beta,
-        }
-
-
-class CNNTask:
-    """Trains the CNN classifier; the HPO metric is validation accuracy."""
-
-    kind = "cnn"
-
-    def __init__(self, config: Mapping[str, Any]):
-        self.config = config
-
-    def start_epoch(self, epoch: int) -> None:
-        pass
-
-    def augment(self) -> Augment | None:
-        c = self.config
-        return Augment(crop_pad=c["crop_pad"], flip=c["flip"], erase_prob=c["erase_prob"])
-
-    def loss(self, model: FashionCNN, x, y) -> torch.Tensor:
-        return F.cross_entropy(model(x), y, label_smoothing=self.config["label_smoothing"])
-
-    @torch.no_grad()
-    def evaluate(self, model: FashionCNN, x, y) -> dict[str, float]:
-        loss_sum, correct = 0.0, 0
-        for i in range(0, len(x), EVAL_BATCH):
-            logits = model(x[i : i + EVAL_BATCH]).float()
-            loss_sum += F.cross_entropy(logits, y[i : i + EVAL_BATCH], reduction="sum").item()
-            correct += (logits.argmax(1) == y[i : i + EVAL_BATCH]).sum().item()
-        return {"val_loss": loss_sum / len(x), "val_acc": correct / len(x)}
-
-
-TASKS = {"vae": VAETask, "cnn": CNNTask}
+def make_scheduler(optimizer: torch.optim.Optimizer, settings: TrainingConfig):
+    """Cosine annealing with warm restarts (the original's choice) or one plain cosine; stepped per epoch."""
+    eta_min = settings.lr * settings.min_lr_ratio
+    if settings.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs, eta_min=eta_min)
+    return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        optimizer, T_0=settings.restart_epochs, T_mult=settings.restart_mult, eta_min=eta_min
+    )
 
 
 # --- the shared training loop ------------------------------------------------------------
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, config: Mapping[str, Any]):
-    """Cosine annealing with warm restarts (the original's choice) or one plain cosine; stepped per epoch."""
-    eta_min = config["lr"] * config["min_lr_ratio"]
-    if config["scheduler"] == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config["epochs"], eta_min=eta_min)
-    return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-        optimizer, T_0=config["restart_epochs"], T_mult=config["restart_mult"], eta_min=eta_min
-    )
+@dataclass
+class _BestSoFar:
+    """The best value of the monitored metric, its epoch, epochs since, and every epoch's metrics."""
+
+    monitor: str
+    mode: str
+    best: float | None = None
+    best_epoch: int = 0
+    stale: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def update(self, metrics: dict[str, Any]) -> None:
+        value = metrics[self.monitor]
+        if _is_better(value, self.best, self.mode):
+            self.best, self.best_epoch, self.stale = value, metrics["epoch"], 0
+        else:
+            self.stale += 1
+        metrics.update({f"best_{self.monitor}": self.best, "best_epoch": self.best_epoch})
+        self.history.append(dict(metrics))
 
 
 def _is_better(value: float, best: float | None, mode: str) -> bool:
     if best is None or not math.isfinite(best):
         return math.isfinite(value)
     return value < best if mode == "min" else value > best
+
+
+@dataclass
+class _Run:
+    """What one training run holds: the model and its optimizer, and how its steps run."""
+
+    kind: Kind
+    settings: TrainingConfig
+    config: dict[str, Any]
+    device: torch.device
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    data_rng: torch.Generator
+    precision: str = "fp32"
+    memory_format: torch.memory_format = torch.contiguous_format
+
+    def autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def state(self, epoch: int, metrics: dict[str, Any], best: _BestSoFar) -> dict[str, Any]:
+        """The checkpoint after `epoch`: everything needed to continue exactly from here."""
+        return {
+            "kind": self.kind.name, "config": dict(self.config), "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "epoch": epoch, "metrics": dict(metrics), "history": best.history, "best": best.best,
+            "best_epoch": best.best_epoch, "stale_epochs": best.stale, "rng": _rng_state(self.device, self.data_rng),
+        }
+
+
+def _start(kind: Kind, config: dict[str, Any], checkpoint: Mapping[str, Any] | None) -> tuple[_Run, _BestSoFar, int]:
+    """Build the run (seeded), continuing from `checkpoint` when given; returns it and the first epoch."""
+    settings = kind.settings(config)
+    device = pick_device(settings.device)
+    if device.type == "cpu":
+        # Denormal floats (tiny KL gradients) slow CPU kernels by 10x or more; zero them instead.
+        torch.set_flush_denormal(True)
+    torch.manual_seed(settings.seed)
+    data_rng = torch.Generator().manual_seed(settings.seed + 1)
+    model = kind.build(config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    run = _Run(kind, settings, config, device, model, optimizer, make_scheduler(optimizer, settings), data_rng)
+    best, start = _BestSoFar(kind.monitor, kind.mode), 0
+    if checkpoint is not None:
+        start = _restore(run, best, checkpoint)
+    run.precision = pick_precision(settings.precision, device)
+    # On the CPU, bf16 convolutions run fastest in channels-last layout (oneDNN's native one).
+    if run.precision == "bf16" and device.type == "cpu":
+        run.memory_format = torch.channels_last
+    model.to(memory_format=run.memory_format)
+    return run, best, start
+
+
+def _restore(run: _Run, best: _BestSoFar, checkpoint: Mapping[str, Any]) -> int:
+    """Load a checkpoint's model, optimizer, scheduler, RNG and best-so-far state; returns its epoch."""
+    run.model.load_state_dict(checkpoint["model"])
+    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    run.scheduler.load_state_dict(checkpoint["scheduler"])
+    torch.set_rng_state(checkpoint["rng"]["torch"])
+    run.data_rng.set_state(checkpoint["rng"]["data"])
+    if run.device.type == "cuda" and "cuda" in checkpoint["rng"]:
+        torch.cuda.set_rng_state(checkpoint["rng"]["cuda"])
+    best.best, best.best_epoch, best.stale = checkpoint["best"], checkpoint["best_epoch"], checkpoint["stale_epochs"]
+    best.history = list(checkpoint["history"])
+    apply_mutations(run.optimizer, run.scheduler, checkpoint["config"], run.config)  # PBT may have changed lr / weight_decay
+    return checkpoint["epoch"]
+
+
+def _train_epoch(run: _Run, task, loader: BatchLoader, epoch: int, progress: bool) -> tuple[float, int, bool]:
+    """One pass over the training data; returns the summed loss, the images seen and whether it diverged."""
+    run.model.train()
+    # The running loss stays on the device and is checked for NaN/inf every few steps: on a
+    # GPU a per-step .item() would stall the pipeline on a host sync.
+    loss_sum, seen = torch.zeros((), device=run.device), 0
+    batches = _progress_bar(loader, epoch, run.settings.epochs) if progress else loader
+    for step, (xb, yb) in enumerate(batches, start=1):
+        with run.autocast():
+            loss = task.loss(run.model, xb.contiguous(memory_format=run.memory_format), yb)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if run.settings.grad_clip > 0:
+            nn.utils.clip_grad_norm_(run.model.parameters(), run.settings.grad_clip)
+        run.optimizer.step()
+        loss_sum += loss.detach().float() * len(xb)
+        seen += len(xb)
+        if (progress or step % FINITE_CHECK_EVERY == 0 or step == len(loader)) and not torch.isfinite(loss_sum):
+            return loss_sum.item(), seen, True
+        if progress:
+            batches.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", refresh=False)
+    return loss_sum.item(), seen, False
 
 
 def fit(
@@ -203,104 +230,34 @@ def fit(
 ) -> dict[str, Any]:
     """Train one model of `kind`; returns the last epoch's metrics (with best-so-far fields)."""
     config = resolve_config(kind, config)
-    device = pick_device(config["device"])
-    if device.type == "cpu":
-        # Denormal floats (tiny KL gradients) slow CPU kernels by 10x or more; zero them instead.
-        torch.set_flush_denormal(True)
-    torch.manual_seed(config["seed"])
-    data_rng = torch.Generator().manual_seed(config["seed"] + 1)
-    splits = (splits if splits is not None else load_splits(config, data_dir)).to(device)
-
-    task = TASKS[kind](config)
-    model = build_model(kind, config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
-    scheduler = make_scheduler(optimizer, config)
-    monitor, mode = MONITOR[kind]
-    best, best_epoch, stale, history, start = None, 0, 0, [], 0
-
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        data_rng.set_state(checkpoint["rng"]["data"])
-        if device.type == "cuda" and "cuda" in checkpoint["rng"]:
-            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"])
-        best, best_epoch, stale = checkpoint["best"], checkpoint["best_epoch"], checkpoint["stale_epochs"]
-        history = list(checkpoint["history"])
-        start = checkpoint["epoch"]
-        apply_mutations(optimizer, scheduler, checkpoint["config"], config)  # PBT may have changed lr / weight_decay
-
-    precision = pick_precision(config["precision"], device)
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
-    # On the CPU, bf16 convolutions run fastest in channels-last layout (oneDNN's native one).
-    memory_format = torch.channels_last if precision == "bf16" and device.type == "cpu" else torch.contiguous_format
-    model.to(memory_format=memory_format)
+    run, best, start = _start(get_kind(kind), config, checkpoint)
+    splits = (splits if splits is not None else load_splits(config, data_dir)).to(run.device)
+    task = run.kind.trainer(run.settings)
     cost = training_cost(kind, config)
-    loader = BatchLoader(
-        splits.train_x, splits.train_y, config["batch_size"], shuffle=True, augment=task.augment(), generator=data_rng
-    )
+    loader = BatchLoader(splits.train_x, splits.train_y, run.settings.batch_size, shuffle=True,
+                         augment=task.augment(), generator=run.data_rng)
     metrics: dict[str, Any] = {}
-    for epoch in range(start, config["epochs"]):
+    for epoch in range(start, run.settings.epochs):
         task.start_epoch(epoch)
-        model.train()
         started = time.perf_counter()
-        # The running loss stays on the device and is checked for NaN/inf every few steps: on a
-        # GPU a per-step .item() would stall the pipeline on a host sync.
-        loss_sum, seen, diverged = torch.zeros((), device=device), 0, False
-        batches = _progress_bar(loader, epoch, config["epochs"]) if progress else loader
-        for step, (xb, yb) in enumerate(batches, start=1):
-            with autocast():
-                loss = task.loss(model, xb.contiguous(memory_format=memory_format), yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config["grad_clip"] > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip"])
-            optimizer.step()
-            loss_sum += loss.detach().float() * len(xb)
-            seen += len(xb)
-            if (progress or step % FINITE_CHECK_EVERY == 0 or step == len(loader)) and not torch.isfinite(loss_sum):
-                diverged = True
-                break
-            if progress:
-                batches.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", refresh=False)
-        loss_sum = loss_sum.item()
+        loss_sum, seen, diverged = _train_epoch(run, task, loader, epoch, progress)
         train_time = time.perf_counter() - started
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-
+        lr = run.optimizer.param_groups[0]["lr"]
+        run.scheduler.step()
         if diverged:
-            metrics = _diverged_metrics(kind, epoch, train_time)
+            # A non-finite loss ends the run; the monitored metric gets its worst value so searchers rank it last.
+            metrics = {run.kind.monitor: run.kind.worst(), "val_loss": math.inf, "train_loss": math.nan, "diverged": True}
         else:
-            model.eval()  # validation runs in fp32, whatever the training precision
-            metrics = task.evaluate(model, splits.val_x, splits.val_y)
+            run.model.eval()  # validation runs in fp32, whatever the training precision
+            metrics = task.evaluate(run.model, splits.val_x, splits.val_y)
             metrics.update(train_loss=loss_sum / max(seen, 1), diverged=False)
         metrics.update(epoch=epoch + 1, lr=lr, epoch_time_s=time.perf_counter() - started,
-                       images_per_s=seen / train_time if train_time > 0 else 0.0, precision=precision, **cost)
-        if _is_better(metrics[monitor], best, mode):
-            best, best_epoch, stale = metrics[monitor], epoch + 1, 0
-        else:
-            stale += 1
-        metrics.update({f"best_{monitor}": best, "best_epoch": best_epoch})
-        history.append(dict(metrics))
-        state = {
-            "kind": kind,
-            "config": dict(config),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "epoch": epoch + 1,
-            "metrics": dict(metrics),
-            "history": history,
-            "best": best,
-            "best_epoch": best_epoch,
-            "stale_epochs": stale,
-            "rng": _rng_state(device, data_rng),
-        }
+                       images_per_s=seen / train_time if train_time > 0 else 0.0, precision=run.precision, **cost)
+        best.update(metrics)
         if reporter is not None:
-            reporter(metrics, state)
-        patience = config["early_stop_patience"]
-        if diverged or (patience and stale >= patience):
+            reporter(metrics, run.state(epoch + 1, metrics, best))
+        patience = run.settings.early_stop_patience
+        if diverged or (patience and best.stale >= patience):
             break
     return metrics
 
@@ -339,16 +296,7 @@ def apply_mutations(optimizer: torch.optim.Optimizer, scheduler, saved: Mapping[
 
 
 def _progress_bar(loader, epoch: int, epochs: int):
-    from tqdm.auto import tqdm
-
     return tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False, dynamic_ncols=True)
-
-
-def _diverged_metrics(kind: str, epoch: int, train_time: float) -> dict[str, Any]:
-    """A non-finite loss ends the run; the monitored metric gets its worst value so searchers rank it last."""
-    monitor, mode = MONITOR[kind]
-    worst = math.inf if mode == "min" else 0.0
-    return {monitor: worst, "val_loss": math.inf, "train_loss": math.nan, "diverged": True}
 
 
 def _rng_state(device: torch.device, data_rng: torch.Generator) -> dict[str, torch.Tensor]:
@@ -356,18 +304,3 @@ def _rng_state(device: torch.device, data_rng: torch.Generator) -> dict[str, tor
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state()
     return state
-
-
-def train_vae(config: Mapping[str, Any], splits: Splits | None = None, reporter: Reporter | None = None,
-              checkpoint: Mapping[str, Any] | None = None, **kwargs) -> dict[str, Any]:
-    """Train the conditional beta-VAE described by `config` (see `fashion_tune.config`)."""
-    return fit("vae", config, splits, reporter, checkpoint, **kwargs)
-
-
-def train_cnn(config: Mapping[str, Any], splits: Splits | None = None, reporter: Reporter | None = None,
-              checkpoint: Mapping[str, Any] | None = None, **kwargs) -> dict[str, Any]:
-    """Train the CNN classifier described by `config` (see `fashion_tune.config`)."""
-    return fit("cnn", config, splits, reporter, checkpoint, **kwargs)
-
-
-TRAINABLES: dict[str, Callable[..., dict[str, Any]]] = {"vae": train_vae, "cnn": train_cnn}

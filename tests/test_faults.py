@@ -12,7 +12,6 @@ import json
 import os
 import pickle
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import yaml
 from fashion_tune.analysis import best_trial, load_results
 from fashion_tune.cluster import RECORDS_ENV, records_dir, session_processes
 from fashion_tune.retention import snapshot_on_storage
+from fashion_tune.study import TUNE_TRIAL_ID, open_study
 
 import psutil  # noqa: E402 - after ray
 
@@ -94,24 +94,42 @@ def rows_per_trial(directory: Path) -> dict[str, list[dict]]:
 
 
 def study_of(directory: Path):
-    [state] = sorted(directory.glob("searcher-state-*.pkl"))[-1:]
-    with open(state, "rb") as f:
-        return pickle.load(f)["_ot_study"]
+    return open_study(directory)  # the sweep's Optuna journal
 
 
-def study_counts(directory: Path) -> dict[str, int]:
-    counts: dict[str, int] = {}
+def study_counts(directory: Path, results) -> dict[str, int]:
+    """The study's trials by state; "LOST" counts those that ended after Tune's last snapshot before a
+    kill (Tune ran others instead): real evaluations, kept in the journal and tagged with a Tune
+    trial id that results.csv does not hold."""
+    known, counts = set(results["trial_id"]), {}
     for trial in study_of(directory).trials:
-        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+        lost = trial.state.name in ("COMPLETE", "PRUNED") and trial.user_attrs.get(TUNE_TRIAL_ID) not in known
+        key = "LOST" if lost else trial.state.name
+        counts[key] = counts.get(key, 0) + 1
     return counts
 
 
-def assert_study_matches_tune(directory: Path, results) -> dict[str, int]:
-    counts = study_counts(directory)
-    pruned = int((results["stop_reason"] == "asha").sum())
-    assert counts.get("PRUNED", 0) == pruned, (counts, results[["trial_id", "stop_reason", "epochs"]])
-    assert counts.get("COMPLETE", 0) == len(results) - pruned, counts
+def assert_study_matches_tune(directory: Path, results, since: float | None = None) -> dict[str, int]:
+    """Every Tune trial is in the study once, COMPLETE or (stopped by ASHA) PRUNED, nothing left running.
+
+    A trial a killed driver told before `since` (the final run's start) keeps that outcome ("KEPT"
+    where it differs): Tune may run it again from its last snapshot, from scratch where that named no
+    checkpoint, and end it otherwise; the journal holds what the first run did.
+    """
+    counts = study_counts(directory, results)
     assert counts.get("RUNNING", 0) == 0 and counts.get("WAITING", 0) == 0, counts
+    ended: dict[str, list] = {}
+    for trial in study_of(directory).trials:
+        if trial.state.name in ("COMPLETE", "PRUNED"):
+            ended.setdefault(trial.user_attrs.get(TUNE_TRIAL_ID), []).append(trial)
+    for row in results.itertuples():
+        [entry] = ended.get(row.trial_id, [None])  # once each
+        assert entry is not None, (row.trial_id, counts)
+        if entry.state.name != ("PRUNED" if row.stop_reason == "asha" else "COMPLETE"):
+            assert since is not None and entry.datetime_complete.timestamp() < since, (row, entry)
+            counts["KEPT"] = counts.get("KEPT", 0) + 1
+    for trial_id in set(ended) - set(results["trial_id"]):
+        assert (directory / ".discarded" / f"trial_{trial_id}").is_dir(), trial_id
     return counts
 
 
@@ -174,6 +192,7 @@ def test_driver_sigkill_at_seeded_moments_then_resume(tmp_path, capsys):
     assert kills >= 3, log.read_text()[-3000:]
     leftovers_after_kill = len(session_processes(sessions[-1])) if sessions[-1] else 0
 
+    final_start = time.time()
     result = run(resume_command("cnn", name, storage), env, timeout=400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for session in sessions:  # item 11: the next sweep stopped what the killed ones left
@@ -199,14 +218,15 @@ def test_driver_sigkill_at_seeded_moments_then_resume(tmp_path, capsys):
     assert all(1 <= n <= 2 for n in kept.values()), kept  # best 1 + the latest
     assert sum(results["epochs"]) > sum(kept.values()), "some checkpoints were pruned"
     best_trial(directory)  # the best checkpoint is there
-    counts = assert_study_matches_tune(directory, results)
+    counts = assert_study_matches_tune(directory, results, since=final_start)
     # Trials a kill cut off before Tune's snapshot recorded them: the resumed sweep runs others instead.
     discarded = list((directory / ".discarded").glob("trial_*"))
     lost = sum(len(rows_per_trial(directory / ".discarded").get(d.name, [])) for d in discarded)
     table_line(capsys, "driver SIGKILL x3, resume each", faults=kills, expected=8, completed=len(results),
                errored=0, epochs_rerun=rerun, started_over=len(restarted),
                unrecorded_trials_redone=f"{len(discarded)} ({lost} epochs)",
-               study=f"{counts.get('COMPLETE', 0)}C/{counts.get('PRUNED', 0)}P/{counts.get('FAIL', 0)}F",
+               study=f"{counts.get('COMPLETE', 0)}C/{counts.get('PRUNED', 0)}P/{counts.get('FAIL', 0)}F"
+                     f"/{counts.get('LOST', 0)}L (kept from a killed run: {counts.get('KEPT', 0)})",
                ray_procs_left_by_kill=leftovers_after_kill, stopped_by_next_sweep="yes")
 
 
@@ -290,7 +310,8 @@ def promote_command(experiment, models, *extra):
 
 def check_models(models: Path) -> list[str]:
     """Champion and history: each loads and matches its manifest's SHA-256; returns their trial ids, champion first."""
-    from fashion_tune.promote import file_sha256, load_promoted
+    from fashion_tune.files import file_sha256
+    from fashion_tune.promoted import load_promoted
     from fashion_tune.train import load_model
 
     _, manifest, _ = load_promoted("cnn", models)

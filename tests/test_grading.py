@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from fashion_tune import grading
+from fashion_tune import grading, interpolation, judging, rubric, scoring
 from fashion_tune.config import resolve_config
 from fashion_tune.datafiles import CLASSES
 from fashion_tune.train import build_model, load_splits
@@ -25,7 +25,7 @@ def untrained(kind, **config):
 def test_subset():
     """500 real test images, 50 per class, in class-major order."""
     splits = load_splits(resolve_config("cnn", {"subset": 10, "val_subset": 10}))
-    pick = grading.per_class_subset(splits.test_y, 50)
+    pick = judging.per_class_subset(splits.test_y, 50)
     return splits.test_x[pick], splits.test_y[pick]
 
 
@@ -36,7 +36,7 @@ def test_judge_scores_on_known_probabilities():
     probs = torch.tensor([[0.97, 0.03], [0.40, 0.60], [0.20, 0.80], [0.50, 0.50]])
     probs = torch.cat([probs, torch.zeros(4, 8)], dim=1)
     labels = torch.tensor([0, 0, 1, 1])
-    scores = grading.judge_scores(probs, labels)
+    scores = judging.judge_scores(probs, labels)
     # image 2 is wrong (0.60 for class 1); image 4 is a tie that argmax gives to class 0: wrong
     assert scores["accuracy"] == pytest.approx(2 / 4)
     assert scores["mean_confidence"] == pytest.approx((0.97 + 0.40 + 0.80 + 0.50) / 4)
@@ -63,7 +63,7 @@ def test_cnn_scores_count_the_confusion_matrix():
     predicted = torch.tensor([0, 0, 1, 1, 1, 2, 9, 2, 2, 9])
     x = torch.zeros(10, 1, 28, 28)
     x[:, 0, 0, 0] = predicted / 10
-    scores = grading.cnn_test_scores(FixedPredictions(), x, truth, batch_size=3)
+    scores = scoring.cnn_scores(FixedPredictions(), x, truth, batch_size=3)
     assert scores["accuracy"] == pytest.approx(8 / 10)
     confusion = torch.tensor(scores["confusion_matrix"])
     assert confusion.sum() == 10 and confusion[0, 1] == 1 and confusion[2, 9] == 1 and confusion[2, 2] == 3
@@ -77,20 +77,20 @@ def test_cnn_scores_count_the_confusion_matrix():
 def test_mean_pairwise_distance_matches_a_brute_force_loop():
     x = torch.rand(37, 5, generator=torch.Generator().manual_seed(1)).double()
     brute = sum((a - b).norm().item() for a, b in itertools.combinations(x, 2)) / math.comb(37, 2)
-    assert grading.mean_pairwise_distance(x, chunk=8) == pytest.approx(brute, rel=1e-9)
+    assert judging.mean_pairwise_distance(x, chunk=8) == pytest.approx(brute, rel=1e-9)
     labels = torch.tensor([0] * 20 + [1] * 17)
-    per_class = (grading.mean_pairwise_distance(x[:20]) + grading.mean_pairwise_distance(x[20:])) / 2
-    assert grading.within_class_diversity(x, labels) == pytest.approx(per_class)
-    assert grading.mean_pairwise_distance(torch.ones(10, 4)) == pytest.approx(0.0, abs=1e-6)
+    per_class = (judging.mean_pairwise_distance(x[:20]) + judging.mean_pairwise_distance(x[20:])) / 2
+    assert judging.within_class_diversity(x, labels) == pytest.approx(per_class)
+    assert judging.mean_pairwise_distance(torch.ones(10, 4)) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_frechet_distance_is_zero_to_itself_and_grows_with_a_shift():
     g = torch.Generator().manual_seed(0)
     mixing = torch.randn(16, 16, generator=g)
     x = torch.randn(4000, 16, generator=g) @ mixing  # correlated features
-    assert grading.frechet_distance(x, x) == pytest.approx(0.0, abs=1e-6)
+    assert judging.frechet_distance(x, x) == pytest.approx(0.0, abs=1e-6)
     shifts = [0.25, 0.5, 1.0, 2.0]
-    distances = [grading.frechet_distance(x, x + s) for s in shifts]
+    distances = [judging.frechet_distance(x, x + s) for s in shifts]
     # Same covariance: the distance is exactly |mean shift|^2 = 16 s^2.
     assert distances == pytest.approx([16 * s * s for s in shifts], rel=1e-6)
     assert distances == sorted(distances)
@@ -100,7 +100,7 @@ def test_frechet_distance_matches_the_closed_form_for_scaled_gaussians():
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(20000, 8, generator=g), 2 * torch.randn(20000, 8, generator=g)
     # N(0, I) vs N(0, 4I): tr(I + 4I - 2 * 2I) = 8, up to sampling noise.
-    assert grading.frechet_distance(a, b) == pytest.approx(8.0, rel=0.05)
+    assert judging.frechet_distance(a, b) == pytest.approx(8.0, rel=0.05)
 
 
 # --- interpolation -----------------------------------------------------------------------
@@ -109,17 +109,17 @@ def test_frechet_distance_matches_the_closed_form_for_scaled_gaussians():
 def test_interpolation_scores_of_even_and_jumpy_paths():
     start, end = torch.zeros(1, 1, 28, 28), torch.ones(1, 1, 28, 28)
     even = torch.stack([torch.lerp(start, end, t) for t in torch.linspace(0, 1, 5)], dim=1)  # (1, 5, 1, 28, 28)
-    scores = grading.interpolation_scores(even)
+    scores = interpolation.interpolation_scores(even)
     assert scores["smoothness"] == pytest.approx(0.25**2)  # every pixel moves 0.25 per step
     assert scores["evenness"] == pytest.approx(1.0)
     jumpy = torch.stack([start, start, start, start, end], dim=1)
-    assert grading.interpolation_scores(jumpy)["evenness"] == pytest.approx(4.0)
+    assert interpolation.interpolation_scores(jumpy)["evenness"] == pytest.approx(4.0)
 
 
 def test_interpolation_paths_start_and_end_at_the_two_classes():
     vae = untrained("vae", **TINY_VAE)
     generator = torch.Generator().manual_seed(3)
-    paths = grading.interpolation_paths(vae, [(0, 3), (7, 5)], steps=6, generator=generator)
+    paths = interpolation.interpolation_paths(vae, [(0, 3), (7, 5)], steps=6, generator=generator)
     assert paths.shape == (2, 6, 1, 28, 28)
     ends = torch.randn(2, 2, 8, generator=torch.Generator().manual_seed(3))  # the same draw
     with torch.no_grad():
@@ -168,21 +168,21 @@ def test_guided_samples_score_higher_than_raw_in_the_report(test_subset):
 def test_original_formulas_reproduce_the_original_report():
     # The original's five measurements: generation 9.0447 x 0.2910, smoothness 0.0020; its
     # overall 1.2065 implies reconstruction_quality = 3 x 1.2065 - 2.6316 - 0.9980 = -0.0101.
-    scores = grading.original_scores(9.0447, 0.2910, 0.0020, recon_mse=0.0, recon_ssim=-0.0101)
+    scores = rubric.original_scores(9.0447, 0.2910, 0.0020, recon_mse=0.0, recon_ssim=-0.0101)
     assert scores["generation_score"] == pytest.approx(2.6316, abs=5e-4)
     assert scores["interpolation_quality"] == pytest.approx(0.9980)
     assert scores["overall_score"] == pytest.approx(1.2065, abs=5e-4)
     assert scores["grade"] == "A - EXCELLENT"
-    assert grading.original_scores(1.0, 0.5, 0.0, 0.0, 0.5)["grade"] == "B - GOOD"  # (0.5 + 0.5 + 1) / 3
-    assert grading.original_scores(0.1, 0.1, 0.5, 0.5, 0.1)["grade"] == "D - NEEDS IMPROVEMENT"
+    assert rubric.original_scores(1.0, 0.5, 0.0, 0.0, 0.5)["grade"] == "B - GOOD"  # (0.5 + 0.5 + 1) / 3
+    assert rubric.original_scores(0.1, 0.1, 0.5, 0.5, 0.1)["grade"] == "D - NEEDS IMPROVEMENT"
 
 
 def test_uniform_noise_earns_an_A_from_the_original_grade_and_fails_ours():
     noise = torch.rand(1000, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    original = grading.original_fields(noise, recon_mse=0.33, recon_ssim=0.0, smoothness=0.16)
+    original = rubric.original_fields(noise, recon_mse=0.33, recon_ssim=0.0, smoothness=0.16)
     assert original["generation_score"] > 3 and original["grade"] == "A - EXCELLENT"
     # Noise is unrecognisable (chance accuracy) and far from real images: the rubric fails it.
-    ours = grading.apply_rubric({"class_fidelity": 0.1, "fd_relative": 1.2, "diversity_ratio": 2.0}, grading.VAE_RUBRIC)
+    ours = rubric.apply_rubric({"class_fidelity": 0.1, "fd_relative": 1.2, "diversity_ratio": 2.0}, rubric.VAE_RUBRIC)
     assert ours["grade"] == "F - FAILING"
 
 
@@ -200,7 +200,7 @@ def test_uniform_noise_earns_an_A_from_the_original_grade_and_fails_ours():
     ],
 )
 def test_vae_rubric_maps_known_values_to_known_grades(values, grade):
-    result = grading.apply_rubric(values, grading.VAE_RUBRIC)
+    result = rubric.apply_rubric(values, rubric.VAE_RUBRIC)
     assert result["grade"] == grade
     assert set(result["criteria"]) == set(values)
 
@@ -208,4 +208,4 @@ def test_vae_rubric_maps_known_values_to_known_grades(values, grade):
 @pytest.mark.parametrize("accuracy,grade", [(0.937, "A - EXCELLENT"), (0.93, "A - EXCELLENT"), (0.91, "B - GOOD"),
                                             (0.86, "C - FAIR"), (0.80, "D - POOR"), (0.5, "F - FAILING")])
 def test_cnn_rubric_maps_known_accuracies_to_known_grades(accuracy, grade):
-    assert grading.apply_rubric({"test_accuracy": accuracy}, grading.CNN_RUBRIC)["grade"] == grade
+    assert rubric.apply_rubric({"test_accuracy": accuracy}, rubric.CNN_RUBRIC)["grade"] == grade

@@ -15,10 +15,12 @@ import torch
 
 from fashion_tune import cli, promote
 from fashion_tune.checkpoint import save_checkpoint
-from fashion_tune.config import MONITOR, resolve_config
+from fashion_tune.config import resolve_config
+from fashion_tune.kinds import get_kind
 from fashion_tune.datafiles import load_fashion_mnist
-from fashion_tune.grading import cnn_test_scores
-from fashion_tune.promote import load_promoted, promote_best_trial
+from fashion_tune.scoring import cnn_scores
+from fashion_tune.promote import promote_best_trial
+from fashion_tune.promoted import load_promoted
 from fashion_tune.train import fit, load_splits
 
 TINY = {
@@ -54,7 +56,7 @@ def runs():
 
 def write_experiment(root: Path, kind: str, trials: dict, checkpoints: bool = True) -> Path:
     """An experiment directory as a sweep leaves it, with one checkpoint per epoch."""
-    metric, mode = MONITOR[kind]
+    metric, mode = get_kind(kind).monitor, get_kind(kind).mode
     root.mkdir(parents=True)
     (root / "sweep.json").write_text(json.dumps({"kind": kind, "metric": metric, "mode": mode, "max_t": 4}))
     for trial_id, states in trials.items():
@@ -169,7 +171,7 @@ def test_promoted_model_reloads_and_reproduces_its_recorded_test_metric(tmp_path
     promote_best_trial(experiments["strong"], models_dir=models, echo=quiet)
     model, manifest, metrics = load_promoted("cnn", models)
     test = load_splits(resolve_config("cnn", tiny("cnn")))
-    again = cnn_test_scores(model, test.test_x, test.test_y)
+    again = cnn_scores(model, test.test_x, test.test_y)
     assert again["accuracy"] == metrics["test"]["accuracy"] == manifest["test_metric"]["value"]
     assert again["confusion_matrix"] == metrics["test"]["confusion_matrix"]
     before = snapshot(models)

@@ -195,6 +195,25 @@ HYPERBAND_RESUME = pytest.mark.xfail(
                          "in a rebuilt bracket at the end of the sweep (known gap, see README)")
 
 
+def assert_one_study_entry_per_trial(directory: Path, info: dict, results) -> None:
+    """The resumed sweep continued the study of sweep.json in the same journal: every Tune trial in it
+    once, as COMPLETE or (stopped early) PRUNED, and nothing left running."""
+    from optuna.trial import TrialState
+
+    from fashion_tune.study import JOURNAL_FILE, TUNE_TRIAL_ID, open_study
+
+    assert info["journal"] == str(directory / JOURNAL_FILE)
+    study = open_study(directory)
+    assert study.study_name == info["study_name"]
+    ended = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert sorted(t.user_attrs[TUNE_TRIAL_ID] for t in ended) == sorted(results["trial_id"]), \
+        [(t.number, t.state.name, t.user_attrs) for t in study.trials]
+    pruned = {t.user_attrs[TUNE_TRIAL_ID] for t in ended if t.state == TrialState.PRUNED}
+    stopped = results["stop_reason"].isin(["asha", "hyperband", "median", "stopped"])  # by the scheduler
+    assert pruned == set(results.loc[stopped, "trial_id"])
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+
+
 @pytest.mark.ray
 @pytest.mark.parametrize("name", [pytest.param(n, marks=HYPERBAND_RESUME) if "hyperband" in n else n for n in SWEEPS])
 def test_every_strategy_sweeps_and_resumes_after_an_interruption(name, local_ray, tmp_path_factory):
@@ -221,6 +240,7 @@ def test_every_strategy_sweeps_and_resumes_after_an_interruption(name, local_ray
     assert set(before["trial_id"]) <= set(results["trial_id"])
     assert result_texts(directory, finished) == texts, "a trial finished before the interruption ran again"
     info = read_sweep_info(directory)
+    assert_one_study_entry_per_trial(directory, info, results)
     scheduler = data["scheduler"].get("type", "asha")
     assert (info["searcher"], info["scheduler"]) == (data.get("searcher", {}).get("type", "tpe"), scheduler)
     max_t = data["scheduler"]["max_t"]
@@ -333,7 +353,7 @@ def test_warm_start_tells_the_searcher_every_finished_trial_and_refuses_what_doe
     parsed = parse_space(wider, tmp_path / "w.yaml")
     assert len(parsed.warm_trials) == len(results)
     searcher = make_searcher(parsed)
-    study = optuna_searcher(searcher)._ot_study
+    study = optuna_searcher(searcher).study
     told = {round(t.params["lr"], 12): t.value for t in study.trials}
     for _, row in results.iterrows():
         assert told[round(row["config/lr"], 12)] == row["best_val_acc"]

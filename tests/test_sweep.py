@@ -224,7 +224,7 @@ def test_interrupted_sweep_resumes_to_exactly_num_samples_and_a_nan_trial_does_n
 
 
 def test_asha_replays_the_results_a_restored_trial_stored(tmp_path):
-    from fashion_tune.sweep import SweepASHA
+    from fashion_tune.schedulers import SweepASHA
 
     def fake_trial(trial_id, values):
         folder = tmp_path / trial_id
@@ -254,7 +254,7 @@ def test_asha_replays_the_results_a_restored_trial_stored(tmp_path):
 
 
 def test_asha_ranks_a_diverged_trial_last_when_higher_is_better():
-    from fashion_tune.sweep import SweepASHA
+    from fashion_tune.schedulers import SweepASHA
 
     asha = SweepASHA(time_attr="epoch", max_t=8, grace_period=1, reduction_factor=2)
     asha.set_search_properties("val_acc", "max")
@@ -307,6 +307,18 @@ def test_sweep_refuses_to_overwrite_or_to_resume_what_is_not_there(tmp_path):
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["taken"]
 
 
+def test_resume_refuses_a_sweep_whose_optuna_journal_is_gone(tmp_path):
+    from fashion_tune.sweep import run_sweep
+
+    (tmp_path / "results" / "moved").mkdir(parents=True)
+    (tmp_path / "results" / "moved" / "sweep.json").write_text(json.dumps(
+        {"kind": "vae", "num_samples": 5, "max_concurrent_trials": 1, "max_failures": 3, "keep_checkpoints": 3,
+         "journal": str(tmp_path / "elsewhere" / "optuna.journal")}))
+    with pytest.raises(FashionTuneError, match=r"elsewhere/optuna.journal, the Optuna journal of .*moved, is missing; "
+                                               r"a sweep resumes with the journal it started with"):
+        run_sweep("vae", name="moved", storage=tmp_path / "results", resume=True)
+
+
 # --- the searcher after a restore -------------------------------------------------------------
 
 
@@ -333,12 +345,12 @@ def test_restored_searcher_agrees_with_the_trials_tune_restored():
     counts = reconcile(generator, [trial("a", "PENDING", configs["a"]["lr"]), trial("c", "PENDING", 2e-3)],
                        lambda t: stored.get(t.trial_id, []))
     assert counts == {"adopted": 1, "told": 0, "failed": 1, "live": 2}
-    assert limiter.live_trials == {"a", "c"} and generator._counter == 2
+    assert limiter.live_trials == {"a", "c"} and generator.get_state()["counter"] == 2
     assert limiter.suggest("y") is None  # the two restored trials fill max_concurrent
     limiter.on_trial_result("c", {"epoch": 1, "val_acc": 0.7, "config": {"lr": 2e-3}})
     limiter.on_trial_complete("c", {"epoch": 3, "val_acc": 0.6, "best_epoch": 1, "config": {"lr": 2e-3}})
     limiter.on_trial_complete("a", {"epoch": 2, "val_acc": 0.4, "config": {}})  # stopped by ASHA before max_t
-    states = {t.params["lr"]: (t.state.name, t.value, t.intermediate_values) for t in optuna_search._ot_study.trials}
+    states = {t.params["lr"]: (t.state.name, t.value, t.intermediate_values) for t in optuna_search.study.trials}
     assert states[configs["b"]["lr"]][0] == "FAIL"
     assert states[configs["a"]["lr"]] == ("PRUNED", 0.4, {1: 0.5, 2: 0.4})
     assert states[2e-3] == ("COMPLETE", 0.7, {1: 0.7, 3: 0.6})  # the best value, not the last

@@ -10,7 +10,7 @@ import torch
 from fashion_tune.checkpoint import load_checkpoint, save_checkpoint
 from fashion_tune.config import resolve_config
 from fashion_tune.errors import CheckpointError, ConfigError
-from fashion_tune.train import build_model, fit, load_model, load_splits, train_cnn, train_vae
+from fashion_tune.train import build_model, fit, load_model, load_splits
 
 TINY = {
     "vae": {"width": 8, "depth": 1, "latent_dim": 8, "batch_size": 50},
@@ -49,7 +49,7 @@ def test_a_few_epochs_lower_the_validation_loss(kind, metric, splits):
 
 def test_vae_reports_elbo_terms_and_beta_schedule(splits):
     rec = Recorder()
-    train_vae(tiny("vae", epochs=4, beta_start=0.1, beta_end=1.0, beta_warmup=0.5), splits=splits, reporter=rec)
+    fit("vae", tiny("vae", epochs=4, beta_start=0.1, beta_end=1.0, beta_warmup=0.5), splits=splits, reporter=rec)
     m = rec.metrics[0]
     for key in ["val_neg_elbo", "val_recon", "val_kl", "beta", "train_loss", "epoch_time_s", "images_per_s"]:
         assert math.isfinite(m[key]), key
@@ -91,20 +91,20 @@ def test_bad_config_keys_are_rejected_by_name():
 
 def test_early_stopping_and_non_finite_loss_end_the_run(splits):
     rec = Recorder()
-    last = train_cnn(tiny("cnn", epochs=6, lr=1e-9, early_stop_patience=1), splits=splits, reporter=rec)
+    last = fit("cnn", tiny("cnn", epochs=6, lr=1e-9, early_stop_patience=1), splits=splits, reporter=rec)
     assert len(rec.metrics) < 6 and last["best_epoch"] < last["epoch"]
 
     poisoned = dataclasses.replace(splits, train_x=splits.train_x.clone())
     poisoned.train_x[::2] = float("nan")  # every batch holds a NaN image: the first loss is NaN
     rec = Recorder()
-    last = train_vae(tiny("vae", epochs=3), splits=poisoned, reporter=rec)
+    last = fit("vae", tiny("vae", epochs=3), splits=poisoned, reporter=rec)
     assert last["diverged"] is True and len(rec.metrics) == 1
     assert last["val_neg_elbo"] == math.inf
 
 
 def test_checkpoint_reloads_the_model(tmp_path, splits):
     rec = Recorder()
-    train_cnn(tiny("cnn", epochs=1), splits=splits, reporter=rec)
+    fit("cnn", tiny("cnn", epochs=1), splits=splits, reporter=rec)
     path = save_checkpoint(rec.states[-1], tmp_path / "checkpoint.pt")
     model, state = load_model(path, kind="cnn")
     expected = build_model("cnn", state["config"])
@@ -148,7 +148,7 @@ def test_bad_precision_is_refused_by_name():
 
 @pytest.mark.parametrize("kind", ["vae", "cnn"])
 def test_validation_runs_in_fp32_whatever_training_used(kind, splits):
-    from fashion_tune.train import TASKS
+    from fashion_tune.kinds import get_kind
 
     recorder = Recorder()
     config = resolve_config(kind, tiny(kind, epochs=1, precision="bf16"))
@@ -156,7 +156,8 @@ def test_validation_runs_in_fp32_whatever_training_used(kind, splits):
     assert recorder.metrics[-1]["precision"] == "bf16"
     model = build_model(kind, config)
     model.load_state_dict(recorder.states[-1]["model"])
-    again = TASKS[kind](config).evaluate(model.eval(), splits.val_x, splits.val_y)  # plain fp32
+    task = get_kind(kind).trainer(get_kind(kind).settings(config))
+    again = task.evaluate(model.eval(), splits.val_x, splits.val_y)  # plain fp32
     assert again["val_loss"] == recorder.metrics[-1]["val_loss"]
 
 
@@ -196,3 +197,20 @@ def test_dynamic_binarization_trains_on_binary_pixels(splits, monkeypatch):
     metrics = fit("vae", tiny("vae", epochs=1, binarize="dynamic"), splits=splits)
     assert seen and all(seen)
     assert math.isfinite(metrics["val_neg_elbo_bin"]) and math.isfinite(metrics["val_neg_elbo"])
+
+
+@pytest.mark.parametrize("kind", ["vae", "cnn"])
+def test_promotion_rescores_exactly_what_training_reported(kind, splits):
+    from fashion_tune.kinds import get_kind
+    from fashion_tune.promote import validation_scores
+
+    recorder = Recorder()
+    config = resolve_config(kind, tiny(kind, epochs=1, seed=3, precision="fp32"))
+    fit(kind, config, splits=splits, reporter=recorder)
+    model = build_model(kind, config)
+    model.load_state_dict(recorder.states[-1]["model"])
+    scores = validation_scores(kind, model.eval(), splits.val_x, splits.val_y)
+    reported = recorder.metrics[-1]
+    # One function computes both, with the same fixed noise whatever the run's seed: bit for bit (in fp32,
+    # where the trained model keeps the default memory layout).
+    assert scores == {name: reported[metric] for name, metric in get_kind(kind).promoted_validation}

@@ -1,0 +1,21 @@
+"""Where a result came from: the code's git commit, recorded in manifests and reports."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+
+def code_version() -> dict[str, Any]:
+    """The git commit of this code and whether tracked files were modified; None values outside a git checkout."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None, "dirty": None}
+    if commit.returncode != 0:
+        return {"git_commit": None, "dirty": None}
+    return {"git_commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}

@@ -1,0 +1,182 @@
+"""Ray Tune's schedulers, subclassed: the one module that relies on Ray's private scheduler internals.
+
+Ray saves the search algorithm with an experiment but not the scheduler: after `Tuner.restore`
+every scheduler starts empty (ASHA's rungs forget every result, Ray issue #30838), and Ray offers
+no public hook to refill it. Each subclass here replays the results a restored trial stored
+(`result.json`) into its scheduler's state, and adds what Ray lacks (diverged trials ranked last,
+lineage by trial id, PBT with our searcher). Doing so needs fields and methods Ray does not
+document; these are all of them, and `tests/test_schedulers.py` fails loudly when a Ray upgrade
+changes any (rename, removal, another signature):
+
+- SweepASHA       `AsyncHyperBandScheduler._trial_info` (trial id -> bracket), the bracket's
+                  `on_result(trial, cur_iter, cur_rew)`, `_metric`, `_metric_op`, `_time_attr`
+- SweepMedian     `MedianStoppingRule._results` (trial -> list of results), `_metric`, `_time_attr`
+- SweepHyperBand  `HyperBandScheduler._trial_info` (trial -> bracket)
+- SweepPBT        `PopulationBasedTraining._trial_state`, `_hyperparam_mutations`, `_metric_op`,
+                  `_quantiles()`, `_log_config_on_step(...)`, and `ray.tune.schedulers.pbt`'s
+                  `_PBTTrialState` (`last_score`, `last_train_time`, `last_perturbation_time`,
+                  `last_result`) and `_fill_config(config, attr, distribution)`
+
+(`fashion_tune.searcher` subclasses Ray's `OptunaSearch` the same way; the fields it reads,
+`_ot_trials`, `_completed_trials`, `_space`, `_metric`, `_mode`, are checked by the same test.)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from datetime import datetime, timezone
+from typing import Any
+
+from ray.tune.schedulers import AsyncHyperBandScheduler, HyperBandScheduler, MedianStoppingRule, PopulationBasedTraining
+
+from fashion_tune.experiment import stored_results
+
+LINEAGE_FILE = "pbt_lineage.jsonl"  # ours, one exploit per line, with trial ids (Ray's pbt_global.txt has tags)
+# ASHA ranks results; a non-finite one (a diverged trial) counts as this bad, finite so percentiles stay finite.
+WORST_REWARD = -1e30
+
+
+def _replay(trial) -> list[dict[str, Any]]:
+    """The results a restored trial stored before the interruption (none for a new trial)."""
+    return stored_results(trial)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
+        return WORST_REWARD
+    return value
+
+
+class SweepASHA(AsyncHyperBandScheduler):
+    """ASHA that keeps its rungs across `Tuner.restore` and ranks diverged trials last.
+
+    Ray restores the searcher but not the scheduler; restored trials replay the results they
+    stored, so a resumed sweep stops trials against the same rungs as before. Non-finite
+    metrics (a diverged trial) become the worst finite reward: with inf the rung percentiles
+    turn NaN and ASHA would stop nothing at that rung.
+    """
+
+    def on_trial_add(self, tune_controller, trial):
+        super().on_trial_add(tune_controller, trial)
+        bracket = self._trial_info[trial.trial_id]
+        for result in _replay(trial):
+            if self._time_attr in result and self._metric in result and result[self._metric] is not None:
+                bracket.on_result(trial, result[self._time_attr], _finite(self._metric_op * result[self._metric]))
+
+    def on_trial_result(self, tune_controller, trial, result):
+        return super().on_trial_result(tune_controller, trial, self._finite_result(result))
+
+    def on_trial_complete(self, tune_controller, trial, result):
+        return super().on_trial_complete(tune_controller, trial, self._finite_result(result))
+
+    def _finite_result(self, result):
+        if result and self._metric in result and result[self._metric] is not None:
+            value = result[self._metric]
+            if not math.isfinite(value):
+                result = {**result, self._metric: WORST_REWARD * self._metric_op}  # reward = op * value
+        return result
+
+
+class SweepMedian(MedianStoppingRule):
+    """The median stopping rule that, on resume, knows the results restored trials had reported."""
+
+    def on_trial_add(self, tune_controller, trial):
+        super().on_trial_add(tune_controller, trial)
+        for row in _replay(trial):
+            if row.get(self._time_attr) is not None and isinstance(row.get(self._metric), (int, float)):
+                self._results[trial].append(row)
+
+
+class SweepHyperBand(HyperBandScheduler):
+    """Synchronous HyperBand whose brackets hold only trials that start in this run.
+
+    Ray does not save a scheduler, and a bracket rebuilt on resume would wait for finished trials
+    (they never report again) or pause restored ones that it never releases. So a trial restored
+    with results (finished or not) stays out of the brackets: unfinished ones run on to max_t
+    without early stopping; trials proposed after the resume fill new brackets as usual.
+    """
+
+    def on_trial_add(self, tune_controller, trial):
+        if trial.status in (trial.TERMINATED, trial.ERROR) or _replay(trial):
+            return
+        super().on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result):
+        if trial not in self._trial_info:
+            return self.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller, trial, result):
+        if trial in self._trial_info:
+            super().on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_error(self, tune_controller, trial):
+        if trial in self._trial_info:
+            super().on_trial_error(tune_controller, trial)
+
+    def on_trial_remove(self, tune_controller, trial):
+        if trial in self._trial_info:
+            super().on_trial_remove(tune_controller, trial)
+
+    def choose_trial_to_run(self, tune_controller):
+        chosen = super().choose_trial_to_run(tune_controller)
+        if chosen is None:  # the restored trials outside the brackets
+            chosen = next((t for t in tune_controller.get_trials()
+                           if t not in self._trial_info and t.status in (t.PENDING, t.PAUSED)), None)
+        return chosen
+
+
+class SweepPBT(PopulationBasedTraining):
+    """Population Based Training that takes its population from our searcher and logs lineage by trial id.
+
+    Ray refuses any search algorithm with PBT, since a searcher learns from configs that PBT then
+    changes. Here the searcher only draws the initial population (seeded, from the space, with its
+    starting points), which is what a space file promises; so that check is left out. On resume,
+    each restored trial's last stored result becomes its score, so quantiles need not start empty.
+    """
+
+    def on_trial_add(self, tune_controller, trial):
+        from ray.tune.schedulers.pbt import _fill_config, _PBTTrialState
+
+        if not self._metric or not self._metric_op:
+            raise ValueError("PBT needs a metric and mode (TuneConfig sets them)")
+        state = self._trial_state[trial] = _PBTTrialState(trial)
+        for attr, distribution in self._hyperparam_mutations.items():
+            if attr not in trial.config:
+                _fill_config(trial.config, attr, distribution)
+        rows = [r for r in _replay(trial) if isinstance(r.get(self._metric), (int, float))]
+        if rows:
+            last = rows[-1]
+            state.last_score = self._metric_op * last[self._metric]
+            state.last_train_time = state.last_perturbation_time = last[self._time_attr]
+            state.last_result = last
+
+    def __init__(self, *args, max_t: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._max_t = max_t
+
+    def _quantiles(self):
+        """Ray's quantiles without the trials at their last epoch: cloning a finished model would leave
+        its clone no epoch to train, and replacing one would throw away its finished run."""
+        lower, upper = super()._quantiles()
+        active = lambda t: (self._trial_state[t].last_train_time or 0) < self._max_t  # noqa: E731
+        lower, upper = [t for t in lower if active(t)], [t for t in upper if active(t)]
+        return (lower, upper) if lower and upper else ([], [])
+
+    def _log_config_on_step(self, trial_state, new_state, trial, trial_to_clone, new_config):
+        super()._log_config_on_step(trial_state, new_state, trial, trial_to_clone, new_config)
+        mutated = list(self._hyperparam_mutations)
+        record = {
+            "time": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
+            "trial_id": trial.trial_id, "cloned_from": trial_to_clone.trial_id,
+            "at_epoch": trial_state.last_train_time,
+            "from_epoch": new_state.last_train_time,  # the epoch of the checkpoint it continues from
+            "before": {k: trial.config.get(k) for k in mutated},
+            "cloned": {k: trial_to_clone.config.get(k) for k in mutated},
+            "after": {k: new_config.get(k) for k in mutated},
+        }
+        # The driver's staging directory: Ray syncs it into the experiment directory, as pbt_global.txt.
+        with open(os.path.join(trial.local_experiment_path, LINEAGE_FILE), "a") as f:
+            f.write(json.dumps(record, default=str) + "\n")

@@ -1,0 +1,54 @@
+"""Tests for fashion_tune.files: atomic writes, the JSON policy, JSON lines and number formatting."""
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from fashion_tune.files import (append_jsonl, atomic_write, format_number, format_short, json_text, read_json_object,
+                                read_jsonl, write_json, write_text)
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    target = tmp_path / "report.json"
+    write_text(target, "old\n")
+
+    def broken(f):
+        f.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        atomic_write(target, broken)
+    assert target.read_text() == "old\n"
+    assert os.listdir(tmp_path) == ["report.json"]
+
+
+def test_json_writes_non_finite_numbers_paths_and_tensors_as_plain_json(tmp_path):
+    target = write_json(tmp_path / "sub" / "m.json", {"a": math.inf, "b": -math.inf, "c": math.nan,
+                                                     "p": tmp_path, "t": torch.tensor([1.5, 2.0]), 3: 1.0})
+    data = json.loads(target.read_text())  # strict JSON: no bare Infinity or NaN
+    assert data == {"a": "inf", "b": "-inf", "c": "nan", "p": str(tmp_path), "t": [1.5, 2.0], "3": 1.0}
+    assert json_text({"x": 1}).endswith("}\n")
+    assert read_json_object(target)["a"] == "inf"
+    assert read_json_object(tmp_path / "missing.json") == {}
+    (tmp_path / "list.json").write_text("[1, 2]")
+    assert read_json_object(tmp_path / "list.json") == {}
+
+
+def test_json_lines_skip_the_line_being_written(tmp_path):
+    path = tmp_path / "log.jsonl"
+    assert read_jsonl(path) == []
+    append_jsonl(path, {"epoch": 1, "loss": math.nan})
+    append_jsonl(path, {"epoch": 2})
+    with open(path, "a") as f:
+        f.write('{"epoch": 3, "lo')  # a writer cut off mid-line
+    assert read_jsonl(path) == [{"epoch": 1, "loss": "nan"}, {"epoch": 2}]
+
+
+def test_numbers_format_the_same_everywhere():
+    assert format_number(0.123456) == "0.1235"
+    assert format_number(232.912, 2) == "232.91"
+    assert format_number(None) == "-" and format_number(3) == "3" and format_number("x") == "x"
+    assert format_short(0.0023456) == "0.002346" and format_short(True) == "True"

@@ -1,0 +1,151 @@
+"""The Ray internals fashion_tune.schedulers (and .searcher) rely on, checked so a Ray upgrade fails here, loudly.
+
+Each test names the private field or method, checks it still exists with the same shape, and that a
+subclass using it still does its job (restored results replayed, restored trials kept out of
+HyperBand's brackets, PBT scores restored). No Ray runtime is needed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from types import SimpleNamespace
+
+import pyarrow.fs
+import pytest
+
+from fashion_tune.schedulers import WORST_REWARD, SweepASHA, SweepHyperBand, SweepMedian, SweepPBT
+
+UPGRADE = "a Ray upgrade changed what fashion_tune.schedulers relies on (see its docstring): "
+
+
+class FakeTrial(SimpleNamespace):
+    """What the schedulers read of a Tune trial; hashable by identity, as Tune's trials are."""
+
+    TERMINATED, ERROR, PENDING, PAUSED = "TERMINATED", "ERROR", "PENDING", "PAUSED"
+    __hash__ = object.__hash__
+    __eq__ = object.__eq__
+
+    def is_finished(self) -> bool:
+        return self.status in (self.TERMINATED, self.ERROR)
+
+
+def fake_trial(tmp_path, trial_id, values, metric="val_acc", status="RUNNING", config=None):
+    """A trial as the schedulers see it on restore: its result.json holds `values`, one per epoch."""
+    folder = tmp_path / trial_id
+    folder.mkdir()
+    rows = [{"epoch": e + 1, metric: v} for e, v in enumerate(values)]
+    (folder / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    storage = SimpleNamespace(storage_filesystem=pyarrow.fs.LocalFileSystem(), trial_fs_path=str(folder))
+    return FakeTrial(trial_id=trial_id, storage=storage, status=status, config=dict(config or {}),
+                     experiment_tag=trial_id)
+
+
+def parameters(function) -> list[str]:
+    return [p for p in inspect.signature(function).parameters if p != "self"]
+
+
+def test_asha_fields():
+    asha = SweepASHA(time_attr="epoch", max_t=8, grace_period=1, reduction_factor=2)
+    asha.set_search_properties("val_acc", "max")
+    assert (asha._metric, asha._metric_op, asha._time_attr) == ("val_acc", 1.0, "epoch"), UPGRADE + "ASHA's metric fields"
+    trial = SimpleNamespace(trial_id="t", storage=None)
+    asha.on_trial_add(None, trial)
+    assert isinstance(asha._trial_info, dict) and "t" in asha._trial_info, UPGRADE + "ASHA._trial_info by trial id"
+    assert parameters(asha._trial_info["t"].on_result) == ["trial", "cur_iter", "cur_rew"], UPGRADE + "bracket.on_result"
+
+
+def test_median_rule_fields_and_replay(tmp_path):
+    median = SweepMedian(time_attr="epoch", grace_period=1, min_samples_required=1)
+    median.set_search_properties("val_acc", "max")
+    assert (median._metric, median._time_attr) == ("val_acc", "epoch"), UPGRADE + "MedianStoppingRule's fields"
+    restored = fake_trial(tmp_path, "a", [0.8, 0.85])
+    median.on_trial_add(None, restored)
+    assert [r["epoch"] for r in median._results[restored]] == [1, 2], UPGRADE + "MedianStoppingRule._results"
+    new = fake_trial(tmp_path, "b", [])
+    median.on_trial_add(None, new)
+    # Only the replayed results give the rule a median to compare with: a worse new trial stops.
+    assert median.on_trial_result(None, new, {"epoch": 2, "val_acc": 0.1}) == "STOP"
+
+
+def test_hyperband_fields_and_restored_trials_outside_the_brackets(tmp_path):
+    hyperband = SweepHyperBand(time_attr="epoch", max_t=4, reduction_factor=2)
+    hyperband.set_search_properties("val_acc", "max")
+    fresh, restored = fake_trial(tmp_path, "new", []), fake_trial(tmp_path, "old", [0.5, 0.6])
+    done = fake_trial(tmp_path, "done", [], status="TERMINATED")
+    for trial in (fresh, restored, done):
+        hyperband.on_trial_add(None, trial)
+    assert isinstance(hyperband._trial_info, dict), UPGRADE + "HyperBandScheduler._trial_info"
+    assert fresh in hyperband._trial_info and restored not in hyperband._trial_info and done not in hyperband._trial_info
+    assert hyperband.on_trial_result(None, restored, {"epoch": 3, "val_acc": 0.0}) == "CONTINUE"
+    hyperband.on_trial_complete(None, restored, {"epoch": 4, "val_acc": 0.0})  # no KeyError from Ray's brackets
+
+
+def test_pbt_fields_and_restored_scores(tmp_path):
+    from ray.tune.schedulers.pbt import PopulationBasedTraining, _fill_config, _PBTTrialState
+
+    pbt = SweepPBT(time_attr="epoch", max_t=4, perturbation_interval=1, hyperparam_mutations={"lr": [1e-3, 1e-2]},
+                   quantile_fraction=0.5, resample_probability=0.5)
+    pbt.set_search_properties("val_acc", "max")
+    assert pbt._metric_op == 1.0 and set(pbt._hyperparam_mutations) == {"lr"}, UPGRADE + "PBT's fields"
+    trials = [fake_trial(tmp_path, name, values, config={"lr": 1e-3})
+              for name, values in (("a", [0.5, 0.6]), ("b", [0.2, 0.3]), ("c", [0.4]), ("end", [0.1] * 4))]
+    for trial in trials:
+        pbt.on_trial_add(None, trial)
+    state = pbt._trial_state[trials[0]]
+    assert isinstance(state, _PBTTrialState), UPGRADE + "PBT._trial_state holds _PBTTrialState"
+    assert (state.last_score, state.last_train_time, state.last_perturbation_time) == (0.6, 2, 2)
+    assert state.last_result["val_acc"] == 0.6
+    lower, upper = pbt._quantiles()  # Ray's: [end, b] and [c, a] by score; "end" is at max_t
+    assert (lower, upper) == ([trials[1]], [trials[2], trials[0]]), "a trial at max_t is neither cloned nor replaced"
+    assert parameters(PopulationBasedTraining._log_config_on_step) == [
+        "trial_state", "new_state", "trial", "trial_to_clone", "new_config"], UPGRADE + "PBT._log_config_on_step"
+    config: dict = {}
+    _fill_config(config, "lr", [1e-3])
+    assert config == {"lr": 1e-3}, UPGRADE + "pbt._fill_config"
+
+
+def test_asha_ranks_non_finite_results_as_the_worst_finite_reward():
+    asha = SweepASHA(time_attr="epoch", max_t=8, grace_period=1, reduction_factor=2)
+    asha.set_search_properties("val_loss", "min")
+    trial = SimpleNamespace(trial_id="t", storage=None)
+    asha.on_trial_add(None, trial)
+    asha.on_trial_result(None, trial, {"epoch": 1, "val_loss": float("inf")})
+    assert asha._brackets[0]._rungs[-1][1] == {"t": WORST_REWARD}, UPGRADE + "ASHA's rungs"
+
+
+def test_optuna_search_fields_the_searcher_relies_on():
+    """OptunaSearch's `_ot_trials`, `_completed_trials`, `_space`, `_metric`, `_mode`; SearchGenerator's
+    public state with its "counter"; ConcurrencyLimiter's `live_trials` and `num_unfinished_live_trials`."""
+    import optuna
+
+    from fashion_tune.searcher import optuna_searcher, reconcile
+    from fashion_tune.spaces import parse_space
+    from fashion_tune.strategies import make_searcher
+
+    space = parse_space({"kind": "cnn", "num_samples": 3, "max_concurrent_trials": 2, "scheduler": {"max_t": 2},
+                         "params": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}}, "s.yaml")
+    generator = make_searcher(space)
+    limiter, searcher = generator.searcher, optuna_searcher(generator)
+    assert callable(searcher._space) and (searcher._metric, searcher._mode) == ("val_acc", "max"), UPGRADE + "OptunaSearch"
+    limiter.suggest("a")
+    assert isinstance(searcher._ot_trials["a"], optuna.Trial), UPGRADE + "OptunaSearch._ot_trials"
+    assert isinstance(searcher._completed_trials, set), UPGRADE + "OptunaSearch._completed_trials"
+    assert limiter.live_trials == {"a"} and limiter.num_unfinished_live_trials == 1, UPGRADE + "ConcurrencyLimiter"
+    assert generator.get_state()["counter"] == 0  # Tune counts through next_trial, not suggest
+    reconcile(generator, [SimpleNamespace(trial_id="a", status="RUNNING", config={}, relative_logdir=None)] * 3,
+              lambda t: [])
+    assert generator.get_state()["counter"] == 3 and generator.is_finished(), UPGRADE + "SearchGenerator's counter"
+
+
+@pytest.mark.parametrize("name", ["SweepASHA", "SweepMedian", "SweepHyperBand", "SweepPBT"])
+def test_each_subclass_overrides_methods_ray_still_calls(name):
+    import fashion_tune.schedulers as schedulers
+
+    cls = getattr(schedulers, name)
+    for method, body in vars(cls).items():
+        if callable(body) and not method.startswith("__"):
+            base = next((getattr(b, method) for b in cls.__mro__[1:] if method in vars(b)), None)
+            if base is None:
+                continue  # our own helper
+            assert parameters(body) == parameters(base), UPGRADE + f"{name}.{method} no longer matches Ray's signature"
