@@ -148,6 +148,20 @@ class Experiment:
         with self.fs.open_output_stream(target) as f:
             f.write(data)
 
+    def upload(self, local: str | Path, name: str) -> None:
+        """Copy a local file into the experiment as `name` (replacing it)."""
+        pyarrow.fs.copy_files(str(local), f"{self.path}/{name}", source_filesystem=pyarrow.fs.LocalFileSystem(),
+                              destination_filesystem=self.fs)
+
+    def download(self, name: str, local: str | Path) -> bool:
+        """Copy the experiment's file `name` to the local path `local`; False when it has none."""
+        if not self.exists(name):
+            return False
+        Path(local).parent.mkdir(parents=True, exist_ok=True)
+        pyarrow.fs.copy_files(f"{self.path}/{name}", str(local), source_filesystem=self.fs,
+                              destination_filesystem=pyarrow.fs.LocalFileSystem())
+        return True
+
     def read_info(self) -> dict[str, Any] | None:
         """sweep.json (kind, metric, mode, num_samples, seed, max_t, times, status...); None if there is none."""
         try:

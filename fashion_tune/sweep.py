@@ -14,6 +14,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Callable
 
 from fashion_tune import strategies
@@ -23,7 +24,7 @@ from fashion_tune.experiment import HISTORY, RESULTS, Experiment
 from fashion_tune.files import format_short
 from fashion_tune.searcher import optuna_searcher
 from fashion_tune.spaces import SearchSpace, check_resources, load_space, local_capacity
-from fashion_tune.study import check_journal, study_record
+from fashion_tune.study import JOURNAL_FILE, study_record
 from fashion_tune.sweep_info import new_store, now, record_start, resume_command, resumed, storage_root
 from fashion_tune.trainable import make_reporter, make_trainable, trial_name
 
@@ -156,7 +157,6 @@ def run_sweep(
         store, space, info = resumed(kind, name, root, space_file, num_samples, max_concurrent, max_failures,
                                       keep_checkpoints)
         name, max_failures, keep_checkpoints = store.name, info.get("max_failures"), info.get("keep_checkpoints")
-        check_journal(info, store.location)
     else:
         if space_file is None:
             raise ConfigError(f"--space FILE is required; e.g. search_spaces/{kind}_quick.yaml")
@@ -272,6 +272,8 @@ def _finish(space: SearchSpace, info: dict[str, Any], store: Experiment, interru
             study, echo) -> SweepOutcome:
     """Export the results, record how the sweep ended, print the best trial (or how to resume)."""
     _prune_checkpoints(store, space, info)
+    if store.is_remote and info.get("journal") and Path(info["journal"]).is_file():
+        store.upload(info["journal"], JOURNAL_FILE)  # the study as the sweep left it (see fashion_tune.study)
     results = store.write_tables()
     statuses = {str(k): int(v) for k, v in results["status"].value_counts().items()} if len(results) else {}
     finished, errored = statuses.get("TERMINATED", 0), statuses.get("ERROR", 0)

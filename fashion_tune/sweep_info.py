@@ -17,6 +17,7 @@ from fashion_tune.cluster import is_uri
 from fashion_tune.errors import ConfigError, FashionTuneError
 from fashion_tune.experiment import SPACE_COPY, SWEEP_INFO, Experiment
 from fashion_tune.spaces import SearchSpace, parse_space
+from fashion_tune.study import JOURNAL_FILE, check_journal
 
 DEFAULT_STORAGE = "ray_results"
 STORAGE_ENV = "FASHION_TUNE_STORAGE"  # the default --storage; launch/*.yaml set it on every node
@@ -68,6 +69,8 @@ def resumed(kind: str, name: str | None, root: str, space_file, num_samples, max
         raise ConfigError(f"{store.location} is a {info['kind']} sweep; resume it with `fashion-tune sweep {info['kind']} ...`")
     refuse_changes_on_resume(info, store.location, space_file, num_samples, max_concurrent, max_failures,
                               keep_checkpoints)
+    fetch_journal(store, info)
+    check_journal(info, store.location)
     text = store.read_text(SPACE_COPY)
     if text is None:
         raise FashionTuneError(f"{store.location}/{SPACE_COPY} is missing; a sweep cannot be resumed without its space")
@@ -75,6 +78,19 @@ def resumed(kind: str, name: str | None, root: str, space_file, num_samples, max
     space = dataclasses.replace(space, num_samples=info["num_samples"],
                                 max_concurrent_trials=info["max_concurrent_trials"], seed=info["seed"])
     return store, space, info
+
+
+def fetch_journal(store: Experiment, info: dict[str, Any]) -> None:
+    """For a URI experiment: download `<uri>/optuna.journal` to the journal path sweep.json records when
+    that file is missing here (a resume on another machine, or a cleared cache), so the study continues."""
+    journal = info.get("journal")
+    if store.is_remote and journal and not Path(journal).is_file():
+        try:
+            store.download(JOURNAL_FILE, journal)
+        except OSError as exc:  # the searcher writes to that path, so no other path will do
+            raise FashionTuneError(f"cannot copy {store.location}/{JOURNAL_FILE} to {journal}, where this sweep's "
+                                   f"study continues ({exc.strerror or exc}); make that path writable and resume "
+                                   "again") from None
 
 
 def record_start(store: Experiment, info: dict[str, Any] | None, space: SearchSpace, kind: str, space_file, splits,

@@ -1,7 +1,8 @@
 """S3 storage for real: sweeps on a 2-node local Ray cluster write to a moto S3 server on 127.0.0.1.
 
-One sweep is interrupted (Ctrl-C) and resumed; `analyze` and `promote` then read the bucket, and
-its results.csv has the same columns as a sweep on local storage. About 2 minutes on 2 cores.
+One sweep is interrupted (Ctrl-C) and resumed (its Optuna journal fetched back from the bucket);
+`analyze` and `promote` then read the bucket, its results.csv has the same columns as a sweep on
+local storage, and the bucket's optuna.journal holds every trial. About 2 minutes on 2 cores.
 """
 
 import io
@@ -12,11 +13,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
+from optuna.trial import TrialState
 
 from fashion_tune.datafiles import locate_data
+from fashion_tune.study import JOURNAL_FILE, TUNE_TRIAL_ID, open_study
 from s3_server import BUCKET, s3_server
 from test_cluster import ENV, LOCAL_CLUSTER, ROOT, LocalCluster, sweep_command, write_space
 
@@ -68,6 +72,7 @@ def read_object(env, key):
 
 
 def test_sweep_to_s3_interrupted_resumed_analyzed_and_promoted(s3, cluster, tmp_path):
+    s3 = {**s3, "XDG_CACHE_HOME": str(tmp_path / "cache")}  # the driver's journal cache, not ~/.cache
     space = write_space(tmp_path / "space.yaml", num_samples=4, max_t=3)
     storage = f"s3://{BUCKET}/sweeps"
     prefix = "sweeps/remote/"
@@ -90,6 +95,10 @@ def test_sweep_to_s3_interrupted_resumed_analyzed_and_promoted(s3, cluster, tmp_
     assert rc == 130, first[-3000:]
     info = json.loads(read_object(s3, prefix + "sweep.json"))
     assert info["status"] == "interrupted", info
+    assert prefix + JOURNAL_FILE in keys(s3, prefix), "the interrupted sweep left no journal in the bucket"
+    journal = Path(info["journal"])
+    assert journal.is_relative_to(tmp_path / "cache"), journal
+    journal.unlink()  # as on another machine: --resume fetches the journal from the bucket
     interrupted = pd.read_csv(io.BytesIO(read_object(s3, prefix + "results.csv")))
     assert (interrupted["status"] != "TERMINATED").any(), interrupted[["trial_id", "status", "epochs"]]
     lines = first.splitlines()
@@ -110,6 +119,14 @@ def test_sweep_to_s3_interrupted_resumed_analyzed_and_promoted(s3, cluster, tmp_
         assert list(rows["epoch"]) == [1, 2, 3], (trial_id, list(rows["epoch"]))
     info = json.loads(read_object(s3, prefix + "sweep.json"))
     assert info["status"] == "finished" and len(info["resumed"]) == 1 and info["trials"] == {"TERMINATED": 4}
+    copy = tmp_path / "journal-copy"  # the bucket's journal holds the study of the whole sweep
+    copy.mkdir()
+    (copy / JOURNAL_FILE).write_bytes(read_object(s3, prefix + JOURNAL_FILE))
+    study = open_study(copy)
+    assert study.study_name == info["study_name"]
+    ended = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert sorted(t.user_attrs[TUNE_TRIAL_ID] for t in ended) == sorted(results["trial_id"]), \
+        [(t.number, t.state.name, t.user_attrs) for t in study.trials]
 
     local = subprocess.run(sweep_command(write_space(tmp_path / "local.yaml", num_samples=2, max_t=1),
                                          tmp_path / "results", "local", "--address", cluster.address),
