@@ -21,7 +21,8 @@ from typing import Any
 
 import pyarrow.fs
 
-from fashion_tune.experiment import RESULT_FILE, read_lines, ray_trials
+from fashion_tune.experiment import RESULT_FILE, read_lines
+from fashion_tune.ray_compat import experiment_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -40,16 +41,18 @@ def checkpoint_index(name: str | None) -> int | None:
 def snapshot_on_storage(fs, experiment_path: str) -> dict[str, tuple[str, int, str]] | None:
     """trial id -> (status, index of its latest checkpoint, directory) in the newest experiment snapshot on storage.
 
-    The snapshot `Tuner.restore` would read, through Ray's public `ExperimentAnalysis`. None when
-    there is none or it cannot be read (being written): nothing is pruned then.
+    The file `Tuner.restore` would read, as it is on storage now (never Tune's in-memory trials,
+    which run ahead of it). None when there is none or it cannot be read (being written):
+    nothing is pruned then. Read at every Tune snapshot, so it parses only that one file.
     """
-    trials = ray_trials(fs, experiment_path)
+    trials = experiment_snapshot(fs, experiment_path)
     if trials is None:
         return None
     snapshot = {}
-    for trial in trials:
-        index = checkpoint_index((trial.last_result or {}).get("checkpoint_dir_name"))
-        snapshot[trial.trial_id] = (trial.status, -1 if index is None else index, trial.relative_logdir or "")
+    for trial, metadata in trials:
+        index = checkpoint_index((metadata.get("last_result") or {}).get("checkpoint_dir_name"))
+        snapshot[trial["trial_id"]] = (trial.get("status", ""), -1 if index is None else index,
+                                       trial.get("relative_logdir") or "")
     return snapshot
 
 

@@ -1,4 +1,4 @@
-"""What fashion_tune.ray_compat relies on in Ray's private modules: fails loudly when an upgrade changes it."""
+"""What fashion_tune.ray_compat relies on in Ray's private modules and files: fails loudly when an upgrade changes it."""
 
 import inspect
 
@@ -32,3 +32,33 @@ def test_autoscaler_node_types_reads_the_published_groups(monkeypatch):
     monkeypatch.setattr(state, "get_cluster_config", lambda: None)
     assert autoscaler_node_types() is None
 
+
+
+def test_experiment_snapshot_reads_the_newest_file_tune_writes(tmp_path):
+    import json
+
+    import pyarrow.fs
+    from ray.tune.execution.tune_controller import TuneController  # moved: update fashion_tune/ray_compat.py
+    from ray.tune.experiment import Trial
+
+    from fashion_tune.ray_compat import STATE_PREFIX
+    from fashion_tune.retention import snapshot_on_storage
+
+    assert TuneController.CKPT_FILE_TMPL.format("S") == f"{STATE_PREFIX}S.json"
+
+    def snapshot(session: str, checkpoint: str, status: str) -> None:
+        trial = Trial("__fake", stub=True, trial_id="abc")
+        trial.relative_logdir = "trial_abc"
+        trial.run_metadata.last_result = {"checkpoint_dir_name": checkpoint, "epoch": 5}
+        trial.set_status(status)
+        # What TuneController.save_to_dir writes: each trial's (state, run metadata) JSON pair.
+        state = {"trial_data": [list(trial.get_json_state())], "runner_data": {}, "stats": {}}
+        (tmp_path / TuneController.CKPT_FILE_TMPL.format(session)).write_text(json.dumps(state))
+
+    fs = pyarrow.fs.LocalFileSystem()
+    assert snapshot_on_storage(fs, str(tmp_path)) is None
+    snapshot("2026-01-01_00-00-00", "checkpoint_000002", Trial.RUNNING)
+    snapshot("2026-01-02_00-00-00", "checkpoint_000004", Trial.TERMINATED)  # a later session's
+    assert snapshot_on_storage(fs, str(tmp_path)) == {"abc": ("TERMINATED", 4, "trial_abc")}
+    (tmp_path / TuneController.CKPT_FILE_TMPL.format("2026-01-03_00-00-00")).write_text('{"trial_data": [["{')
+    assert snapshot_on_storage(fs, str(tmp_path)) is None  # being written: nothing is pruned
