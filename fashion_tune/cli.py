@@ -194,9 +194,11 @@ def add_analyze(sub) -> None:
     p = sub.add_parser("analyze", help="top trials, curves, parameter plots and importances of a sweep",
                        description="Load an experiment directory (finished, running or interrupted), print the top trials and "
                                    "write curves.png, params.png, importance.png and summary.md.")
-    p.add_argument("experiment", type=Path, metavar="EXPERIMENT_DIR", help="a sweep's directory, e.g. ray_results/NAME")
+    p.add_argument("experiment", metavar="EXPERIMENT_DIR",
+                   help="a sweep's directory or URI, e.g. ray_results/NAME or s3://BUCKET/sweeps/NAME")
     p.add_argument("--top", type=positive_int, default=10, metavar="K", help="rows of the top-trials table (default 10)")
-    p.add_argument("--out", type=Path, help="where to write the files (default EXPERIMENT_DIR/analysis)")
+    p.add_argument("--out", type=Path, help="where to write the files (default EXPERIMENT_DIR/analysis; "
+                                            "./NAME-analysis for a URI)")
     p.set_defaults(func=run_analyze)
 
 
@@ -246,7 +248,8 @@ def add_promote(sub) -> None:
                                    "split and the test set, and make it the champion in MODELS_DIR/KIND/ if it beats the current "
                                    "one on the same validation images (or with --force). The replaced champion is kept in "
                                    "MODELS_DIR/KIND/history/. Writes are atomic.")
-    p.add_argument("experiment", type=Path, metavar="EXPERIMENT_DIR", help="a sweep's output directory")
+    p.add_argument("experiment", metavar="EXPERIMENT_DIR",
+                   help="a sweep's directory or URI, e.g. ray_results/NAME or s3://BUCKET/sweeps/NAME")
     p.add_argument("--kind", choices=["vae", "cnn"], help="the model kind the experiment must hold (default: whatever it holds)")
     p.add_argument("--force", action="store_true", help="replace the champion even if the challenger is not better")
     p.add_argument("--models-dir", type=Path, default=Path("best_models"), help="where promoted models live (default best_models)")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Collection
 
 from fashion_tune.errors import ConfigError, FashionTuneError
+from fashion_tune.ray_compat import autoscaler_node_types
 
 LOCAL_DASHBOARD_HOST = "127.0.0.1"
 MOUNTS_FILE = "/proc/mounts"
@@ -58,7 +59,7 @@ def connect(
                 f"or `launch/local-cluster start`, or drop --address to run locally{_auth_hint() if listening else ''}"
             ) from None
         return False
-    ray.init(
+    context = ray.init(
         num_cpus=num_cpus,
         num_gpus=num_gpus,
         include_dashboard=include_dashboard,
@@ -66,7 +67,7 @@ def connect(
         logging_level="WARNING",
         configure_logging=True,
     )
-    _record_local_ray()
+    _record_local_ray(context.address_info.get("session_dir"))
     return True
 
 
@@ -125,15 +126,11 @@ def _psutil():
     return psutil
 
 
-def _record_local_ray() -> None:
+def _record_local_ray(session_dir: str | None) -> None:
     global _record_path
-    import ray
-
     psutil = _psutil()
 
-    try:
-        session_dir = ray._private.worker._global_node.get_session_dir_path()  # no public API names it
-    except AttributeError:
+    if not session_dir:
         return
     me = psutil.Process()
     directory = records_dir()
@@ -259,23 +256,10 @@ def node_capacity(nodes: list[Node] | None = None) -> tuple[float, float, bool]:
     nodes = cluster_nodes() if nodes is None else nodes
     cpus = max((n.cpus for n in nodes), default=0.0)
     gpus = max((n.gpus for n in nodes), default=0.0)
-    groups = _autoscaler_node_types()
+    groups = autoscaler_node_types()
     for resources in groups or []:
         cpus, gpus = max(cpus, resources.get("CPU", 0.0)), max(gpus, resources.get("GPU", 0.0))
     return cpus, gpus, groups is not None
-
-
-def _autoscaler_node_types() -> list[dict[str, float]] | None:
-    """Resources of each node type the autoscaler may launch (max_count != 0); None if Ray does not say."""
-    try:
-        from ray._private.state import state
-
-        config = state.get_cluster_config()
-    except Exception:  # noqa: BLE001 - a private Ray API: absent or changed means "unknown"
-        return None
-    if config is None or not config.node_group_configs:
-        return None
-    return [{k: float(v) for k, v in group.resources.items()} for group in config.node_group_configs if group.max_count != 0]
 
 
 def current_node_id() -> str | None:

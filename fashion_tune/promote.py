@@ -41,6 +41,7 @@ import yaml
 
 from fashion_tune.analysis import best_trial
 from fashion_tune.checkpoint import save_checkpoint
+from fashion_tune.cluster import is_uri
 from fashion_tune.data import make_splits
 from fashion_tune.datafiles import load_fashion_mnist
 from fashion_tune.errors import FashionTuneError
@@ -190,7 +191,7 @@ def promote_best_trial(
 
     `limits` ({"params": 1e6} and/or {"flops": ...}) picks the best trial whose cost is within them.
     """
-    experiment_dir = Path(experiment_dir)
+    experiment_dir = str(experiment_dir) if is_uri(str(experiment_dir)) else Path(experiment_dir).resolve()
     # Checks the directory, picks by validation (within the cost limits), finds the checkpoint.
     pick = best_trial(experiment_dir, limits=limits)
     if kind is not None and pick.kind != kind:
@@ -264,7 +265,7 @@ def _decide(kind: str, pick, state, challenger, champion, force: bool) -> tuple[
                       f"{'<' if mode == 'min' else '>'} {format_number(champion['validation'][name])}")
     if force:
         return True, f"--force: replacing the champion although its {LABELS[name]} is as good or better"
-    if champion["manifest"].get("checkpoint") == str(Path(pick.checkpoint).resolve()):
+    if champion["manifest"].get("checkpoint") == (pick.source or str(Path(pick.checkpoint).resolve())):
         return False, f"champion kept: trial {pick.trial_id} (epoch {state['epoch']}) already is the champion"
     return False, (f"champion kept: challenger's {LABELS[name]} {format_number(challenger['validation'][name])} "
                    f"is not better than {format_number(champion['validation'][name])}; pass --force to replace it")
@@ -281,16 +282,16 @@ def _print_comparison(kind: str, challenger, champion, images: int, notes: list[
         echo(f"note: {note}")
 
 
-def _manifest(kind: str, experiment_dir: Path, pick, state, challenger, champion, force: bool, splits, data,
+def _manifest(kind: str, experiment_dir: Path | str, pick, state, challenger, champion, force: bool, splits, data,
               config) -> dict[str, Any]:
     """Where the new champion came from (manifest.json; `files` is filled in when it is written)."""
     k = get_kind(kind)
     name = k.promote_metric
     return {
         "kind": kind,
-        "experiment": str(experiment_dir.resolve()),
+        "experiment": str(experiment_dir),
         "trial_id": str(pick.trial_id),
-        "checkpoint": str(Path(pick.checkpoint).resolve()),
+        "checkpoint": (pick.source or str(Path(pick.checkpoint).resolve())),
         "epoch": state["epoch"],
         "sweep_metric": {"name": pick.metric, "mode": pick.mode, "value": pick.value, "epoch": pick.epoch},
         "validation_metric": {"name": k.monitor, "mode": k.mode, "value": challenger["validation"][name],

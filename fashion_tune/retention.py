@@ -15,17 +15,18 @@ the newest checkpoint of every trial is always kept too.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from typing import Any
 
 import pyarrow.fs
 
+from fashion_tune.experiment import RESULT_FILE, read_lines
+from fashion_tune.ray_compat import experiment_snapshot
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint_"
-STATE_PREFIX = "experiment_state-"
 LIVE = ("PENDING", "RUNNING", "PAUSED")
 
 
@@ -37,48 +38,22 @@ def checkpoint_index(name: str | None) -> int | None:
     return int(digits) if digits.isdigit() else None
 
 
-def read_lines(fs, path: str) -> list[dict[str, Any]]:
-    """JSON lines of a file on `fs` (a line cut short by a kill is skipped); [] if there is none."""
-    try:
-        with fs.open_input_stream(path) as f:
-            text = f.readall().decode()
-    except (OSError, pyarrow.lib.ArrowException):
-        return []
-    rows = []
-    for line in text.splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
-
 def snapshot_on_storage(fs, experiment_path: str) -> dict[str, tuple[str, int, str]] | None:
     """trial id -> (status, index of its latest checkpoint, directory) in the newest experiment snapshot on storage.
 
-    The same file `Tuner.restore` would read. None when there is none or it cannot be read
-    (being written): nothing is pruned then.
+    The file `Tuner.restore` would read, as it is on storage now (never Tune's in-memory trials,
+    which run ahead of it). None when there is none or it cannot be read (being written):
+    nothing is pruned then. Read at every Tune snapshot, so it parses only that one file.
     """
-    try:
-        infos = fs.get_file_info(pyarrow.fs.FileSelector(experiment_path))
-    except (OSError, pyarrow.lib.ArrowException):
+    trials = experiment_snapshot(fs, experiment_path)
+    if trials is None:
         return None
-    names = [i.base_name for i in infos if i.base_name.startswith(STATE_PREFIX) and i.base_name.endswith(".json")]
-    if not names:
-        return None
-    try:
-        with fs.open_input_stream(f"{experiment_path}/{max(names)}") as f:
-            state = json.loads(f.readall().decode())
-        trials = {}
-        for trial_json, metadata_json in state["trial_data"]:
-            trial, metadata = json.loads(trial_json), json.loads(metadata_json)
-            last = metadata.get("last_result") or {}
-            index = checkpoint_index(last.get("checkpoint_dir_name"))
-            trials[trial["trial_id"]] = (trial.get("status", ""), -1 if index is None else index,
-                                         trial.get("relative_logdir", ""))
-        return trials
-    except (OSError, pyarrow.lib.ArrowException, ValueError, KeyError, TypeError):
-        return None
+    snapshot = {}
+    for trial, metadata in trials:
+        index = checkpoint_index((metadata.get("last_result") or {}).get("checkpoint_dir_name"))
+        snapshot[trial["trial_id"]] = (trial.get("status", ""), -1 if index is None else index,
+                                       trial.get("relative_logdir") or "")
+    return snapshot
 
 
 def best_checkpoints(rows: list[dict[str, Any]], metric: str, mode: str, keep: int) -> set[str]:
@@ -111,7 +86,7 @@ def prune_trial(fs, trial_path: str, metric: str, mode: str, keep: int, snapshot
                       if i.type == pyarrow.fs.FileType.Directory and checkpoint_index(i.base_name) is not None)
     if not existing:
         return []
-    protected = best_checkpoints(read_lines(fs, f"{trial_path}/result.json"), metric, mode, keep)
+    protected = best_checkpoints(read_lines(fs, f"{trial_path}/{RESULT_FILE}"), metric, mode, keep)
     if settled and snapshot_index >= 0:
         protected.add(f"{CHECKPOINT_PREFIX}{snapshot_index:06d}")
     else:

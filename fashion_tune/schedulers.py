@@ -31,6 +31,8 @@ from typing import Any
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, HyperBandScheduler, MedianStoppingRule, PopulationBasedTraining
 
+from fashion_tune.experiment import stored_results
+
 LINEAGE_FILE = "pbt_lineage.jsonl"  # ours, one exploit per line, with trial ids (Ray's pbt_global.txt has tags)
 # ASHA ranks results; a non-finite one (a diverged trial) counts as this bad, finite so percentiles stay finite.
 WORST_REWARD = -1e30
@@ -38,9 +40,7 @@ WORST_REWARD = -1e30
 
 def _replay(trial) -> list[dict[str, Any]]:
     """The results a restored trial stored before the interruption (none for a new trial)."""
-    from fashion_tune.sweep import _stored_results  # sweep imports this module's users
-
-    return _stored_results(trial)
+    return stored_results(trial)
 
 
 def _finite(value: Any) -> Any:

@@ -1,0 +1,64 @@
+"""What fashion_tune.ray_compat relies on in Ray's private modules and files: fails loudly when an upgrade changes it."""
+
+import inspect
+
+
+def test_the_autoscaler_cluster_config_is_where_ray_compat_reads_it():
+    from ray._private.state import state  # moved or renamed: update fashion_tune/ray_compat.py
+    from ray.core.generated import autoscaler_pb2
+
+    assert callable(state.get_cluster_config), "ray._private.state.state.get_cluster_config is gone"
+    assert "ClusterConfig" in str(inspect.signature(state.get_cluster_config).return_annotation)
+    config = autoscaler_pb2.ClusterConfig()
+    group = config.node_group_configs.add()
+    group.resources["CPU"] = 8
+    group.max_count = 2
+    assert dict(group.resources) == {"CPU": 8} and group.max_count == 2
+
+
+def test_autoscaler_node_types_reads_the_published_groups(monkeypatch):
+    from ray._private.state import state
+    from ray.core.generated import autoscaler_pb2
+
+    from fashion_tune.ray_compat import autoscaler_node_types
+
+    config = autoscaler_pb2.ClusterConfig()
+    for cpus, max_count in ((8, 2), (64, 0)):
+        group = config.node_group_configs.add()
+        group.resources["CPU"] = cpus
+        group.max_count = max_count
+    monkeypatch.setattr(state, "get_cluster_config", lambda: config)
+    assert autoscaler_node_types() == [{"CPU": 8.0}]  # a type it may launch none of does not count
+    monkeypatch.setattr(state, "get_cluster_config", lambda: None)
+    assert autoscaler_node_types() is None
+
+
+
+def test_experiment_snapshot_reads_the_newest_file_tune_writes(tmp_path):
+    import json
+
+    import pyarrow.fs
+    from ray.tune.execution.tune_controller import TuneController  # moved: update fashion_tune/ray_compat.py
+    from ray.tune.experiment import Trial
+
+    from fashion_tune.ray_compat import STATE_PREFIX
+    from fashion_tune.retention import snapshot_on_storage
+
+    assert TuneController.CKPT_FILE_TMPL.format("S") == f"{STATE_PREFIX}S.json"
+
+    def snapshot(session: str, checkpoint: str, status: str) -> None:
+        trial = Trial("__fake", stub=True, trial_id="abc")
+        trial.relative_logdir = "trial_abc"
+        trial.run_metadata.last_result = {"checkpoint_dir_name": checkpoint, "epoch": 5}
+        trial.set_status(status)
+        # What TuneController.save_to_dir writes: each trial's (state, run metadata) JSON pair.
+        state = {"trial_data": [list(trial.get_json_state())], "runner_data": {}, "stats": {}}
+        (tmp_path / TuneController.CKPT_FILE_TMPL.format(session)).write_text(json.dumps(state))
+
+    fs = pyarrow.fs.LocalFileSystem()
+    assert snapshot_on_storage(fs, str(tmp_path)) is None
+    snapshot("2026-01-01_00-00-00", "checkpoint_000002", Trial.RUNNING)
+    snapshot("2026-01-02_00-00-00", "checkpoint_000004", Trial.TERMINATED)  # a later session's
+    assert snapshot_on_storage(fs, str(tmp_path)) == {"abc": ("TERMINATED", 4, "trial_abc")}
+    (tmp_path / TuneController.CKPT_FILE_TMPL.format("2026-01-03_00-00-00")).write_text('{"trial_data": [["{')
+    assert snapshot_on_storage(fs, str(tmp_path)) is None  # being written: nothing is pruned
