@@ -23,7 +23,7 @@ import ray  # noqa: F401 - puts the psutil Ray ships on the path
 import yaml
 
 from fashion_tune.analysis import best_trial, load_results
-from fashion_tune.cluster import RECORDS_ENV, records_dir, session_processes
+from fashion_tune.cluster import RECORDS_ENV, session_processes
 from fashion_tune.retention import snapshot_on_storage
 from fashion_tune.study import TUNE_TRIAL_ID, open_study
 
