@@ -9,10 +9,8 @@ import io
 import json
 import logging
 import shlex
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +21,7 @@ from fashion_tune.datafiles import locate_data
 from fashion_tune.study import JOURNAL_FILE, TUNE_TRIAL_ID, open_study
 from s3_server import BUCKET, s3_server
 from test_cluster import ENV, LOCAL_CLUSTER, ROOT, LocalCluster, sweep_command, write_space
+from tiny_sweeps import interrupt_when_ready
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 
@@ -79,18 +78,7 @@ def test_sweep_to_s3_interrupted_resumed_analyzed_and_promoted(s3, cluster, tmp_
     log = (tmp_path / "first.log").open("w")
     driver = subprocess.Popen(sweep_command(space, storage, "remote", "--address", cluster.address),
                               stdout=log, stderr=subprocess.STDOUT, text=True, env=s3, cwd=tmp_path)
-    try:
-        deadline = time.time() + 240
-        while (driver.poll() is None and time.time() < deadline
-               and not any(k.endswith("/checkpoint.pt") for k in keys(s3, prefix))):
-            time.sleep(0.5)
-        assert driver.poll() is None, "the sweep ended before it could be interrupted"
-        driver.send_signal(signal.SIGINT)  # Ctrl-C
-        rc = driver.wait(timeout=180)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-        log.close()
+    rc = interrupt_when_ready(driver, lambda: any(k.endswith("/checkpoint.pt") for k in keys(s3, prefix)), log)
     first = (tmp_path / "first.log").read_text()
     assert rc == 130, first[-3000:]
     info = json.loads(read_object(s3, prefix + "sweep.json"))

@@ -6,10 +6,8 @@ Tiny models on small subsets; the CNN sweep is shared with test_analysis.py (tes
 import json
 import math
 import shlex
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,7 +19,7 @@ import yaml
 from fashion_tune.analysis import best_trial, load_history, load_results, read_sweep_info
 from fashion_tune.checkpoint import load_checkpoint
 from fashion_tune.errors import FashionTuneError
-from tiny_sweeps import TINY_CNN_SPACE, tiny_cnn_sweep
+from tiny_sweeps import TINY_CNN_SPACE, interrupt_when_ready, tiny_cnn_sweep
 
 
 @pytest.fixture(scope="module")
@@ -171,17 +169,7 @@ def test_interrupted_sweep_resumes_to_exactly_num_samples_and_a_nan_trial_does_n
     command = [sys.executable, "-m", "fashion_tune", "sweep", "vae", "--space", str(space), "--name", "resume",
                "--storage", str(storage)]
     driver = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.time() + 240
-        while reporting_trials(directory) < 2 and driver.poll() is None and time.time() < deadline:
-            time.sleep(0.2)
-        assert driver.poll() is None, "the sweep ended before it could be interrupted"
-        driver.send_signal(signal.SIGINT)  # Ctrl-C
-        rc = driver.wait(timeout=180)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-        log.close()
+    rc = interrupt_when_ready(driver, lambda: reporting_trials(directory) >= 2, log)
     first = (tmp_path / "first.log").read_text()
     assert rc == 130, first
     interrupted = load_results(directory)

@@ -44,3 +44,21 @@ def tiny_cnn_sweep(tmp_path_factory):
                 ray.shutdown()
         _RUNS["cnn"] = (outcome, printed)
     return _RUNS["cnn"]
+
+
+def interrupt_when_ready(driver, ready, log, timeout: float = 240) -> int:
+    """Ctrl-C a sweep driver (a Popen) once `ready()` holds; its exit status. Fails if it ended first."""
+    import signal
+    import time
+
+    try:
+        deadline = time.time() + timeout
+        while driver.poll() is None and time.time() < deadline and not ready():
+            time.sleep(0.2)
+        assert driver.poll() is None, "the sweep ended before it could be interrupted"
+        driver.send_signal(signal.SIGINT)  # Ctrl-C
+        return driver.wait(timeout=180)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        log.close()
