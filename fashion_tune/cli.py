@@ -341,7 +341,7 @@ def add_sample(sub) -> None:
 
 
 def run_sample(args) -> int:
-    from fashion_tune.report import sample_picture
+    from fashion_tune.pictures import sample_picture
 
     out, confidences, seed = sample_picture(args.item_class, args.n, candidates=args.candidates, out=args.out,
                                             seed=args.seed, models_dir=args.models_dir, device=args.device)

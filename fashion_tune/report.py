@@ -25,13 +25,12 @@ from fashion_tune.errors import ConfigError, FashionTuneError
 from fashion_tune.files import read_json_object, write_json, write_text
 from fashion_tune.kinds import get_kind
 from fashion_tune.likelihood import IWAE_SAMPLES, iwae_scores
-from fashion_tune.pictures import PICTURES, confusion_figure, sample_picture, vae_pictures
+from fashion_tune.pictures import PICTURES, confusion_figure, vae_pictures
 from fashion_tune.promoted import DEFAULT_MODELS_DIR, MANIFEST_FILE, MODEL_FILE, is_promoted, load_promoted, promote_hint
 from fashion_tune.provenance import code_version
 from fashion_tune.report_markdown import render_markdown
 from fashion_tune.sampling import CANDIDATES
 
-__all__ = ["evaluate", "sample_picture", "IWAE_IMAGES", "REPORT_JSON", "REPORT_MD"]  # cli imports sample_picture here
 
 # Test images (stratified, the first of each class) for the likelihood bound: 1,000 images x k =
 # 1,000 decodes take minutes on a CPU; pass --iwae-images 10000 for the whole test set on a GPU.

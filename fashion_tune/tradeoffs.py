@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from fashion_tune.analysis import LINEAGE_FILE
+from fashion_tune.files import format_short
 
 
 def _finite(value: Any) -> bool:
@@ -84,15 +85,11 @@ def lineage(experiment_dir: str | Path) -> pd.DataFrame:
             except json.JSONDecodeError:  # a line being written
                 continue
             before, after = record.get("before", {}), record.get("after", {})
-            record["changes"] = ", ".join(f"{k} {_short(before.get(k))} -> {_short(v)}"
+            record["changes"] = ", ".join(f"{k} {format_short(before.get(k))} -> {format_short(v)}"
                                           for k, v in after.items() if before.get(k) != v) or "none"
             rows.append(record)
     return pd.DataFrame(rows, columns=["time", "trial_id", "cloned_from", "at_epoch", "from_epoch", "changes",
                                        "before", "cloned", "after"])
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def describe_lineage(steps: pd.DataFrame) -> list[str]:
