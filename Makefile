@@ -42,21 +42,21 @@ demo: data
 	$(FT) evaluate --kind all --models-dir $(DEMO_MODELS)
 	@echo "report: $(DEMO_MODELS)/report.md (pictures beside it); sweeps: ray_results/$(DEMO)-cnn, ray_results/$(DEMO)-vae"
 
-# The shipped models: full-data sweeps sized for this CPU (search_spaces/*_cpu.yaml), each champion
-# trained longer in a one-trial follow-up sweep (*_cpu_long.yaml), promotion of the better of the
-# two (the CNN first: it judges the VAE), and the graded report. Hours on 2 cores; rerunning it
+# The shipped models: full-data sweeps sized for this CPU (search_spaces/*_cpu.yaml), each promoted
+# champion trained longer in a one-trial follow-up sweep (*_cpu_long.yaml, start_from the promoted
+# model), promotion of the better of the two (the CNN first: it judges the VAE), and the graded report. Hours on 2 cores; rerunning it
 # resumes an interrupted sweep and skips a finished one.
 MODELS_DIR ?= best_models
 models: data
 	$(call sweep,cnn,cnn_cpu,cnn-cpu)
-	$(call sweep,cnn,cnn_cpu_long,cnn-cpu-long)
-	$(call sweep,vae,vae_cpu,vae-cpu)
-	$(call sweep,vae,vae_cpu_long,vae-cpu-long)
 	$(FT) analyze ray_results/cnn-cpu
-	$(FT) analyze ray_results/vae-cpu
 	$(FT) promote ray_results/cnn-cpu --kind cnn --models-dir $(MODELS_DIR)
+	$(call sweep,cnn,cnn_cpu_long,cnn-cpu-long)
 	$(FT) promote ray_results/cnn-cpu-long --kind cnn --models-dir $(MODELS_DIR)
+	$(call sweep,vae,vae_cpu,vae-cpu)
+	$(FT) analyze ray_results/vae-cpu
 	$(FT) promote ray_results/vae-cpu --kind vae --models-dir $(MODELS_DIR)
+	$(call sweep,vae,vae_cpu_long,vae-cpu-long)
 	$(FT) promote ray_results/vae-cpu-long --kind vae --models-dir $(MODELS_DIR)
 	$(FT) evaluate --kind all --models-dir $(MODELS_DIR)
 

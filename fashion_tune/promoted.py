@@ -72,9 +72,6 @@ def load_promoted(kind: str, models_dir: str | Path = DEFAULT_MODELS_DIR, device
     return model, manifest, metrics
 
 
-LOCK_FILE = ".lock"
-
-
 @contextlib.contextmanager
 def models_lock(models_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on `models_dir/.lock` (fcntl.flock) for the block.

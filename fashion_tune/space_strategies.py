@@ -7,12 +7,17 @@ Optuna sampler and Ray scheduler these settings describe.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
 from fashion_tune.config import default_config
-from fashion_tune.kinds import get_kind
 from fashion_tune.errors import FashionTuneError
+from fashion_tune.kinds import get_kind
+from fashion_tune.promoted import CONFIG_FILE, MANIFEST_FILE
 from fashion_tune.space_params import Checker, check_point, grid_values, is_number, show, walk
 
 if TYPE_CHECKING:
@@ -41,23 +46,43 @@ SEARCHER_TYPES = {
 MUTABLE = ("lr", "weight_decay", "dropout", "beta_start", "beta_end")
 
 
-def start_point(c: Checker, space: SearchSpace, experiment: Any) -> dict[str, Any]:
-    """The searched values of the best trial of a finished sweep, checked against this space."""
+def start_point(c: Checker, space: SearchSpace, source: Any) -> dict[str, Any]:
+    """The searched values of a promoted model (`best_models/<kind>`) or of the best trial of a finished
+    sweep (`ray_results/NAME`), checked against this space."""
+    if not isinstance(source, str) or not source:
+        raise c.fail("start_from", "expected a finished sweep's directory (ray_results/NAME) or a promoted "
+                                   f"model's (best_models/KIND), got {show(source)}")
+    kind, config = (_promoted_config(c, Path(source)) if (Path(source) / MANIFEST_FILE).is_file()
+                    else _best_trial_config(c, source))
+    if kind != space.kind:
+        raise c.fail("start_from", f"{source} is a {kind} sweep and this space is for {space.kind}; "
+                                   f"start from a {space.kind} sweep")
+    point = {p.name: config[p.name] for p in space.all_params() if p.name in config}
+    active = space.active_params(point)
+    return check_point(c, space, {name: value for name, value in point.items() if name in active}, "start_from")
+
+
+def _best_trial_config(c: Checker, experiment: str) -> tuple[str, dict[str, Any]]:
     from fashion_tune.analysis import best_trial  # reads results with pandas: only when asked
 
-    if not isinstance(experiment, str) or not experiment:
-        raise c.fail("start_from", f"expected the directory of a finished sweep, e.g. ray_results/NAME, got {show(experiment)}")
     try:
         pick = best_trial(experiment)
     except FashionTuneError as exc:
         raise c.fail("start_from", f"{exc}") from None
-    if pick.kind != space.kind:
-        raise c.fail("start_from", f"{experiment} is a {pick.kind} sweep and this space is for {space.kind}; "
-                                   f"start from a {space.kind} sweep")
-    point = {p.name: pick.config[p.name] for p in space.all_params() if p.name in pick.config}
-    active = space.active_params(point)
-    return check_point(c, space, {name: value for name, value in point.items() if name in active}, "start_from")
+    return pick.kind, pick.config
 
+
+def _promoted_config(c: Checker, model_dir: Path) -> tuple[str, dict[str, Any]]:
+    """A promoted model's kind (its manifest) and training config (its config.yaml)."""
+    try:
+        kind = json.loads((model_dir / MANIFEST_FILE).read_text()).get("kind")
+        config = yaml.safe_load((model_dir / CONFIG_FILE).read_text())
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise c.fail("start_from", f"{model_dir} is not a readable promoted model ({type(exc).__name__}: {exc}); "
+                                   "promote it again with --force") from None
+    if not isinstance(config, dict) or not isinstance(kind, str):
+        raise c.fail("start_from", f"{model_dir / CONFIG_FILE} or {MANIFEST_FILE} is malformed; promote it again with --force")
+    return kind, config
 
 
 def parse_objectives(c: Checker, kind: str, raw: Any, metric: Any) -> tuple[tuple[str, str], ...]:

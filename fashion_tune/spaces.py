@@ -35,8 +35,9 @@ A space file holds the sweep settings and the parameter distributions::
               beta_end: {type: uniform, low: 0.5, high: 2.0}
     points_to_evaluate:           # tried first, in order (e.g. the known-good settings)
       - {lr: 2.0e-3, latent_dim: 32, beta_schedule: linear, beta_start: 0.1, beta_end: 1.0}
-    start_from: ray_results/NAME  # optional: the best trial of that finished sweep (same kind) is the
-                                  # first point, e.g. to train a champion longer in a follow-up sweep
+    start_from: ray_results/NAME  # optional: the best trial of that finished sweep (same kind), or a
+                                  # promoted model (best_models/KIND), is the first point, e.g. to
+                                  # train a champion longer in a follow-up sweep
     searcher: {type: tpe}         # tpe | gp | cmaes | random | qmc | nsga2 | grid (SEARCHER_TYPES: options)
     objectives:                   # instead of metric/mode: several; the first is a validation metric and
       - {metric: val_neg_elbo, mode: min}   # the only one schedulers stop on

@@ -3,6 +3,7 @@
 No Ray here: a space is validated before Ray starts.
 """
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -283,3 +284,25 @@ def test_start_from_makes_the_best_trial_of_a_finished_sweep_the_first_point(tmp
         load_space(write(tmp_path, {**VALID, "start_from": str(experiment)}))
     with pytest.raises(ConfigError, match="start_from"):
         load_space(write(tmp_path, {**data, "start_from": str(tmp_path / "missing")}))
+
+
+def test_start_from_a_promoted_model_takes_its_config(tmp_path):
+    model_dir = tmp_path / "best_models" / "cnn"
+    model_dir.mkdir(parents=True)
+    (model_dir / "manifest.json").write_text(json.dumps({"kind": "cnn", "trial_id": "a"}))
+    config = resolve_config("cnn", {"lr": 4e-3, "width": 32, "dropout": 0.2})
+    (model_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    data = {"kind": "cnn", "num_samples": 1, "scheduler": {"max_t": 2}, "fixed": {"subset": 500},
+            "params": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+                       "width": {"type": "choice", "values": [16, 32]}},
+            "start_from": str(model_dir)}
+    assert load_space(write(tmp_path, data)).points_to_evaluate == ({"lr": 4e-3, "width": 32},)
+
+    with pytest.raises(ConfigError, match="is a cnn sweep and this space is for vae"):
+        load_space(write(tmp_path, {**VALID, "start_from": str(model_dir)}))
+    (model_dir / "config.yaml").write_text("lr: [unclosed")
+    with pytest.raises(ConfigError, match=r"start_from: .* is not a readable promoted model \((ScannerError|ParserError)"):
+        load_space(write(tmp_path, data))
+    (model_dir / "config.yaml").unlink()
+    with pytest.raises(ConfigError, match=r"start_from: .* is not a readable promoted model \(FileNotFoundError"):
+        load_space(write(tmp_path, data))
