@@ -21,9 +21,10 @@ import yaml
 
 from fashion_tune.errors import FashionTuneError
 from fashion_tune.experiment import SPACE_COPY, SWEEP_INFO, STOPPED_BY, Experiment, TrialPick, is_finite
+from fashion_tune.study import importance_study, open_study
 
 __all__ = ["SPACE_COPY", "SWEEP_INFO", "LINEAGE_FILE", "TrialPick", "read_sweep_info", "load_results", "load_history",
-           "best_trial", "top_trials", "param_importances", "analyze"]
+           "best_trial", "top_trials", "param_importances", "study_importances", "analyze"]
 
 LINEAGE_FILE = "pbt_lineage.jsonl"  # written by strategies.SweepPBT
 _LABELS = {"asha": "ASHA", "hyperband": "HyperBand", "median": "the median rule", "pbt": "PBT", "fifo": "FIFO"}
@@ -98,8 +99,9 @@ def top_trials(results: pd.DataFrame, metric: str, mode: str, params: list[str],
 def param_importances(results: pd.DataFrame, space, metric: str, mode: str) -> dict[str, float]:
     """Optuna's importances from the finished, non-diverged trials, rebuilt as an Optuna study.
 
-    Each trial's value is its final metric (what TPE saw), ASHA-stopped trials included at their
-    budget. Raises ValueError when there are too few trials or nothing varies.
+    Each trial's value is its final metric, ASHA-stopped trials included at their budget. For a sweep
+    without a journal (see `study_importances`). Raises ValueError when there are too few trials or
+    nothing varies.
     """
     import optuna
 
@@ -118,6 +120,18 @@ def param_importances(results: pd.DataFrame, space, metric: str, mode: str) -> d
                 continue
             params[name], distributions[name] = value_of, param.distribution()
         study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=float(value)))
+    return _ped_anova(study)
+
+
+def study_importances(study) -> dict[str, float]:
+    """Optuna's importances over the sweep's own study, as its journal holds it: finished trials at the
+    value they were told (their best epoch), pruned ones at their budget (`study.importance_study`)."""
+    return _ped_anova(importance_study(study))
+
+
+def _ped_anova(study) -> dict[str, float]:
+    import optuna
+
     n = len(study.trials)
     if n < 2:
         raise ValueError(f"{n} finished trial(s); importances need at least 2")
@@ -161,7 +175,7 @@ def analyze(experiment_dir: str | Path, top: int = 10, out: str | Path | None = 
         files["curves"] = _plot_curves(history, results, info, out / "curves.png")
     if not results.empty and params:
         files["params"] = _plot_params(results, params, space, metric, out / "params.png")
-    importances, importance_note = _importances(results, space, metric, mode)
+    importances, importance_note = _importances(store, results, space, metric, mode)
     if importances:
         files["importance"] = _plot_importances(importances, metric, out / "importance.png")
     sections = _strategy_sections(store, info, history, out, files, echo)
@@ -171,14 +185,30 @@ def analyze(experiment_dir: str | Path, top: int = 10, out: str | Path | None = 
     return files
 
 
-def _importances(results: pd.DataFrame, space, metric: str, mode: str) -> tuple[dict[str, float], str]:
-    """Importances and, when there are none, why."""
-    if space is None:
-        return {}, f"no {SPACE_COPY} in the experiment directory, so no distributions to rebuild the study"
+def _importances(store: Experiment, results: pd.DataFrame, space, metric: str,
+                 mode: str) -> tuple[dict[str, float], str]:
+    """Importances with a sentence on what they were computed from; or none, with the reason.
+
+    The sweep's Optuna study (its journal) where it has one with a single objective; else a study
+    rebuilt from results.csv (a sweep from before the journal, or a multi-objective one)."""
     if results.empty:
         return {}, ""
     try:
-        return param_importances(results, space, metric, mode), ""
+        study = open_study(store.location)
+    except FashionTuneError:
+        study = None
+    try:
+        if study is not None and len(study.directions) == 1:
+            return study_importances(study), (
+                "From Optuna (PED-ANOVA) on the sweep's own study (its journal): finished trials at the value the "
+                "searcher was told (their best epoch), trials stopped early at their last epoch; with few trials "
+                "they are rough.")
+        if space is None:
+            return {}, f"no {SPACE_COPY} in the experiment directory, so no distributions to rebuild the study"
+        return param_importances(results, space, metric, mode), (
+            "From Optuna (PED-ANOVA) on a study rebuilt from results.csv (the sweep has no journal with a "
+            "single-objective study): finished, non-diverged trials at their final metric, stopped ones at their budget; with few "
+            "trials they are rough.")
     except (ValueError, RuntimeError, ZeroDivisionError) as exc:
         return {}, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
@@ -352,8 +382,7 @@ def _write_summary(target: Path, store: Experiment, info: dict[str, Any], result
     lines += ["## Hyperparameter importances", ""]
     if importances:
         lines += ["| parameter | importance |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in importances.items()]
-        lines += ["", "From Optuna (PED-ANOVA) on the finished, non-diverged trials, each valued at its final metric "
-                      "(ASHA-stopped trials at the epoch they stopped); with few trials they are rough."]
+        lines += ["", importance_note]
     else:
         lines.append(f"Not computed: {importance_note or 'no finished trials'}.")
     lines += ["", *sections, "## Files", ""] + [f"- `{p.name}`" for k, p in files.items() if k != "summary"]

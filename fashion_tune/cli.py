@@ -16,6 +16,9 @@ from typing import Any, Sequence
 from fashion_tune.errors import ConfigError, FashionTuneError
 
 PROG = "fashion-tune"
+# The model kinds of `fashion_tune.kinds.KINDS` (a test keeps the two equal): that module imports torch,
+# seconds that parsing the command line should not wait for.
+KIND_NAMES = ("vae", "cnn")
 
 
 class Parser(argparse.ArgumentParser):
@@ -76,7 +79,7 @@ def run_data(args) -> int:
 def add_train(sub) -> None:
     p = sub.add_parser("train", help="train one VAE or CNN (no sweep)",
                        description="Train one model with a progress bar; writes checkpoint.pt, best.pt, metrics.csv and config.yaml.")
-    p.add_argument("kind", choices=["vae", "cnn"], help="which model")
+    p.add_argument("kind", choices=KIND_NAMES, help="which model")
     p.add_argument("--config", help="YAML file of config overrides (keys as in `fashion-tune train KIND --show-config`)")
     p.add_argument("--set", dest="overrides", action="append", default=[], type=parse_assignment, metavar="KEY=VALUE",
                    help="override one config key (repeatable), e.g. --set lr=0.001")
@@ -141,7 +144,7 @@ def add_sweep(sub) -> None:
                                    "weak trials early, every epoch is checkpointed. Writes sweep.json, results.csv/.parquet and "
                                    "history.csv/.parquet into the experiment directory (STORAGE/NAME). Ctrl-C stops it "
                                    "resumably; --resume continues it.")
-    p.add_argument("kind", choices=["vae", "cnn"], help="which model")
+    p.add_argument("kind", choices=KIND_NAMES, help="which model")
     p.add_argument("--space", type=Path, metavar="FILE", help="search space YAML, e.g. search_spaces/vae_quick.yaml (not needed with --resume)")
     p.add_argument("--num-samples", type=positive_int, metavar="N", help="number of trials (default: the space's num_samples)")
     p.add_argument("--max-concurrent", type=positive_int, metavar="N", help="trials running at once (default: the space's max_concurrent_trials)")
@@ -210,22 +213,25 @@ def run_analyze(args) -> int:
 
 
 def add_dashboard(sub) -> None:
-    from fashion_tune.dashboard import DEFAULT_HOST, DEFAULT_PORT
+    from fashion_tune.dashboard import DEFAULT_HOST, DEFAULT_PORT, REFRESH_S
 
     p = sub.add_parser("dashboard", help="watch a sweep's Optuna study live in optuna-dashboard",
                        description="Serve optuna-dashboard on the sweep's Optuna journal (trials, intermediate values, "
                                    "importances, Pareto front), live while the sweep runs, and print its URL.")
-    p.add_argument("experiment", metavar="EXPERIMENT_DIR", help="a sweep's directory, e.g. ray_results/NAME")
+    p.add_argument("experiment", metavar="EXPERIMENT_DIR",
+                   help="a sweep's directory or URI, e.g. ray_results/NAME or s3://BUCKET/sweeps/NAME")
     p.add_argument("--host", default=DEFAULT_HOST,
                    help=f"address to bind (default {DEFAULT_HOST}: this machine only; 0.0.0.0 for the network)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})")
+    p.add_argument("--refresh", type=positive_float, default=REFRESH_S, metavar="SECONDS",
+                   help=f"for a URI sweep run elsewhere: how often the bucket's journal is fetched again (default {REFRESH_S:g})")
     p.set_defaults(func=run_dashboard)
 
 
 def run_dashboard(args) -> int:
     from fashion_tune.dashboard import serve
 
-    serve(args.experiment, host=args.host, port=args.port)
+    serve(args.experiment, host=args.host, port=args.port, refresh_s=args.refresh)
     return 0
 
 
@@ -242,6 +248,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def add_promote(sub) -> None:
     p = sub.add_parser("promote", help="make a sweep's best trial the champion in best_models/KIND/",
                        description="Pick the experiment's best trial by its validation metric, score it on the full validation "
@@ -250,7 +266,7 @@ def add_promote(sub) -> None:
                                    "MODELS_DIR/KIND/history/. Writes are atomic.")
     p.add_argument("experiment", metavar="EXPERIMENT_DIR",
                    help="a sweep's directory or URI, e.g. ray_results/NAME or s3://BUCKET/sweeps/NAME")
-    p.add_argument("--kind", choices=["vae", "cnn"], help="the model kind the experiment must hold (default: whatever it holds)")
+    p.add_argument("--kind", choices=KIND_NAMES, help="the model kind the experiment must hold (default: whatever it holds)")
     p.add_argument("--force", action="store_true", help="replace the champion even if the challenger is not better")
     p.add_argument("--models-dir", type=Path, default=Path("best_models"), help="where promoted models live (default best_models)")
     p.add_argument("--data-dir", help="directory with the Fashion-MNIST files")
@@ -275,7 +291,7 @@ def add_evaluate(sub) -> None:
                        description="Grade the promoted CNN (test accuracy, per-class accuracy, confusion matrix) and the promoted "
                                    "VAE (test ELBO, raw and guided samples judged by the CNN, diversity, Frechet distance, "
                                    "interpolation, letter grade); writes report.md, report.json and PNGs into MODELS_DIR.")
-    p.add_argument("--kind", choices=["vae", "cnn", "all"], default="all", help="which promoted models to grade (default all)")
+    p.add_argument("--kind", choices=[*KIND_NAMES, "all"], default="all", help="which promoted models to grade (default all)")
     p.add_argument("--models-dir", type=Path, default=Path("best_models"), help="where promoted models live (default best_models)")
     p.add_argument("--per-class", type=positive_int, metavar="N", help="raw VAE samples per class (default 1000)")
     p.add_argument("--guided-per-class", type=positive_int, metavar="N", help="guided VAE samples per class (default 20)")

@@ -14,16 +14,8 @@ from typing import Any, Mapping
 import yaml
 
 from fashion_tune.errors import ConfigError
-from fashion_tune.kinds import KINDS as _REGISTRY
 from fashion_tune.kinds import get_kind
 from fashion_tune.training_config import TrainingConfig, coerce, field_types
-
-# Views of the registry under their old names, for callers outside this package's core
-# (sweep, analysis, searcher); new code asks `get_kind(name)`.
-KINDS = tuple(_REGISTRY)
-METRICS: dict[str, dict[str, str]] = {name: dict(kind.metrics) for name, kind in _REGISTRY.items()}
-MONITOR: dict[str, tuple[str, str]] = {name: (kind.monitor, kind.mode) for name, kind in _REGISTRY.items()}
-
 
 def check_kind(kind: str) -> str:
     """Return `kind` if it names a model kind, else raise ConfigError."""

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from fashion_tune.config import METRICS
 from fashion_tune.errors import FashionTuneError
+from fashion_tune.kinds import get_kind
 
 STOPPED_BY = {"asha": "asha", "hyperband": "hyperband", "median": "median"}  # schedulers that stop trials early
 
@@ -102,7 +102,7 @@ def result_row(record: TrialRecord, info: dict[str, Any], checkpoint: Callable[[
     return {
         "trial_id": record.trial_id, "status": record.status,
         **{f"config/{k}": v for k, v in record.config.items()},
-        **{m: last.get(m, math.nan) for m in METRICS[info["kind"]]},
+        **{m: last.get(m, math.nan) for m in get_kind(info["kind"]).metrics},
         f"best_{metric}": best[metric] if best else math.nan,
         "best_epoch": int(best["epoch"]) if best else 0,
         "epochs": epochs, "max_t": info.get("max_t"),
@@ -141,11 +141,11 @@ def pick_best(records: list[TrialRecord], metric: str, mode: str, limits: dict[s
 
 def check_metric(kind: str, info: dict[str, Any], metric: str | None, mode: str | None) -> tuple[str, str]:
     metric = metric or info["metric"]
-    validation = [m for m in METRICS[kind] if m.startswith("val_")]
+    validation = [m for m in get_kind(kind).metrics if m.startswith("val_")]
     if metric not in validation:
         raise FashionTuneError(f"metric {metric!r} is not a validation metric of the {kind} trainable; "
                                f"choose one of: {', '.join(validation)}")
-    mode = mode or (info["mode"] if metric == info["metric"] else METRICS[kind][metric])
+    mode = mode or (info["mode"] if metric == info["metric"] else get_kind(kind).metrics[metric])
     if mode not in ("min", "max"):
         raise FashionTuneError(f"mode {mode!r} is not allowed; choose min or max")
     return metric, mode

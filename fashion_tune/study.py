@@ -12,13 +12,16 @@ study continues where it stopped.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import math
 import os
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from fashion_tune.cluster import is_uri
 from fashion_tune.errors import FashionTuneError
@@ -81,19 +84,56 @@ def _sweep_info(experiment_dir: Path) -> dict[str, Any]:
         return {}
 
 
-def find_journal(experiment_dir: str | os.PathLike) -> tuple[Path, str | None]:
-    """The journal of an experiment and its study name (None where sweep.json does not say).
+class Journal(NamedTuple):
+    """Where an experiment's study is read: the journal file, the study's name (None where sweep.json does
+    not say), and the URI it was downloaded from when `path` is a copy (None when it is the sweep's own)."""
 
-    A local directory's own `optuna.journal` comes first (a copied experiment reads its copy).
+    path: Path
+    study_name: str | None
+    copied_from: str | None = None
+
+
+def find_journal(experiment_dir: str | os.PathLike) -> Journal:
+    """The journal of an experiment (see `Journal`).
+
+    A local directory's own `optuna.journal` comes first (a copied experiment reads its copy). For a
+    URI, the journal the sweep writes on this machine (live) where it is here, else a copy of the
+    bucket's `<uri>/optuna.journal` (as of the sweep's last snapshot) in a temporary folder.
     """
     location = str(experiment_dir)
     if is_uri(location):
-        return journal_location(location), None
+        return _uri_journal(location)
     directory = Path(location.removeprefix("file://"))
     info = _sweep_info(directory)
     own = directory / JOURNAL_FILE
     recorded = Path(info["journal"]) if info.get("journal") else own
-    return (own if own.is_file() else recorded), info.get("study_name")
+    return Journal(own if own.is_file() else recorded, info.get("study_name"))
+
+
+def _uri_journal(location: str) -> Journal:
+    from fashion_tune.experiment import Experiment  # pyarrow and pandas: only for a URI
+
+    store = Experiment(location)
+    info = store.read_info() or {}
+    for path in (info.get("journal"), journal_location(location, info.get("name"))):
+        if path and Path(path).is_file():
+            return Journal(Path(path), info.get("study_name"))
+    copy = Path(tempfile.mkdtemp(prefix="fashion-tune-journal-")) / JOURNAL_FILE
+    atexit.register(shutil.rmtree, copy.parent, ignore_errors=True)
+    refresh_copy(store.location, copy)
+    return Journal(copy, info.get("study_name"), store.location)
+
+
+def refresh_copy(location: str, copy: Path) -> bool:
+    """Replace `copy` with the URI experiment's `optuna.journal` as the bucket holds it now (atomically:
+    a reader sees the old copy or the new one); False where the bucket has no journal."""
+    from fashion_tune.experiment import Experiment
+
+    part = copy.with_name(copy.name + ".part")
+    if not Experiment(location).download(JOURNAL_FILE, part):
+        return False
+    os.replace(part, copy)
+    return True
 
 
 def study_name_in(journal: Path, name: str | None) -> str:
@@ -112,11 +152,12 @@ def study_name_in(journal: Path, name: str | None) -> str:
 def open_study(experiment_dir: str | os.PathLike):
     """The experiment's Optuna study, read from its journal; None where it has no journal.
 
-    The study is live: trials a running sweep appends show up on the next read.
+    The study is live: trials a running sweep appends show up on the next read (for a URI read away
+    from the sweep's machine, the study as of the bucket's copy when it was opened).
     """
     import optuna
 
-    journal, name = find_journal(experiment_dir)
+    journal, name, _ = find_journal(experiment_dir)
     if not journal.is_file():
         return None
     return optuna.load_study(study_name=study_name_in(journal, name), storage=journal_storage(journal))

@@ -39,6 +39,7 @@ def test_analyze_writes_plots_importances_and_summary(sweep, tmp_path):
     assert "stopped early by ASHA:" in summary and "of 24 (num_samples 6 x max_t 4)" in summary
     importances = summary.split("## Hyperparameter importances")[1]
     assert all(f"| {name} |" in importances for name in ("lr", "dropout", "flip")), importances
+    assert "on the sweep's own study (its journal)" in importances
 
 
 @pytest.mark.ray
@@ -54,6 +55,29 @@ def test_importances_come_from_a_rebuilt_optuna_study(sweep):
     assert sum(importances.values()) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="need at least 2"):
         param_importances(results.head(1), space, "val_acc", "max")
+
+
+@pytest.mark.ray
+def test_importances_come_from_the_sweeps_journal_else_from_a_rebuilt_study(sweep, tmp_path):
+    from fashion_tune.analysis import study_importances
+    from fashion_tune.study import JOURNAL_FILE, importance_study, open_study
+
+    outcome, _ = sweep
+    study = open_study(outcome.experiment_dir)
+    ranked = importance_study(study).trials
+    assert len(ranked) == 6, "every finished or stopped trial of the sweep is ranked"
+    importances = study_importances(study)
+    assert set(importances) == {"lr", "dropout", "flip"} and sum(importances.values()) == pytest.approx(1.0)
+
+    copy = tmp_path / "without-journal"  # a sweep from before the journal
+    shutil.copytree(outcome.experiment_dir, copy)
+    (copy / JOURNAL_FILE).unlink()
+    info = json.loads((copy / "sweep.json").read_text())
+    (copy / "sweep.json").write_text(json.dumps({**info, "journal": None}))
+    analyze(copy, out=tmp_path / "report", echo=lambda line: None)
+    summary = (tmp_path / "report" / "summary.md").read_text().split("## Hyperparameter importances")[1]
+    assert "on a study rebuilt from results.csv" in summary
+    assert all(f"| {name} |" in summary for name in ("lr", "dropout", "flip")), summary
 
 
 @pytest.mark.ray

@@ -85,3 +85,10 @@ def test_train_writes_checkpoints_and_metrics_then_resumes(tmp_path):
     assert "epoch 2/2" in result.stdout and "epoch 1/2" not in result.stdout
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2
     assert list(pd.read_csv(out / "metrics.csv")["epoch"]) == [1, 2]
+
+
+def test_the_kind_choices_are_the_registry():
+    from fashion_tune.cli import KIND_NAMES
+    from fashion_tune.kinds import KINDS
+
+    assert KIND_NAMES == tuple(KINDS)

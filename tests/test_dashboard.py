@@ -47,13 +47,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def dashboard(experiment: Path):
-    """`fashion-tune dashboard EXPERIMENT --port P` in a subprocess; yields (base URL, study id), then Ctrl-C."""
+def dashboard(experiment: Path | str, *options: str, env: dict[str, str] | None = None, printed: list | None = None):
+    """`fashion-tune dashboard EXPERIMENT --port P [OPTIONS]` in a subprocess; yields (base URL, study id), then
+    Ctrl-C. What it printed before the URL goes to `printed`."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "fashion_tune", "dashboard", str(experiment), "--port", str(port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    printed = []
+    process = subprocess.Popen([sys.executable, "-m", "fashion_tune", "dashboard", str(experiment), "--port", str(port),
+                                *options], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                               env={**(env or os.environ), "PYTHONUNBUFFERED": "1"})
+    printed = [] if printed is None else printed
     try:
         deadline = time.time() + 60
         while time.time() < deadline and not any(URL.search(line) for line in printed):

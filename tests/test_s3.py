@@ -11,6 +11,7 @@ import logging
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +21,7 @@ from optuna.trial import TrialState
 from fashion_tune.datafiles import locate_data
 from fashion_tune.study import JOURNAL_FILE, TUNE_TRIAL_ID, open_study
 from s3_server import BUCKET, s3_server
+from test_dashboard import dashboard, get_json, shown_states
 from test_cluster import ENV, LOCAL_CLUSTER, ROOT, LocalCluster, sweep_command, write_space
 from tiny_sweeps import interrupt_when_ready
 
@@ -131,6 +133,8 @@ def test_sweep_to_s3_interrupted_resumed_analyzed_and_promoted(s3, cluster, tmp_
     assert f"## Best trial: {best['trial_id']}" in summary and best["checkpoint"] in summary
     assert (tmp_path / "remote-analysis" / "curves.png").stat().st_size > 5000
 
+    assert "on the sweep's own study (its journal)" in summary, "importances read the bucket's journal"
+
     models = tmp_path / "best_models"
     promote = subprocess.run([sys.executable, "-m", "fashion_tune", "promote", f"{storage}/remote", "--kind", "cnn",
                               "--models-dir", models, "--data-dir", locate_data()],
@@ -140,6 +144,41 @@ def test_sweep_to_s3_interrupted_resumed_analyzed_and_promoted(s3, cluster, tmp_
     assert manifest["experiment"] == f"{storage}/remote" and manifest["checkpoint"] == best["checkpoint"]
     assert manifest["trial_id"] == best["trial_id"]
     assert (models / "cnn" / "model.pt").is_file()
+    check_dashboard_on_the_bucket(s3, f"{storage}/remote", journal, info["study_name"], results, tmp_path)
+
+
+def check_dashboard_on_the_bucket(env, uri, journal, study_name, results, tmp_path):
+    """`fashion-tune dashboard s3://...` where the sweep's own journal is not (another machine): it serves a
+    copy of the bucket's journal and fetches it again, so a trial the bucket gains shows up."""
+    import optuna
+
+    away = journal.with_name("elsewhere")
+    journal.rename(away)
+    printed = []
+    try:
+        with dashboard(uri, "--refresh", "1", env=env, printed=printed) as (base, study_id):
+            assert f"a copy of {uri}/{JOURNAL_FILE}, fetched again every 1 s" in "".join(printed), printed
+            studies = get_json(f"{base}/api/studies")["study_summaries"]
+            assert [s["study_name"] for s in studies] == [study_name]
+            shown = shown_states(get_json(f"{base}/api/studies/{study_id}"))
+            assert sorted(shown) == sorted(results["trial_id"]) and set(shown.values()) <= {"Complete", "Pruned"}
+
+            copy = tmp_path / "appended" / JOURNAL_FILE  # the bucket's journal gains a trial, as from a running sweep
+            copy.parent.mkdir()
+            copy.write_bytes(read_object(env, uri.removeprefix(f"s3://{BUCKET}/") + "/" + JOURNAL_FILE))
+            study = open_study(copy.parent)
+            last = study.trials[-1]
+            study.add_trial(optuna.trial.create_trial(params=last.params, distributions=last.distributions, value=0.5,
+                                                      user_attrs={TUNE_TRIAL_ID: "appended"}))
+            s3_client(env).put_object(Bucket=BUCKET, Key=uri.removeprefix(f"s3://{BUCKET}/") + "/" + JOURNAL_FILE,
+                                      Body=copy.read_bytes())
+            deadline = time.time() + 60
+            while time.time() < deadline and "appended" not in shown:
+                time.sleep(0.5)
+                shown = shown_states(get_json(f"{base}/api/studies/{study_id}"))
+            assert shown.get("appended") == "Complete", shown
+    finally:
+        away.rename(journal)
 
 
 def test_analyze_and_promote_say_when_the_bucket_holds_no_experiment(s3, tmp_path):
