@@ -25,7 +25,7 @@ from fashion_tune.checkpoint import load_checkpoint
 from fashion_tune.config import resolve_config
 from fashion_tune.data import BatchLoader, Splits, make_splits
 from fashion_tune.datafiles import load_fashion_mnist
-from fashion_tune.device import pick_device, pick_precision
+from fashion_tune.device import pick_device, pick_memory_format, pick_precision
 from fashion_tune.errors import CheckpointError
 from fashion_tune.kinds import Kind, get_kind
 from fashion_tune.models import count_parameters
@@ -147,6 +147,19 @@ class _Run:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    @contextlib.contextmanager
+    def scoring_layout(self):
+        """The model in the default memory layout for the block: validation then computes, to the bit, what
+        promotion computes on the saved weights (convolution kernels differ by layout in the last bits)."""
+        if self.memory_format == torch.contiguous_format:
+            yield
+            return
+        self.model.to(memory_format=torch.contiguous_format)
+        try:
+            yield
+        finally:
+            self.model.to(memory_format=self.memory_format)
+
     def state(self, epoch: int, metrics: dict[str, Any], best: _BestSoFar) -> dict[str, Any]:
         """The checkpoint after `epoch`: everything needed to continue exactly from here."""
         return {
@@ -173,9 +186,7 @@ def _start(kind: Kind, config: dict[str, Any], checkpoint: Mapping[str, Any] | N
     if checkpoint is not None:
         start = _restore(run, best, checkpoint)
     run.precision = pick_precision(settings.precision, device)
-    # On the CPU, bf16 convolutions run fastest in channels-last layout (oneDNN's native one).
-    if run.precision == "bf16" and device.type == "cpu":
-        run.memory_format = torch.channels_last
+    run.memory_format = pick_memory_format(settings.precision, run.precision, device)
     model.to(memory_format=run.memory_format)
     return run, best, start
 
@@ -248,8 +259,9 @@ def fit(
             # A non-finite loss ends the run; the monitored metric gets its worst value so searchers rank it last.
             metrics = {run.kind.monitor: run.kind.worst(), "val_loss": math.inf, "train_loss": math.nan, "diverged": True}
         else:
-            run.model.eval()  # validation runs in fp32, whatever the training precision
-            metrics = task.evaluate(run.model, splits.val_x, splits.val_y)
+            run.model.eval()
+            with run.scoring_layout():  # validation runs in fp32, whatever the training precision
+                metrics = task.evaluate(run.model, splits.val_x, splits.val_y)
             metrics.update(train_loss=loss_sum / max(seen, 1), diverged=False)
         metrics.update(epoch=epoch + 1, lr=lr, epoch_time_s=time.perf_counter() - started,
                        images_per_s=seen / train_time if train_time > 0 else 0.0, precision=run.precision, **cost)

@@ -141,6 +141,30 @@ def test_precision_auto_is_bf16_only_on_cpus_with_native_bf16(monkeypatch, capsy
     assert err.count("training in fp32") == 1 and "emulated" in err
 
 
+def test_cpu_training_steps_are_channels_last_unless_fp32_is_asked_for(splits, monkeypatch):
+    from fashion_tune import device as dev
+    from fashion_tune import train
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    last, default = torch.channels_last, torch.contiguous_format
+    assert [dev.pick_memory_format(p, q, cpu) for p, q in (("auto", "fp32"), ("auto", "bf16"), ("bf16", "bf16"),
+                                                          ("fp32", "fp32"))] == [last, last, last, default]
+    assert {dev.pick_memory_format(p, q, cuda) for p, q in (("auto", "fp32"), ("bf16", "bf16"))} == {default}
+
+    layouts = []
+    original = train._train_epoch
+
+    def spy(run, *args):
+        layouts.append(run.model.encoder[0].weight.is_contiguous(memory_format=torch.channels_last))
+        return original(run, *args)
+
+    monkeypatch.setattr(train, "_train_epoch", spy)
+    monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: False)
+    for precision in ("auto", "fp32"):
+        fit("vae", tiny("vae", epochs=1, precision=precision, device="cpu"), splits=splits)
+    assert layouts == [True, False]
+
+
 def test_bad_precision_is_refused_by_name():
     with pytest.raises(ConfigError, match="precision='fp16' is not allowed; choose one of: auto, fp32, bf16"):
         resolve_config("cnn", {"precision": "fp16"})
