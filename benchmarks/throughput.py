@@ -1,18 +1,23 @@
-"""Training throughput: parameters, FLOPs per image, and images/s in fp32 and bf16 for each model.
+"""Training throughput: parameters, FLOPs per image, and images/s per precision setting for each model.
 
-    python benchmarks/throughput.py                       # both default models, fp32 and bf16
-    python benchmarks/throughput.py --kind vae --set width=16 --set depth=1 --subset 5000
+    python benchmarks/throughput.py                       # both default models: fp32, auto, bf16
+    python benchmarks/throughput.py --kind vae --set width=16 --set depth=2 --precisions fp32,auto
 
 Runs the real training loop (`fashion_tune.train.fit`) for one epoch on a stratified training
-subset, once per precision, and prints one line per model and precision, then the bf16/fp32
-ratio and the GFLOP/s reached (training FLOPs per image, forward + backward, times images/s).
-On a GPU pass --device cuda.
+subset, once per `precision` setting, and prints one line per model and setting with what it ran
+as (fp32 or bf16; default or channels-last layout), its images/s and the GFLOP/s reached (training
+FLOPs per image, forward + backward, times images/s), then each setting's ratio to fp32. `auto` is
+what training uses by default: bf16 + channels-last on a CPU with native bf16, fp32 + channels-last
+on other CPUs. On a GPU pass --device cuda.
 """
 
 import argparse
 
+import torch
+
 from fashion_tune.cli import parse_assignment
 from fashion_tune.config import resolve_config
+from fashion_tune.device import pick_device, pick_memory_format
 from fashion_tune.train import fit, load_splits
 
 
@@ -29,7 +34,7 @@ def main() -> None:
     parser.add_argument("--subset", type=int, default=5_000, help="training images per epoch (default 5000; 50000 = full split)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated (default fp32,bf16)")
+    parser.add_argument("--precisions", default="fp32,auto,bf16", help="comma-separated settings (default fp32,auto,bf16)")
     parser.add_argument("--set", action="append", default=[], type=parse_assignment, metavar="KEY=VALUE",
                         help="config override, e.g. --set width=16 (repeatable)")
     args = parser.parse_args()
@@ -41,12 +46,15 @@ def main() -> None:
         speeds = {}
         for precision in args.precisions.split(","):
             row = measure(kind, overrides, precision, splits)
-            speeds[row["precision"]] = row["images_per_s"]
-            print(f"{kind} {row['precision']}: {row['params']:,} parameters, {row['flops'] / 1e9:.3f} GFLOP per training "
+            layout = pick_memory_format(precision, row["precision"], pick_device(args.device))
+            speeds[precision] = row["images_per_s"]
+            ran = f"{row['precision']}, {'channels-last' if layout == torch.channels_last else 'default layout'}"
+            print(f"{kind} {precision} ({ran}): {row['params']:,} parameters, {row['flops'] / 1e9:.3f} GFLOP per training "
                   f"image, {len(splits.train_y):,} images, {row['images_per_s']:,.0f} images/s, "
                   f"{row['images_per_s'] * row['flops'] / 1e9:,.0f} GFLOP/s", flush=True)
-        if "fp32" in speeds and "bf16" in speeds:
-            print(f"{kind} bf16 / fp32: {speeds['bf16'] / speeds['fp32']:.2f}x", flush=True)
+        for precision, speed in speeds.items():
+            if precision != "fp32" and "fp32" in speeds:
+                print(f"{kind} {precision} / fp32: {speed / speeds['fp32']:.2f}x", flush=True)
 
 
 if __name__ == "__main__":
