@@ -7,8 +7,9 @@ Runs the real training loop (`fashion_tune.train.fit`) for one epoch on a strati
 subset, once per `precision` setting, and prints one line per model and setting with what it ran
 as (fp32 or bf16; default or channels-last layout), its images/s and the GFLOP/s reached (training
 FLOPs per image, forward + backward, times images/s), then each setting's ratio to fp32. `auto` is
-what training uses by default: bf16 + channels-last on a CPU with native bf16, fp32 + channels-last
-on other CPUs. On a GPU pass --device cuda.
+what training uses by default: bf16 + channels-last on a CPU with native bf16, fp32 elsewhere.
+A setting given twice is measured twice (the ratio uses the last), to see the noise. On a GPU pass
+--device cuda.
 """
 
 import argparse
@@ -46,7 +47,7 @@ def main() -> None:
         speeds = {}
         for precision in args.precisions.split(","):
             row = measure(kind, overrides, precision, splits)
-            layout = pick_memory_format(precision, row["precision"], pick_device(args.device))
+            layout = pick_memory_format(row["precision"], pick_device(args.device))
             speeds[precision] = row["images_per_s"]
             ran = f"{row['precision']}, {'channels-last' if layout == torch.channels_last else 'default layout'}"
             print(f"{kind} {precision} ({ran}): {row['params']:,} parameters, {row['flops'] / 1e9:.3f} GFLOP per training "

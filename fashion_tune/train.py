@@ -186,7 +186,7 @@ def _start(kind: Kind, config: dict[str, Any], checkpoint: Mapping[str, Any] | N
     if checkpoint is not None:
         start = _restore(run, best, checkpoint)
     run.precision = pick_precision(settings.precision, device)
-    run.memory_format = pick_memory_format(settings.precision, run.precision, device)
+    run.memory_format = pick_memory_format(run.precision, device)
     model.to(memory_format=run.memory_format)
     return run, best, start
 

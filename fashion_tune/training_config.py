@@ -37,7 +37,7 @@ class TrainingConfig:
     subset: int | None = None  # stratified training subset size, for quick runs
     val_subset: int | None = None  # stratified validation subset size, for quick runs
     device: str = "auto"
-    # training steps: auto (bf16 on CPUs with native bf16, else fp32; channels-last on CPUs) | fp32 | bf16
+    # training steps: auto (bf16 on CPUs with native bf16, else fp32) | fp32 | bf16
     precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     def check(self, where: str = "") -> None:

@@ -141,15 +141,13 @@ def test_precision_auto_is_bf16_only_on_cpus_with_native_bf16(monkeypatch, capsy
     assert err.count("training in fp32") == 1 and "emulated" in err
 
 
-def test_cpu_training_steps_are_channels_last_unless_fp32_is_asked_for(splits, monkeypatch):
+def test_training_steps_are_channels_last_for_bf16_on_the_cpu_only(splits, monkeypatch):
     from fashion_tune import device as dev
     from fashion_tune import train
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    last, default = torch.channels_last, torch.contiguous_format
-    assert [dev.pick_memory_format(p, q, cpu) for p, q in (("auto", "fp32"), ("auto", "bf16"), ("bf16", "bf16"),
-                                                          ("fp32", "fp32"))] == [last, last, last, default]
-    assert {dev.pick_memory_format(p, q, cuda) for p, q in (("auto", "fp32"), ("bf16", "bf16"))} == {default}
+    assert dev.pick_memory_format("bf16", cpu) == torch.channels_last
+    assert {dev.pick_memory_format("fp32", cpu), dev.pick_memory_format("bf16", cuda)} == {torch.contiguous_format}
 
     layouts = []
     original = train._train_epoch
@@ -159,10 +157,9 @@ def test_cpu_training_steps_are_channels_last_unless_fp32_is_asked_for(splits, m
         return original(run, *args)
 
     monkeypatch.setattr(train, "_train_epoch", spy)
-    monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: False)
-    for precision in ("auto", "fp32"):
-        fit("vae", tiny("vae", epochs=1, precision=precision, device="cpu"), splits=splits)
-    assert layouts == [True, False]
+    for precision in ("bf16", "fp32"):
+        fit("vae", tiny("vae", epochs=2, precision=precision, device="cpu"), splits=splits)
+    assert layouts == [True, True, False, False], "validation between epochs leaves the training layout as it was"
 
 
 def test_bad_precision_is_refused_by_name():
