@@ -68,8 +68,7 @@ def pick_memory_format(precision: str, device: torch.device) -> torch.memory_for
     """The layout of the training steps: channels-last for bf16 on the CPU (oneDNN's native layout for
     bf16 convolutions, where they run fastest), the default layout otherwise.
 
-    In fp32 channels-last is no steady gain: measured on a 2-core AVX2 CPU without bf16
-    (benchmarks/throughput.py), 1.15-1.19x for the VAE shape the CPU spaces ship, 0.96-1.03x for
-    the default CNN, 0.92x for the default VAE.
+    In fp32 channels-last was no steady gain on a 2-core AVX2 CPU without bf16 (faster for the small
+    VAE shapes, not for the default CNN, slower for the default VAE), so fp32 keeps the default layout.
     """
     return torch.channels_last if device.type == "cpu" and precision == "bf16" else torch.contiguous_format
