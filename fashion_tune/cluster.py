@@ -102,8 +102,8 @@ def disconnect() -> None:
 # --- what a killed driver leaves behind -------------------------------------------------------
 #
 # A local Ray's processes (GCS, raylet, dashboard and runtime-env agents, log monitor, workers)
-# outlive a driver killed with SIGKILL. Each driver that starts one writes a record (its pid and
-# start time, and the Ray session directory) into records_dir(); the next sweep stops the
+# outlive a driver killed with SIGKILL. Each driver that starts one writes a record (its pid, its
+# start, and the Ray session directory) into records_dir(); the next sweep stops the
 # processes of every record whose driver is gone, and only those: a process belongs to a session
 # if its command line or one of its open files lies in that session's directory.
 
@@ -136,7 +136,8 @@ def _record_local_ray(session_dir: str | None) -> None:
     directory = records_dir()
     directory.mkdir(parents=True, exist_ok=True)
     _record_path = directory / f"{me.pid}.json"
-    _record_path.write_text(json.dumps({"pid": me.pid, "started": me.create_time(), "session_dir": session_dir}))
+    _record_path.write_text(json.dumps({"pid": me.pid, "started": me.create_time(), "start_ticks": _start_ticks(me.pid),
+                                        "boot_id": _boot_id(), "session_dir": session_dir}))
 
 
 def _forget_local_ray() -> None:
@@ -146,11 +147,35 @@ def _forget_local_ray() -> None:
         _record_path = None
 
 
-def _alive(pid: int, started: float) -> bool:
+def _start_ticks(pid: int) -> int | None:
+    """When the process started, in clock ticks since boot (Linux: field 22 of /proc/PID/stat); None elsewhere.
+
+    Unlike its start as wall-clock time (psutil's create_time: boot time, which /proc/stat gives in
+    whole seconds, plus the ticks), a step of the system clock (NTP, a VM's clock resync) cannot move it.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2:].split()[19])  # fields after the command name start at field 3
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _alive(record: dict) -> bool:
+    """Whether the driver a record names still runs: the same pid and the same start, not a reused pid."""
     psutil = _psutil()
 
-    try:
-        return abs(psutil.Process(pid).create_time() - started) < 1.0  # the same process, not a reused pid
+    pid = int(record["pid"])
+    if record.get("start_ticks") is not None and record.get("boot_id") and record["boot_id"] == _boot_id():
+        return _start_ticks(pid) == record["start_ticks"]
+    try:  # elsewhere (and for records of older versions) by wall-clock start, which a clock step can move
+        return abs(psutil.Process(pid).create_time() - float(record["started"])) < 1.0
     except psutil.Error:
         return False
 
@@ -181,11 +206,11 @@ def stop_leftovers(echo=print) -> int:
     for record_file in sorted(records_dir().glob("*.json")):
         try:
             record = json.loads(record_file.read_text())
-            pid, started, session_dir = int(record["pid"]), float(record["started"]), record["session_dir"]
+            pid, session_dir, alive = int(record["pid"]), record["session_dir"], _alive(record)
         except (OSError, ValueError, KeyError, TypeError):
             record_file.unlink(missing_ok=True)
             continue
-        if _alive(pid, started):
+        if alive:
             continue  # a sweep still running
         processes = session_processes(session_dir)
         for process in processes:

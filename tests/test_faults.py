@@ -440,3 +440,31 @@ def test_driver_memory_over_200_trials(tmp_path, capsys):
     table_line(capsys, "listening sockets of the local Ray", total=len(sockets),
                loopback=len(sockets) - sum(1 for _, ip, _ in sockets if ip not in ("127.0.0.1", "::1")),
                beyond_loopback=", ".join(f"{n}@{ip}" for n, ip in exposed))
+
+
+def test_a_running_driver_stays_alive_across_a_step_of_the_system_clock(tmp_path, monkeypatch):
+    """A sweep stops the local Rays of dead drivers only: a live driver's record must not read as dead when
+    the wall clock steps (NTP, a VM's resync), which moves every process's wall-clock start time."""
+    import psutil
+
+    from fashion_tune import cluster
+
+    monkeypatch.setenv(RECORDS_ENV, str(tmp_path / "run"))
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        cluster._record_local_ray(str(tmp_path / "session"))  # this process, as a sweep driver
+        record = json.loads(cluster._record_path.read_text())
+        assert cluster._alive(record)
+        real = psutil.boot_time()
+        monkeypatch.setattr(psutil, "boot_time", lambda: real + 30.0)  # the clock stepped 30 s
+        monkeypatch.setattr(psutil.Process, "create_time", lambda self: 0.0)
+        assert cluster._alive(record), "a clock step made a live driver look dead"
+        assert not cluster._alive({**record, "pid": sleeper.pid}), "another process with the same pid is not the driver"
+        old = {key: value for key, value in record.items() if key not in ("start_ticks", "boot_id")}
+        assert not cluster._alive(old), "a record without start ticks falls back to the wall-clock start"
+    finally:
+        cluster._forget_local_ray()
+        sleeper.kill()
+        sleeper.wait()
+    sleeper_record = {**record, "pid": sleeper.pid}
+    assert not cluster._alive(sleeper_record), "a dead pid is dead"
