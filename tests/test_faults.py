@@ -78,8 +78,20 @@ class CheckpointWatch:
         self.directory, self.seen = directory, set()
 
     def count(self) -> int:
-        self.seen.update(str(p) for p in self.directory.glob("trial_*/checkpoint_*"))
+        self.seen.update(str(p) for p in trial_files(self.directory, "checkpoint_*"))
         return len(self.seen)
+
+
+def trial_files(directory: Path, pattern: str) -> list[Path]:
+    """What matches `pattern` in the trial folders of a running sweep, which may move a folder into
+    .discarded/ while we look (pathlib's glob then raises)."""
+    found = []
+    for trial in directory.glob("trial_*"):
+        try:
+            found.extend(trial.glob(pattern))
+        except FileNotFoundError:
+            pass
+    return found
 
 
 def run(command, env, timeout):
@@ -386,7 +398,13 @@ MEMORY_SPACE = {
 
 
 def finished_trials(directory: Path) -> int:
-    return sum(1 for p in directory.glob("trial_*/result.json") if '"done": true' in p.read_text())
+    def done(path: Path) -> bool:
+        try:
+            return '"done": true' in path.read_text()
+        except FileNotFoundError:  # moved into .discarded/ by a resumed sweep meanwhile
+            return False
+
+    return sum(1 for p in trial_files(directory, "result.json") if done(p))
 
 
 RAY_CORE = ("gcs_server", "raylet", "ray::", "python")  # what Ray 2.60 cannot bind to loopback (README)
