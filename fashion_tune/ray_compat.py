@@ -12,6 +12,13 @@ what this relies on.
 Retention reads it at every Tune snapshot; `ray.tune.ExperimentAnalysis` would read the same
 file but also every trial's whole result.json into pandas each time, which made each snapshot
 slow enough to stall the driver (see fashion_tune.retention).
+
+`restore_checkpoint`: the checkpoint a trial of that snapshot restores from, its checkpoint
+manager's latest. The snapshot stores the manager cloudpickled, and it can lag the trial's
+`last_result` by a report (a result processed, its checkpoint not yet registered), so
+`last_result["checkpoint_dir_name"]` is not enough: retention once deleted the checkpoint a
+resume then asked for. It is decoded with Ray's own `_TrainingRunMetadata.from_json_state`, as
+`Tuner.restore` decodes the same file (which, like tuner.pkl, is trusted as the sweep's own).
 """
 
 from __future__ import annotations
@@ -57,3 +64,20 @@ def experiment_snapshot(fs, experiment_path: str) -> list[tuple[dict[str, Any], 
         return [(json.loads(trial), json.loads(metadata)) for trial, metadata in state["trial_data"]]
     except (OSError, pyarrow.lib.ArrowException, ValueError, KeyError, TypeError):
         return None
+
+
+UNKNOWN = object()  # restore_checkpoint could not tell
+
+
+def restore_checkpoint(metadata: dict[str, Any]) -> str | None | object:
+    """Folder name of the checkpoint Tune restores this trial from (None: from scratch; UNKNOWN: cannot tell).
+
+    `metadata`: a trial's run metadata as `experiment_snapshot` returns it.
+    """
+    try:
+        from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+        latest = _TrainingRunMetadata.from_json_state(json.dumps(metadata)).checkpoint_manager.latest_checkpoint_result
+        return None if latest is None else latest.checkpoint.path.rstrip("/").rsplit("/", 1)[-1]
+    except Exception:  # noqa: BLE001 - Ray changed it (tests/test_ray_compat.py says so)
+        return UNKNOWN

@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow.fs
 
 from fashion_tune.experiment import RESULT_FILE, read_lines
-from fashion_tune.ray_compat import experiment_snapshot
+from fashion_tune.ray_compat import UNKNOWN, experiment_snapshot, restore_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def snapshot_on_storage(fs, experiment_path: str) -> dict[str, tuple[str, int, s
     """trial id -> (status, index of its latest checkpoint, directory) in the newest experiment snapshot on storage.
 
     The file `Tuner.restore` would read, as it is on storage now (never Tune's in-memory trials,
-    which run ahead of it). None when there is none or it cannot be read (being written):
+    which run ahead of it); the latest checkpoint is the one restore would use (-1: none). None when there is none or it cannot be read (being written):
     nothing is pruned then. Read at every Tune snapshot, so it parses only that one file.
     """
     trials = experiment_snapshot(fs, experiment_path)
@@ -50,9 +50,16 @@ def snapshot_on_storage(fs, experiment_path: str) -> dict[str, tuple[str, int, s
         return None
     snapshot = {}
     for trial, metadata in trials:
-        index = checkpoint_index((metadata.get("last_result") or {}).get("checkpoint_dir_name"))
-        snapshot[trial["trial_id"]] = (trial.get("status", ""), -1 if index is None else index,
-                                       trial.get("relative_logdir") or "")
+        restored = restore_checkpoint(metadata)
+        if restored is UNKNOWN:
+            return None
+        restore_index = checkpoint_index(restored)
+        result_index = checkpoint_index((metadata.get("last_result") or {}).get("checkpoint_dir_name"))
+        if restore_index is None:
+            index = -1
+        else:  # the last result's is never older, but take no chances
+            index = restore_index if result_index is None else min(restore_index, result_index)
+        snapshot[trial["trial_id"]] = (trial.get("status", ""), index, trial.get("relative_logdir") or "")
     return snapshot
 
 

@@ -39,6 +39,8 @@ def test_experiment_snapshot_reads_the_newest_file_tune_writes(tmp_path):
 
     import pyarrow.fs
     from ray.tune.execution.tune_controller import TuneController  # moved: update fashion_tune/ray_compat.py
+    from ray.train import Checkpoint
+    from ray.train._internal.session import _TrainingResult  # moved: update fashion_tune/ray_compat.py
     from ray.tune.experiment import Trial
 
     from fashion_tune.ray_compat import STATE_PREFIX
@@ -46,10 +48,14 @@ def test_experiment_snapshot_reads_the_newest_file_tune_writes(tmp_path):
 
     assert TuneController.CKPT_FILE_TMPL.format("S") == f"{STATE_PREFIX}S.json"
 
-    def snapshot(session: str, checkpoint: str, status: str) -> None:
+    def snapshot(session: str, checkpoint: str, status: str, registered: str | None = None) -> None:
+        """`registered`: the checkpoint Tune's checkpoint manager has as the latest (default `checkpoint`)."""
         trial = Trial("__fake", stub=True, trial_id="abc")
         trial.relative_logdir = "trial_abc"
         trial.run_metadata.last_result = {"checkpoint_dir_name": checkpoint, "epoch": 5}
+        if registered != "":
+            path = str(tmp_path / "trial_abc" / (registered or checkpoint))
+            trial.run_metadata.checkpoint_manager.register_checkpoint(_TrainingResult(Checkpoint(path), metrics={}))
         trial.set_status(status)
         # What TuneController.save_to_dir writes: each trial's (state, run metadata) JSON pair.
         state = {"trial_data": [list(trial.get_json_state())], "runner_data": {}, "stats": {}}
@@ -60,5 +66,10 @@ def test_experiment_snapshot_reads_the_newest_file_tune_writes(tmp_path):
     snapshot("2026-01-01_00-00-00", "checkpoint_000002", Trial.RUNNING)
     snapshot("2026-01-02_00-00-00", "checkpoint_000004", Trial.TERMINATED)  # a later session's
     assert snapshot_on_storage(fs, str(tmp_path)) == {"abc": ("TERMINATED", 4, "trial_abc")}
+    # The last result can run a report ahead of the checkpoint manager, whose latest restore uses.
+    snapshot("2026-01-02_00-00-00", "checkpoint_000004", Trial.RUNNING, registered="checkpoint_000003")
+    assert snapshot_on_storage(fs, str(tmp_path)) == {"abc": ("RUNNING", 3, "trial_abc")}
+    snapshot("2026-01-02_00-00-00", "checkpoint_000004", Trial.RUNNING, registered="")  # none registered yet
+    assert snapshot_on_storage(fs, str(tmp_path)) == {"abc": ("RUNNING", -1, "trial_abc")}
     (tmp_path / TuneController.CKPT_FILE_TMPL.format("2026-01-03_00-00-00")).write_text('{"trial_data": [["{')
     assert snapshot_on_storage(fs, str(tmp_path)) is None  # being written: nothing is pruned
