@@ -38,28 +38,29 @@ def checkpoint_index(name: str | None) -> int | None:
     return int(digits) if digits.isdigit() else None
 
 
-def snapshot_on_storage(fs, experiment_path: str) -> dict[str, tuple[str, int, str]] | None:
+def snapshot_on_storage(fs, experiment_path: str, only: set[str] | None = None
+                        ) -> dict[str, tuple[str, int, str]] | None:
     """trial id -> (status, index of its latest checkpoint, directory) in the newest experiment snapshot on storage.
 
     The file `Tuner.restore` would read, as it is on storage now (never Tune's in-memory trials,
-    which run ahead of it); the latest checkpoint is the one restore would use (-1: none). None when there is none or it cannot be read (being written):
-    nothing is pruned then. Read at every Tune snapshot, so it parses only that one file.
+    which run ahead of it); a trial's latest checkpoint is the one restore would use (-1: none).
+    None when there is none or it cannot be read (being written): nothing is pruned then. Read at
+    every Tune snapshot, so it parses only that one file, and decodes the checkpoint manager
+    (about 0.5 ms a trial) only of the trials in `only` (default: all).
     """
     trials = experiment_snapshot(fs, experiment_path)
     if trials is None:
         return None
     snapshot = {}
     for trial, metadata in trials:
+        if only is not None and trial["trial_id"] not in only:
+            continue
         restored = restore_checkpoint(metadata)
         if restored is UNKNOWN:
             return None
-        restore_index = checkpoint_index(restored)
-        result_index = checkpoint_index((metadata.get("last_result") or {}).get("checkpoint_dir_name"))
-        if restore_index is None:
-            index = -1
-        else:  # the last result's is never older, but take no chances
-            index = restore_index if result_index is None else min(restore_index, result_index)
-        snapshot[trial["trial_id"]] = (trial.get("status", ""), index, trial.get("relative_logdir") or "")
+        index = checkpoint_index(restored)
+        snapshot[trial["trial_id"]] = (trial.get("status", ""), -1 if index is None else index,
+                                       trial.get("relative_logdir") or "")
     return snapshot
 
 
@@ -117,7 +118,7 @@ def prune_experiment(fs, experiment_path: str, trial_paths: dict[str, str], metr
     Returns the ids of trials that are finished for good: ended both for Tune now and in the
     snapshot on storage, so nothing of theirs will change again.
     """
-    snapshot = snapshot_on_storage(fs, experiment_path)
+    snapshot = snapshot_on_storage(fs, experiment_path, only=set(trial_paths))
     if snapshot is None:
         return set()
     settled = set()

@@ -232,8 +232,8 @@ def test_a_trial_on_a_lost_worker_resumes_from_its_checkpoint_on_the_head(tmp_pa
     experiment = tmp_path / "results" / "lost"
     cluster = LocalCluster(workers=1, worker_cpus=1, head_cpus=1)
     sweep = None
-    # The driver's output goes to a file: a pipe nobody reads while the trials run fills up and
-    # blocks the driver mid-sweep.
+    # The driver's output goes to a file: a pipe nobody reads while the trials run could fill up and
+    # block the driver mid-sweep.
     log_path = tmp_path / "sweep.log"
     try:
         nodes = node_ids(cluster.start().address)
@@ -245,17 +245,18 @@ def test_a_trial_on_a_lost_worker_resumes_from_its_checkpoint_on_the_head(tmp_pa
         # The driver writes each report to result.json in its staging folder on the head at once,
         # and copies that folder to the storage path only every 10 s or more (Tune's experiment
         # snapshot): a trial can run all its epochs between two copies. Watch the live one.
-        staging = cluster.dir / "head"
+        def live_trial_dirs():
+            return (cluster.dir / "head").glob("session_*/artifacts/*/lost/driver_artifacts/trial_*")
+
         victim = killed_at = None
         while victim is None and time.time() - started < 180 and sweep.poll() is None:
-            for trial_dir in staging.glob("session_*/artifacts/*/lost/driver_artifacts/trial_*"):
+            for trial_dir in live_trial_dirs():
                 rows = result_rows(trial_dir)
                 if rows and rows[-1]["node_id"] == nodes["worker-1"] and rows[-1]["epoch"] < epochs:
                     victim, killed_at, on_worker = experiment / trial_dir.name, time.time(), rows
                     break
             time.sleep(0.2)
-        seen = {d.name: [(r["epoch"], r["node_id"][:8]) for r in result_rows(d)]
-                for d in staging.glob("session_*/artifacts/*/lost/driver_artifacts/trial_*")}
+        seen = {d.name: [(r["epoch"], r["node_id"][:8]) for r in result_rows(d)] for d in live_trial_dirs()}
         assert victim is not None, (f"no trial reported from the worker node ({nodes['worker-1'][:8]}) in "
                                     f"{time.time() - started:.0f} s; sweep exit status {sweep.poll()}; reports seen "
                                     f"(epoch, node) {seen}; the sweep's output ends:\n{log_path.read_text()[-4000:]}")
