@@ -6,19 +6,22 @@
 For each VAE checkpoint, the promoted CNN judges, per class, on validation images only:
 - recon: the posterior mean of each validation image decoded with its own label (what the decoder
   can draw when z is the right one);
-- raw: one z ~ N(0, I) per requested label (what `evaluate` grades as raw samples);
-- class prior: z drawn from a full-covariance Gaussian fitted, per class, to posterior samples of
-  training images (what a learned class-conditional prior could give at best, as a Gaussian).
-Raw well below recon with class prior close to raw: the prior is not the problem, the decoder's
-detail for that class is only part of it. Recon itself low: the decoder cannot draw the class.
+- raw: one z from the VAE's own prior per requested label (what `evaluate` grades as raw samples);
+- fitted prior: the same noise through the class prior promotion fits (`fashion_tune.prior`, the
+  Gaussian per class closest to the training images' posteriors), fitted here on training images.
+Raw well below recon with the fitted prior close to raw: the prior is not the problem, the decoder's
+detail for that class is. Recon itself low: the decoder cannot draw the class. (For a VAE promoted
+with a fitted prior, raw and fitted prior are the same.)
 """
 
 import argparse
+import copy
 
 import torch
 
 from fashion_tune.datafiles import CLASSES
 from fashion_tune.judging import judge_outputs, judge_scores
+from fashion_tune.prior import fit_class_prior
 from fashion_tune.promoted import load_promoted
 from fashion_tune.sampling import class_labels, raw_sample
 from fashion_tune.train import load_model, load_splits
@@ -26,18 +29,11 @@ from fashion_tune.train import load_model, load_splits
 SEED = 0
 
 
-def class_prior_sample(vae, train_x, train_y, labels, generator) -> torch.Tensor:
-    """Decoded z from per-class Gaussians fitted to posterior samples of the training images."""
-    with torch.no_grad():
-        mu, logvar = vae.encode(train_x, train_y)
-        z = mu + torch.randn(mu.shape, generator=generator) * (0.5 * logvar).exp()
-        drawn = torch.empty(len(labels), z.shape[1])
-        for c in labels.unique().tolist():
-            fitted = z[train_y == c]
-            prior = torch.distributions.MultivariateNormal(fitted.mean(0), torch.cov(fitted.T))
-            torch.manual_seed(SEED + c)  # MultivariateNormal.sample takes no generator
-            drawn[labels == c] = prior.sample((int((labels == c).sum()),))
-        return torch.sigmoid(vae.decode(drawn, labels))
+def fitted_prior_sample(vae, train_x, train_y, labels, seed: int) -> torch.Tensor:
+    """Raw samples (same noise as `raw`) of a copy of the VAE with its class prior fitted on these images."""
+    fitted = copy.deepcopy(vae)
+    fit_class_prior(fitted, train_x, train_y)
+    return raw_sample(fitted, labels, torch.Generator().manual_seed(seed))
 
 
 def main() -> None:
@@ -45,13 +41,13 @@ def main() -> None:
     parser.add_argument("checkpoints", nargs="*", default=["best_models/vae/model.pt"])
     parser.add_argument("--judge", default="best_models", help="models folder holding the promoted CNN")
     parser.add_argument("--val-images", type=int, default=3000, help="validation images to reconstruct")
-    parser.add_argument("--train-images", type=int, default=20000, help="training images to fit the class prior")
+    parser.add_argument("--train-images", type=int, default=50000, help="training images to fit the class prior on")
     parser.add_argument("--per-class", type=int, default=200, help="samples per class")
     args = parser.parse_args()
 
     judge = load_promoted("cnn", args.judge)[0]
     short = " ".join(f"{name[:7]:>7s}" for name in CLASSES)
-    print(f"{'checkpoint':42s} {'what':11s} {'all':>5s} {short}")
+    print(f"{'checkpoint':42s} {'what':12s} {'all':>5s} {short}")
     for path in args.checkpoints:
         vae, state = load_model(path, kind="vae")
         splits = load_splits({**state["config"], "subset": None, "val_subset": None})
@@ -62,13 +58,13 @@ def main() -> None:
         sets = {
             "recon": (recon, val_y),
             "raw": (raw_sample(vae, labels, torch.Generator().manual_seed(SEED)), labels),
-            "class prior": (class_prior_sample(vae, splits.train_x[: args.train_images], splits.train_y[: args.train_images],
-                                               labels, torch.Generator().manual_seed(SEED + 1)), labels),
+            "fitted prior": (fitted_prior_sample(vae, splits.train_x[: args.train_images], splits.train_y[: args.train_images],
+                                                 labels, SEED), labels),
         }
         for what, (images, asked) in sets.items():
             scores = judge_scores(judge_outputs(judge, images)[0], asked)
             per_class = " ".join(f"{scores['per_class'][name]['accuracy']:7.3f}" for name in CLASSES)
-            print(f"{str(path)[-42:]:42s} {what:11s} {scores['accuracy']:5.3f} {per_class}")
+            print(f"{str(path)[-42:]:42s} {what:12s} {scores['accuracy']:5.3f} {per_class}")
 
 
 if __name__ == "__main__":

@@ -147,6 +147,7 @@ def grade_vae(
                      "interpolation_steps": INTERPOLATION_STEPS, "fd_max_samples": FD_MAX,
                      "original_diversity_per_class": ORIGINAL_DIVERSITY_PER_CLASS},
         "parameters": count_parameters(vae),
+        "prior": "standard normal" if vae.prior_is_standard else "a Gaussian per class, fitted at promotion",
     }
     pictures = _pictures(vae, judge, test_x, test_y, raw.images, per_class, candidates, seed)
     tick("pictures")

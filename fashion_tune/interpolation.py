@@ -39,11 +39,14 @@ def interpolation_paths(
     """Images (P, steps, 1, 28, 28) along class-to-class paths: z_a -> z_b and embed(a) -> embed(b) linearly."""
     device = next(vae.parameters()).device
     noise_device = generator.device if generator is not None else torch.device("cpu")
-    ends = torch.randn(len(pairs), 2, vae.config.latent_dim, generator=generator, device=noise_device).cpu()
+    noise = torch.randn(len(pairs), 2, vae.config.latent_dim, generator=generator, device=noise_device).cpu()
+    # Each end is a draw from its own class's prior (from N(0, I) for a model with the standard prior).
+    classes = torch.tensor(pairs).view(-1, 2)
+    ends = vae.prior_latents(noise.flatten(0, 1).to(device), classes.flatten().to(device)).cpu().view(noise.shape)
     t = torch.linspace(0, 1, steps)
     z = torch.lerp(ends[:, :1], ends[:, 1:], t[None, :, None]).flatten(0, 1)  # (P*steps, latent)
-    source = torch.tensor([a for a, _ in pairs]).repeat_interleave(steps)
-    target = torch.tensor([b for _, b in pairs]).repeat_interleave(steps)
+    source = classes[:, 0].repeat_interleave(steps)
+    target = classes[:, 1].repeat_interleave(steps)
     weight = t.repeat(len(pairs))
     with evaluating(vae):
         if vae.config.conditional:

@@ -17,6 +17,7 @@ from torch import nn
 
 from fashion_tune.errors import ConfigError
 from fashion_tune.models import CNNConfig, ConditionalVAE, FashionCNN, VAEConfig
+from fashion_tune.prior import fit_prior_if_better
 from fashion_tune.scoring import cnn_scores, cnn_validation, vae_test, vae_validation
 from fashion_tune.tasks import CNNTask, VAETask
 from fashion_tune.training_config import CNNTraining, TrainingConfig, VAETraining, from_flat
@@ -41,6 +42,9 @@ class Kind:
     # Promotion's names for the validation metrics it compares, with the val_* metric each one is.
     promoted_validation: tuple[tuple[str, str], ...]
     judge: str | None = None  # the kind whose promoted model grades this one's output
+    # A fit promotion applies to the trained model (the VAE's class prior): (model, splits, validation
+    # scores, score(model) -> validation scores) -> (what it did, for the manifest; the validation scores now).
+    finish: Callable[..., tuple[dict[str, Any], dict[str, float]]] | None = None
 
     @property
     def promote_metric(self) -> str:
@@ -75,6 +79,7 @@ KINDS: dict[str, Kind] = {
         epoch_line=("val_neg_elbo", "val_recon", "val_kl", "beta"),
         validate=vae_validation, test=vae_test,
         promoted_validation=(("neg_elbo", "val_neg_elbo"), ("recon", "val_recon"), ("kl", "val_kl")), judge="cnn",
+        finish=fit_prior_if_better,
     ),
     "cnn": Kind(
         name="cnn", task="recognition: a CNN classifier", model_config=CNNConfig, network=FashionCNN,

@@ -5,7 +5,7 @@ log-likelihood (its floor BCE(x, x) is about 188 nats on Fashion-MNIST) and cann
 with published numbers. The standard protocol can: binarize the test images once with a fixed
 seed, and estimate log p(x) with the importance-weighted bound (Burda et al., 2016)
 
-    log p(x | y) >= IWAE_k = log (1/k) sum_i p(x | z_i, y) p(z_i) / q(z_i | x, y),  z_i ~ q(z | x, y)
+    log p(x | y) >= IWAE_k = log (1/k) sum_i p(x | z_i, y) p(z_i | y) / q(z_i | x, y),  z_i ~ q(z | x, y)
 
 which tightens as k grows (k = 1 is the ELBO). Our VAE is class-conditional, so the bound is on
 log p(x | y); with the uniform class prior, log p(x) >= log p(x | y) - log 10, which gives an
@@ -59,7 +59,7 @@ def iwae_log_likelihood(vae: ConditionalVAE, x: Tensor, y: Tensor | None, k: int
         flat_labels = labels.repeat(n) if labels is not None else None
         logits = vae.decode(flat, flat_labels).view(n, *x.shape)
         log_px_z = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").flatten(2).sum(-1)
-        log_pz = -0.5 * (_LOG_2PI + z.pow(2)).sum(-1)
+        log_pz = vae.prior_log_prob(flat, flat_labels).view(n, -1)
         log_qz = _gaussian_log_density(z, mu, logvar)
         log_weights.append((log_px_z + log_pz - log_qz).double())
     return torch.logsumexp(torch.cat(log_weights), dim=0) - math.log(k)

@@ -74,11 +74,13 @@ class Promotion:
 # --- scoring -------------------------------------------------------------------------------
 
 
-def evaluation_splits(config: dict[str, Any], data_dir=None):
-    """The full validation split a config's run held out (val_size, split_seed) and the full test set."""
+def evaluation_splits(config: dict[str, Any], data_dir=None, training: bool = False):
+    """The full validation split a config's run held out (val_size, split_seed) and the full test set;
+    with `training`, also the training images the run trained on (else a token 10, to spare memory)."""
     data = load_fashion_mnist(data_dir)
-    # Only validation and test are used; a 10-image training subset keeps the 50k training images out of memory.
-    splits = make_splits(data, val_size=config["val_size"], split_seed=config["split_seed"], subset=10)
+    subset = config["subset"] if training else 10
+    splits = make_splits(data, val_size=config["val_size"], split_seed=config["split_seed"], subset=subset,
+                         subset_seed=config["seed"])
     return splits, data
 
 
@@ -202,12 +204,18 @@ def promote_best_trial(
 
     model, state = load_model(pick.checkpoint, kind=kind)
     config = dict(state["config"])
-    splits, data = evaluation_splits(config, data_dir)
+    finish = get_kind(kind).finish
+    splits, data = evaluation_splits(config, data_dir, training=finish is not None)
     echo(f"challenger: trial {pick.trial_id} of {experiment_dir} (epoch {state['epoch']}, "
          f"{pick.metric} {format_number(pick.value)} in the sweep); scoring on {len(splits.val_y):,} validation "
          f"and {len(splits.test_y):,} test images")
-    challenger = {"validation": validation_scores(kind, model, splits.val_x, splits.val_y),
-                  "test": test_scores(kind, model, splits.test_x, splits.test_y)}
+    validation = validation_scores(kind, model, splits.val_x, splits.val_y)
+    finished = None
+    if finish is not None:
+        finished, validation = finish(model, splits, validation, lambda m: validation_scores(kind, m, splits.val_x, splits.val_y))
+        state = {**state, "model": model.state_dict()}
+        echo(finished["summary"])
+    challenger = {"validation": validation, "test": test_scores(kind, model, splits.test_x, splits.test_y)}
 
     models_dir.mkdir(parents=True, exist_ok=True)
     with models_lock(models_dir):
@@ -220,6 +228,8 @@ def promote_best_trial(
             echo(reason)
             return result
         manifest = _manifest(kind, experiment_dir, pick, state, challenger, champion, force, splits, data, config)
+        if finished is not None:
+            manifest["finish"] = finished
         result.history = _install(models_dir, target, kind, state, challenger, manifest)
     echo(f"{reason}; promoted trial {pick.trial_id} to {target}" + (f" (previous champion kept in {result.history})" if result.history else ""))
     judge = get_kind(kind).judge

@@ -26,7 +26,9 @@ METRIC_DEFINITIONS = """\
   accuracy = mean(correct); mean confidence = mean(confidence); > 0.95 = share of images with
   confidence > 0.95; **quality score = mean(confidence x correct)** (the original's "confidence x accuracy").
   The "real test" column scores real test images the same way: what a perfect generator would get.
-- **Raw** samples decode one z ~ N(0, I) per image. **Guided** samples keep, for each image, the
+- **Raw** samples decode one z ~ p(z|y) per image, from the VAE's prior (the standard normal, or the
+  Gaussian per class that promotion fits to the training images' posteriors, where it raised the
+  validation ELBO: the VAE section says which). **Guided** samples keep, for each image, the
   candidate (of `candidates` decoded latents) the judge is most confident about (the original's
   "generate 100 candidates, select best"). Guidance raises judge scores by construction, so the
   grade uses raw samples only; the guided column shows what it costs in diversity.
@@ -41,7 +43,7 @@ METRIC_DEFINITIONS = """\
   features' total variance: scale-free and nearly independent of the number of images.
 - **Likelihood bound (the number to compare with papers)**: the test images binarized once (each
   pixel 1 with probability its grey level, seed 0), and the importance-weighted bound
-  log p(x|y) >= IWAE_k = log (1/k) sum_i p(x|z_i,y) p(z_i) / q(z_i|x,y) with k importance samples
+  log p(x|y) >= IWAE_k = log (1/k) sum_i p(x|z_i,y) p(z_i|y) / q(z_i|x,y) with k importance samples
   (Burda et al. 2016); reported as -IWAE_k, an upper bound on the negative log-likelihood in nats,
   +- its standard error over images. The VAE is class-conditional, so the bound is on log p(x|y);
   -log p(x) <= -IWAE_k + log 10 follows from the uniform class prior. Literature anchors on
@@ -135,7 +137,8 @@ _SAMPLE_ROWS = [("accuracy", "judge accuracy"), ("mean_confidence", "mean confid
 
 def _vae_section(vae: dict[str, Any]) -> list[str]:
     s, settings, t = vae["samples"], vae["settings"], vae["test"]
-    out = ["## VAE", "", f"Model: {_provenance(vae['model'])}; {vae['parameters']:,} parameters. "
+    prior = f" Prior p(z|y): {vae['prior']}." if "prior" in vae else ""
+    out = ["## VAE", "", f"Model: {_provenance(vae['model'])}; {vae['parameters']:,} parameters.{prior} "
            f"Judge: the promoted CNN ({_provenance(vae['judge'])}).", "",
            f"Samples: {settings['per_class']:,} raw and {settings['guided_per_class']:,} guided (best of "
            f"{settings['candidates']}) per class, seed {settings['seed']}.", ""]

@@ -54,10 +54,11 @@ def _noise(count: int, latent_dim: int, generator: torch.Generator | None) -> Te
     return torch.randn(count, latent_dim, generator=generator, device=device)
 
 
-def _decode(vae: ConditionalVAE, z: Tensor, labels: Tensor) -> Tensor:
+def _decode(vae: ConditionalVAE, noise: Tensor, labels: Tensor) -> Tensor:
+    """Pixel probabilities for latents drawn from the VAE's prior p(z | label) with standard-normal `noise`."""
     device = _device(vae)
-    conditional = vae.config.conditional
-    return torch.sigmoid(vae.decode(z.to(device), labels.to(device) if conditional else None))
+    labels = labels.to(device) if vae.config.conditional else None
+    return torch.sigmoid(vae.decode(vae.prior_latents(noise.to(device), labels), labels))
 
 
 @torch.no_grad()
@@ -67,7 +68,7 @@ def raw_sample(
     generator: torch.Generator | None = None,
     batch_size: int = BATCH_SIZE,
 ) -> Tensor:
-    """Pixel probabilities (N, 1, 28, 28), one z ~ N(0, I) per requested label: what the VAE gives unaided."""
+    """Pixel probabilities (N, 1, 28, 28), one z ~ p(z | label) per requested label: what the VAE gives unaided."""
     labels = _labels(labels, vae.config.num_classes)
     z = _noise(len(labels), vae.config.latent_dim, generator)
     out = []

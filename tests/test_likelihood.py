@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -16,20 +17,26 @@ def tiny_vae(latent_dim: int = 1) -> ConditionalVAE:
 
 @torch.no_grad()
 def exact_log_likelihood(vae: ConditionalVAE, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """log p(x|y) = log integral p(x|z,y) N(z; 0, 1) dz on a fine grid (1-D latent only)."""
+    """log p(x|y) = log integral p(x|z,y) N(z; loc_y, scale_y^2) dz on a fine grid (1-D latent only)."""
     grid = torch.linspace(-10, 10, 4001)
     step = (grid[1] - grid[0]).item()
     out = []
     for xi, yi in zip(x, y):
         logits = vae.decode(grid[:, None], yi.repeat(len(grid)))
         log_px_z = -F.binary_cross_entropy_with_logits(logits, xi.expand_as(logits), reduction="none").flatten(1).sum(1)
-        log_pz = -0.5 * (math.log(2 * math.pi) + grid**2)
+        loc, scale = vae.prior_loc[yi, 0], vae.prior_scale_tril[yi, 0, 0]
+        log_pz = -0.5 * (math.log(2 * math.pi) + ((grid - loc) / scale) ** 2) - scale.log()
         out.append(torch.logsumexp((log_px_z + log_pz).double(), 0) + math.log(step))
     return torch.stack(out)
 
 
-def test_iwae_bound_approaches_the_exact_likelihood_from_below():
+@pytest.mark.parametrize("prior", ["standard", "fitted"])
+def test_iwae_bound_approaches_the_exact_likelihood_from_below(prior):
     vae = tiny_vae()
+    if prior == "fitted":  # a class prior as promotion fits one: another mean and scale per class
+        vae.set_prior(torch.linspace(-1, 1, 10)[:, None], torch.linspace(0.4, 1.5, 10).view(10, 1, 1))
+        with torch.no_grad():  # and a decoder that depends on z enough for the prior to matter
+            vae.from_latent.weight[:, 0] *= 30
     x = binarize(torch.rand(4, 1, 28, 28) * 0.3)
     y = torch.tensor([0, 3, 5, 9])
     exact = exact_log_likelihood(vae, x, y)

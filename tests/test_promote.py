@@ -320,6 +320,14 @@ def test_vae_promotion_evaluate_and_sample(tmp_path, experiments, runs, capsys):
     manifest = json.loads((models / "vae/manifest.json").read_text())
     assert manifest["validation_metric"]["name"] == "val_neg_elbo"
     assert manifest["test_metric"]["value"] > 0  # nats per image
+    # The class prior, fitted on the trial's 1,000 training images, is kept only if validation says so.
+    fitted = manifest["finish"]
+    assert fitted["step"] == "fit_class_prior" and fitted["training_images"] == 1000 and fitted["summary"] in out
+    assert fitted["kept"] == (fitted["val_neg_elbo_fitted"] < fitted["val_neg_elbo_before"])
+    promoted_vae = load_promoted("vae", models)[0]
+    assert promoted_vae.prior_is_standard != fitted["kept"]
+    expected = fitted["val_neg_elbo_fitted"] if fitted["kept"] else fitted["val_neg_elbo_before"]
+    assert manifest["validation_metric"]["value"] == pytest.approx(expected)
 
     before = snapshot(models)
     assert_one_line_error(*run_cli(capsys, "evaluate", "--kind", "vae", "--models-dir", models)[::2],

@@ -3,11 +3,18 @@
 The encoder sees the image plus (when conditional) its label painted as a learned 28x28 channel;
 the decoder sees z concatenated with the label embedding. Resolutions go 28 -> 14 -> 7 and back,
 with `depth` residual blocks at each of the three resolutions on both sides.
+
+The prior p(z | y) is a Gaussian per class, N(prior_loc[y], L L^T) with L = prior_scale_tril[y]
+(one row for an unconditional VAE). It is the standard normal while the model trains; promotion
+sets it to the Gaussian that maximises the training set's ELBO for the trained encoder and
+decoder (`fashion_tune.prior`). Sampling, the KL term and the likelihood bound all use it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import math
 
 import torch
 import torch.nn as nn
@@ -103,6 +110,13 @@ class ConditionalVAE(nn.Module):
             nn.Conv2d(w, 1, 3, padding=1),
         )
 
+        rows, dim = (config.num_classes if config.conditional else 1), config.latent_dim
+        self.register_buffer("prior_loc", torch.zeros(rows, dim))
+        self.register_buffer("prior_scale_tril", torch.eye(dim).repeat(rows, 1, 1))
+        self.register_load_state_dict_pre_hook(_standard_prior_if_absent)
+        self.register_load_state_dict_post_hook(self._note_prior)
+        self._note_prior()
+
     def _embed(self, labels: torch.Tensor | None) -> torch.Tensor:
         if labels is None:
             raise ValueError("this VAE is conditional (conditional=True): pass a label per image")
@@ -131,11 +145,66 @@ class ConditionalVAE(nn.Module):
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
         return self.decode(z, labels), mu, logvar
 
+    # --- the prior p(z | y) -------------------------------------------------------------------
+
+    def set_prior(self, loc: torch.Tensor, scale_tril: torch.Tensor) -> None:
+        """Make p(z | y) = N(loc[y], scale_tril[y] scale_tril[y]^T); shapes (rows, D) and (rows, D, D)."""
+        self.prior_loc.copy_(loc)
+        self.prior_scale_tril.copy_(scale_tril)
+        self._note_prior()
+
+    def _note_prior(self, *args) -> None:
+        # Cached, so training steps need no device sync to know the prior is N(0, I).
+        eye = torch.eye(self.config.latent_dim, device=self.prior_scale_tril.device)
+        self.prior_is_standard = not self.prior_loc.any().item() and torch.equal(self.prior_scale_tril, eye.expand_as(self.prior_scale_tril))
+
+    def _prior_rows(self, labels: torch.Tensor | None, count: int) -> torch.Tensor:
+        if self.config.conditional:
+            return labels.to(self.prior_loc.device)
+        return torch.zeros(count, dtype=torch.long, device=self.prior_loc.device)
+
+    def prior_latents(self, noise: torch.Tensor, labels: torch.Tensor | None = None, temperature: float = 1.0) -> torch.Tensor:
+        """Draws from p(z | y) made from standard-normal noise (B, D): loc + temperature * L noise."""
+        if self.prior_is_standard:
+            return temperature * noise
+        rows = self._prior_rows(labels, len(noise))
+        noise = noise.to(self.prior_loc.device)
+        return self.prior_loc[rows] + temperature * (self.prior_scale_tril[rows] @ noise.unsqueeze(-1)).squeeze(-1)
+
+    def prior_log_prob(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(z | y) in nats for latents z (B, D)."""
+        const = 0.5 * self.config.latent_dim * math.log(2 * math.pi)
+        if self.prior_is_standard:
+            return -0.5 * z.pow(2).sum(-1) - const
+        rows = self._prior_rows(labels, len(z))
+        white = (self._prior_inverse()[rows] @ (z - self.prior_loc[rows]).unsqueeze(-1)).squeeze(-1)
+        return -0.5 * white.pow(2).sum(-1) - self._prior_log_det()[rows] / 2 - const
+
+    def kl(self, mu: torch.Tensor, logvar: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """KL(q(z | x, y) || p(z | y)) per image, for the diagonal posterior N(mu, exp(logvar))."""
+        if self.prior_is_standard:
+            return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
+        rows = self._prior_rows(labels, len(mu))
+        inverse = self._prior_inverse()[rows]
+        # With Sigma_p = L L^T: tr(Sigma_p^-1 Sigma_q) = |L^-1 diag(std_q)|_F^2, plus the Mahalanobis
+        # term |L^-1 (mu_q - mu_p)|^2 and log det Sigma_p - log det Sigma_q.
+        trace = (inverse.pow(2) * logvar.exp().unsqueeze(1)).sum((1, 2))
+        mahalanobis = (inverse @ (mu - self.prior_loc[rows]).unsqueeze(-1)).squeeze(-1).pow(2).sum(1)
+        return 0.5 * (trace + mahalanobis - mu.shape[1] + self._prior_log_det()[rows] - logvar.sum(1))
+
+    def _prior_inverse(self) -> torch.Tensor:
+        eye = torch.eye(self.config.latent_dim, device=self.prior_scale_tril.device).expand_as(self.prior_scale_tril)
+        return torch.linalg.solve_triangular(self.prior_scale_tril, eye, upper=False)
+
+    def _prior_log_det(self) -> torch.Tensor:
+        """log det Sigma_p per row: 2 sum log diag L."""
+        return 2 * self.prior_scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+
     def loss_terms(self, x: torch.Tensor, labels: torch.Tensor | None, beta: float) -> dict[str, torch.Tensor]:
         """Per-image means in nats: recon, kl, neg_elbo = recon + kl, and the training loss recon + beta*kl."""
         logits, mu, logvar = self(x, labels)
         recon = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1).mean()
-        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1).mean()
+        kl = self.kl(mu, logvar, labels).mean()
         return {"recon": recon, "kl": kl, "neg_elbo": recon + kl, "loss": recon + beta * kl}
 
     @torch.no_grad()
@@ -151,7 +220,7 @@ class ConditionalVAE(nn.Module):
         generator: torch.Generator | None = None,
         temperature: float = 1.0,
     ) -> torch.Tensor:
-        """Pixel probabilities (N, 1, 28, 28) for z ~ N(0, temperature^2 I), one image per label.
+        """Pixel probabilities (N, 1, 28, 28), one image per label: z = loc + temperature * L noise from p(z | y).
 
         An unconditional VAE also takes a plain count; a conditional one needs the labels.
         """
@@ -167,5 +236,11 @@ class ConditionalVAE(nn.Module):
                 labels = None
         # Drawn where the generator lives (CPU by default), so a seed gives the same z on any device.
         noise_device = generator.device if generator is not None else torch.device("cpu")
-        z = torch.randn(count, self.config.latent_dim, generator=generator, device=noise_device)
-        return torch.sigmoid(self.decode((temperature * z).to(device), labels))
+        noise = torch.randn(count, self.config.latent_dim, generator=generator, device=noise_device).to(device)
+        return torch.sigmoid(self.decode(self.prior_latents(noise, labels, temperature), labels))
+
+
+def _standard_prior_if_absent(module: ConditionalVAE, state_dict, prefix: str, *args) -> None:
+    """Checkpoints from before the prior was a buffer hold none: theirs is the standard normal."""
+    state_dict.setdefault(prefix + "prior_loc", torch.zeros_like(module.prior_loc))
+    state_dict.setdefault(prefix + "prior_scale_tril", torch.eye(module.config.latent_dim).expand_as(module.prior_scale_tril).clone())
