@@ -80,7 +80,7 @@ browser:
 	fi
 
 test: data browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 clean:
 	rm -rf runs .pytest_cache
