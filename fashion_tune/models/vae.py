@@ -12,9 +12,8 @@ decoder (`fashion_tune.prior`). Sampling, the KL term and the likelihood bound a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -112,7 +111,7 @@ class ConditionalVAE(nn.Module):
 
         rows, dim = (config.num_classes if config.conditional else 1), config.latent_dim
         self.register_buffer("prior_loc", torch.zeros(rows, dim))
-        self.register_buffer("prior_scale_tril", torch.eye(dim).repeat(rows, 1, 1))
+        self.register_buffer("prior_scale_tril", _identities(rows, dim))
         self.register_load_state_dict_pre_hook(_standard_prior_if_absent)
         self.register_load_state_dict_post_hook(self._note_prior)
         self._note_prior()
@@ -155,8 +154,8 @@ class ConditionalVAE(nn.Module):
 
     def _note_prior(self, *args) -> None:
         # Cached, so training steps need no device sync to know the prior is N(0, I).
-        eye = torch.eye(self.config.latent_dim, device=self.prior_scale_tril.device)
-        self.prior_is_standard = not self.prior_loc.any().item() and torch.equal(self.prior_scale_tril, eye.expand_as(self.prior_scale_tril))
+        identity = _identities(*self.prior_loc.shape, device=self.prior_scale_tril.device)
+        self.prior_is_standard = not self.prior_loc.any().item() and torch.equal(self.prior_scale_tril, identity)
 
     def _prior_rows(self, labels: torch.Tensor | None, count: int) -> torch.Tensor:
         if self.config.conditional:
@@ -193,8 +192,8 @@ class ConditionalVAE(nn.Module):
         return 0.5 * (trace + mahalanobis - mu.shape[1] + self._prior_log_det()[rows] - logvar.sum(1))
 
     def _prior_inverse(self) -> torch.Tensor:
-        eye = torch.eye(self.config.latent_dim, device=self.prior_scale_tril.device).expand_as(self.prior_scale_tril)
-        return torch.linalg.solve_triangular(self.prior_scale_tril, eye, upper=False)
+        identity = _identities(*self.prior_loc.shape, device=self.prior_scale_tril.device)
+        return torch.linalg.solve_triangular(self.prior_scale_tril, identity, upper=False)
 
     def _prior_log_det(self) -> torch.Tensor:
         """log det Sigma_p per row: 2 sum log diag L."""
@@ -243,4 +242,9 @@ class ConditionalVAE(nn.Module):
 def _standard_prior_if_absent(module: ConditionalVAE, state_dict, prefix: str, *args) -> None:
     """Checkpoints from before the prior was a buffer hold none: theirs is the standard normal."""
     state_dict.setdefault(prefix + "prior_loc", torch.zeros_like(module.prior_loc))
-    state_dict.setdefault(prefix + "prior_scale_tril", torch.eye(module.config.latent_dim).expand_as(module.prior_scale_tril).clone())
+    state_dict.setdefault(prefix + "prior_scale_tril", _identities(*module.prior_loc.shape))
+
+
+def _identities(rows: int, dim: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """`rows` identity matrices (rows, dim, dim): the standard normal's scale_tril for every class."""
+    return torch.eye(dim, device=device).repeat(rows, 1, 1)
