@@ -42,7 +42,8 @@ def interpolation_paths(
     noise = torch.randn(len(pairs), 2, vae.config.latent_dim, generator=generator, device=noise_device).cpu()
     # Each end is a draw from its own class's prior (from N(0, I) for a model with the standard prior).
     classes = torch.tensor(pairs).view(-1, 2)
-    ends = vae.prior_latents(noise.flatten(0, 1).to(device), classes.flatten().to(device)).cpu().view(noise.shape)
+    pick = vae.prior_picks(2 * len(pairs), generator)
+    ends = vae.prior_latents(noise.flatten(0, 1).to(device), classes.flatten().to(device), pick=pick).cpu().view(noise.shape)
     t = torch.linspace(0, 1, steps)
     z = torch.lerp(ends[:, :1], ends[:, 1:], t[None, :, None]).flatten(0, 1)  # (P*steps, latent)
     source = classes[:, 0].repeat_interleave(steps)

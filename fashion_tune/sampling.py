@@ -54,11 +54,16 @@ def _noise(count: int, latent_dim: int, generator: torch.Generator | None) -> Te
     return torch.randn(count, latent_dim, generator=generator, device=device)
 
 
-def _decode(vae: ConditionalVAE, noise: Tensor, labels: Tensor) -> Tensor:
-    """Pixel probabilities for latents drawn from the VAE's prior p(z | label) with standard-normal `noise`."""
+def _slice(pick: Tensor | None, start: int, stop: int) -> Tensor | None:
+    return None if pick is None else pick[start:stop]
+
+
+def _decode(vae: ConditionalVAE, noise: Tensor, labels: Tensor, pick: Tensor | None = None) -> Tensor:
+    """Pixel probabilities for latents drawn from the VAE's prior p(z | label) with standard-normal `noise`
+    (and, for a mixture prior, the uniform numbers `pick` that choose its components)."""
     device = _device(vae)
     labels = labels.to(device) if vae.config.conditional else None
-    return torch.sigmoid(vae.decode(vae.prior_latents(noise.to(device), labels), labels))
+    return torch.sigmoid(vae.decode(vae.prior_latents(noise.to(device), labels, pick=pick), labels))
 
 
 @torch.no_grad()
@@ -71,10 +76,11 @@ def raw_sample(
     """Pixel probabilities (N, 1, 28, 28), one z ~ p(z | label) per requested label: what the VAE gives unaided."""
     labels = _labels(labels, vae.config.num_classes)
     z = _noise(len(labels), vae.config.latent_dim, generator)
+    pick = vae.prior_picks(len(labels), generator)
     out = []
     with evaluating(vae):
         for i in range(0, len(labels), batch_size):
-            out.append(_decode(vae, z[i : i + batch_size], labels[i : i + batch_size]).cpu())
+            out.append(_decode(vae, z[i : i + batch_size], labels[i : i + batch_size], _slice(pick, i, i + batch_size)).cpu())
     return torch.cat(out) if out else torch.empty(0, 1, 28, 28)
 
 
@@ -99,6 +105,7 @@ def guided_sample(
     labels = _labels(labels, vae.config.num_classes)
     # Label-major: the candidates of labels[0] first. (N x candidates x latent_dim floats.)
     z = _noise(len(labels) * candidates, vae.config.latent_dim, generator)
+    pick = vae.prior_picks(len(z), generator)
     per_block = max(1, batch_size // candidates)
     images, confidences = [], []
     judge_device = _device(judge)
@@ -106,7 +113,8 @@ def guided_sample(
         for i in range(0, len(labels), per_block):
             block = labels[i : i + per_block]
             wanted = block.repeat_interleave(candidates)
-            decoded = _decode(vae, z[i * candidates : (i + len(block)) * candidates], wanted)
+            start, stop = i * candidates, (i + len(block)) * candidates
+            decoded = _decode(vae, z[start:stop], wanted, _slice(pick, start, stop))
             probs = torch.softmax(judge(decoded.to(judge_device)).float(), dim=1)
             confidence = probs.gather(1, wanted.to(judge_device)[:, None]).view(len(block), candidates)
             best_conf, best = confidence.max(dim=1)

@@ -24,17 +24,22 @@ def exact_log_likelihood(vae: ConditionalVAE, x: torch.Tensor, y: torch.Tensor) 
     for xi, yi in zip(x, y):
         logits = vae.decode(grid[:, None], yi.repeat(len(grid)))
         log_px_z = -F.binary_cross_entropy_with_logits(logits, xi.expand_as(logits), reduction="none").flatten(1).sum(1)
-        loc, scale = vae.prior_loc[yi, 0], vae.prior_scale_tril[yi, 0, 0]
-        log_pz = -0.5 * (math.log(2 * math.pi) + ((grid - loc) / scale) ** 2) - scale.log()
+        loc, scale = vae.prior_loc[yi, :, 0, None], vae.prior_scale_tril[yi, :, 0, 0, None]  # (K, 1)
+        log_pz = torch.logsumexp(vae.prior_logits[yi, :, None] - 0.5 * (math.log(2 * math.pi) + ((grid - loc) / scale) ** 2) - scale.log(), 0)
         out.append(torch.logsumexp((log_px_z + log_pz).double(), 0) + math.log(step))
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("prior", ["standard", "fitted"])
+@pytest.mark.parametrize("prior", ["standard", "fitted", "mixture"])
 def test_iwae_bound_approaches_the_exact_likelihood_from_below(prior):
     vae = tiny_vae()
     if prior == "fitted":  # a class prior as promotion fits one: another mean and scale per class
         vae.set_prior(torch.linspace(-1, 1, 10)[:, None], torch.linspace(0.4, 1.5, 10).view(10, 1, 1))
+    if prior == "mixture":  # two Gaussians per class, unequal weights
+        vae.set_prior(torch.stack([torch.linspace(-2, 1, 10), torch.linspace(1, 2, 10)], 1)[..., None],
+                      torch.stack([torch.linspace(0.3, 0.8, 10), torch.linspace(0.5, 1.2, 10)], 1).view(10, 2, 1, 1),
+                      torch.stack([torch.zeros(10), torch.linspace(-1, 1, 10)], 1))
+    if prior != "standard":
         with torch.no_grad():  # and a decoder that depends on z enough for the prior to matter
             vae.from_latent.weight[:, 0] *= 30
     x = binarize(torch.rand(4, 1, 28, 28) * 0.3)

@@ -4,10 +4,11 @@ The encoder sees the image plus (when conditional) its label painted as a learne
 the decoder sees z concatenated with the label embedding. Resolutions go 28 -> 14 -> 7 and back,
 with `depth` residual blocks at each of the three resolutions on both sides.
 
-The prior p(z | y) is a Gaussian per class, N(prior_loc[y], L L^T) with L = prior_scale_tril[y]
-(one row for an unconditional VAE). It is the standard normal while the model trains; promotion
-sets it to the Gaussian that maximises the training set's ELBO for the trained encoder and
-decoder (`fashion_tune.prior`). Sampling, the KL term and the likelihood bound all use it.
+The prior p(z | y) is a mixture of K full-covariance Gaussians per class (one row for an
+unconditional VAE): weights softmax(prior_logits[y]), means prior_loc[y, k], scale_tril
+prior_scale_tril[y, k]. It is the standard normal (K = 1) while the model trains; promotion fits
+it to the training images' posteriors with the encoder and decoder fixed (`fashion_tune.prior`).
+Sampling, the KL term and the likelihood bound all use it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from fashion_tune.errors import ConfigError
 IMAGE_SIZE = 28
 # exp(-30) and exp(20) bound the posterior variance away from 0 and inf, so the KL stays finite.
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
+MIXTURE_KL_SAMPLES = 16  # z ~ q per image for the KL against a mixture prior (no closed form)
 
 
 @dataclass
@@ -110,9 +112,10 @@ class ConditionalVAE(nn.Module):
         )
 
         rows, dim = (config.num_classes if config.conditional else 1), config.latent_dim
-        self.register_buffer("prior_loc", torch.zeros(rows, dim))
-        self.register_buffer("prior_scale_tril", _identities(rows, dim))
-        self.register_load_state_dict_pre_hook(_standard_prior_if_absent)
+        self.register_buffer("prior_logits", torch.zeros(rows, 1))  # log mixture weights, (rows, K)
+        self.register_buffer("prior_loc", torch.zeros(rows, 1, dim))
+        self.register_buffer("prior_scale_tril", _identities(rows, 1, dim))
+        self.register_load_state_dict_pre_hook(_prior_as_saved)
         self.register_load_state_dict_post_hook(self._note_prior)
         self._note_prior()
 
@@ -146,29 +149,64 @@ class ConditionalVAE(nn.Module):
 
     # --- the prior p(z | y) -------------------------------------------------------------------
 
-    def set_prior(self, loc: torch.Tensor, scale_tril: torch.Tensor) -> None:
-        """Make p(z | y) = N(loc[y], scale_tril[y] scale_tril[y]^T); shapes (rows, D) and (rows, D, D)."""
-        self.prior_loc.copy_(loc)
-        self.prior_scale_tril.copy_(scale_tril)
+    @property
+    def prior_components(self) -> int:
+        """Gaussians per row of the prior: 1 for the standard normal and a moment-matched fit."""
+        return self.prior_loc.shape[1]
+
+    def set_prior(self, loc: torch.Tensor, scale_tril: torch.Tensor, logits: torch.Tensor | None = None) -> None:
+        """Make p(z | y) = sum_k softmax(logits[y])_k N(loc[y, k], L L^T), L = scale_tril[y, k]; shapes
+        (rows, K, D), (rows, K, D, D) and (rows, K) (equal weights if None). One Gaussian per row may
+        also come as (rows, D) and (rows, D, D)."""
+        if loc.dim() == 2:
+            loc, scale_tril = loc.unsqueeze(1), scale_tril.unsqueeze(1)
+        rows, components, dim = loc.shape
+        if (rows, dim) != tuple(self.prior_loc.shape[::2]) or scale_tril.shape != (rows, components, dim, dim):
+            raise ValueError(f"a prior for this VAE needs loc ({self.prior_loc.shape[0]}, K, {dim}) and scale_tril "
+                             f"(rows, K, D, D); got {tuple(loc.shape)} and {tuple(scale_tril.shape)}")
+        logits = torch.zeros(rows, components) if logits is None else logits
+        device = self.prior_loc.device
+        # Assigned, not copied: the number of components may change.
+        self.prior_loc = loc.detach().float().to(device)
+        self.prior_scale_tril = scale_tril.detach().float().to(device)
+        self.prior_logits = logits.detach().float().log_softmax(-1).to(device)
         self._note_prior()
 
     def _note_prior(self, *args) -> None:
         # Cached, so training steps need no device sync to know the prior is N(0, I).
-        identity = _identities(*self.prior_loc.shape, device=self.prior_scale_tril.device)
-        self.prior_is_standard = not self.prior_loc.any().item() and torch.equal(self.prior_scale_tril, identity)
+        self.prior_is_standard = (self.prior_components == 1 and not self.prior_loc.any().item()
+                                  and torch.equal(self.prior_scale_tril, _identities(*self.prior_loc.shape, device=self.prior_loc.device)))
 
     def _prior_rows(self, labels: torch.Tensor | None, count: int) -> torch.Tensor:
         if self.config.conditional:
             return labels.to(self.prior_loc.device)
         return torch.zeros(count, dtype=torch.long, device=self.prior_loc.device)
 
-    def prior_latents(self, noise: torch.Tensor, labels: torch.Tensor | None = None, temperature: float = 1.0) -> torch.Tensor:
-        """Draws from p(z | y) made from standard-normal noise (B, D): loc + temperature * L noise."""
+    def prior_latents(self, noise: torch.Tensor, labels: torch.Tensor | None = None, temperature: float = 1.0,
+                      pick: torch.Tensor | None = None) -> torch.Tensor:
+        """Draws from p(z | y) made from standard-normal noise (B, D): loc + temperature * L noise, with
+        the mixture component chosen by `pick`, uniform numbers in [0, 1) (B,) that a prior of more
+        than one component needs (`prior_picks`)."""
         if self.prior_is_standard:
             return temperature * noise
         rows = self._prior_rows(labels, len(noise))
         noise = noise.to(self.prior_loc.device)
-        return self.prior_loc[rows] + temperature * (self.prior_scale_tril[rows] @ noise.unsqueeze(-1)).squeeze(-1)
+        if self.prior_components == 1:
+            component = torch.zeros_like(rows)
+        elif pick is None:
+            raise ValueError(f"this VAE's prior is a mixture of {self.prior_components} Gaussians: pass `pick` to choose the component")
+        else:
+            cumulative = self.prior_logits[rows].exp().cumsum(-1)
+            component = torch.searchsorted(cumulative, pick.to(cumulative)[:, None]).squeeze(1).clamp_max(self.prior_components - 1)
+        loc, tril = self.prior_loc[rows, component], self.prior_scale_tril[rows, component]
+        return loc + temperature * (tril @ noise.unsqueeze(-1)).squeeze(-1)
+
+    def prior_picks(self, count: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """The uniform numbers `prior_latents` chooses mixture components with (None for one Gaussian)."""
+        if self.prior_components == 1:
+            return None
+        device = generator.device if generator is not None else torch.device("cpu")
+        return torch.rand(count, generator=generator, device=device)
 
     def prior_log_prob(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """log p(z | y) in nats for latents z (B, D)."""
@@ -176,27 +214,45 @@ class ConditionalVAE(nn.Module):
         if self.prior_is_standard:
             return -0.5 * z.pow(2).sum(-1) - const
         rows = self._prior_rows(labels, len(z))
-        white = (self._prior_inverse()[rows] @ (z - self.prior_loc[rows]).unsqueeze(-1)).squeeze(-1)
-        return -0.5 * white.pow(2).sum(-1) - self._prior_log_det()[rows] / 2 - const
+        inverse, log_det = self._prior_inverse(), self._prior_log_det()
+        out = torch.empty(len(z), dtype=z.dtype, device=z.device)
+        for row in rows.unique().tolist():  # one row (class) at a time: (n, K, D) whitened latents
+            mine = rows == row
+            white = torch.einsum("kde,nke->nkd", inverse[row], z[mine].to(inverse).unsqueeze(1) - self.prior_loc[row])
+            log_joint = self.prior_logits[row] - 0.5 * (white.pow(2).sum(-1) + log_det[row]) - const
+            out[mine] = torch.logsumexp(log_joint, -1).to(z.dtype)
+        return out
 
     def kl(self, mu: torch.Tensor, logvar: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """KL(q(z | x, y) || p(z | y)) per image, for the diagonal posterior N(mu, exp(logvar))."""
+        """KL(q(z | x, y) || p(z | y)) per image, for the diagonal posterior N(mu, exp(logvar)): exact for
+        a Gaussian prior, for a mixture the mean of log q(z) - log p(z) over MIXTURE_KL_SAMPLES z ~ q."""
         if self.prior_is_standard:
             return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
+        if self.prior_components > 1:
+            return self._sampled_kl(mu, logvar, labels)
         rows = self._prior_rows(labels, len(mu))
-        inverse = self._prior_inverse()[rows]
+        inverse = self._prior_inverse()[rows, 0]
         # With Sigma_p = L L^T: tr(Sigma_p^-1 Sigma_q) = |L^-1 diag(std_q)|_F^2, plus the Mahalanobis
         # term |L^-1 (mu_q - mu_p)|^2 and log det Sigma_p - log det Sigma_q.
         trace = (inverse.pow(2) * logvar.exp().unsqueeze(1)).sum((1, 2))
-        mahalanobis = (inverse @ (mu - self.prior_loc[rows]).unsqueeze(-1)).squeeze(-1).pow(2).sum(1)
-        return 0.5 * (trace + mahalanobis - mu.shape[1] + self._prior_log_det()[rows] - logvar.sum(1))
+        mahalanobis = (inverse @ (mu - self.prior_loc[rows, 0]).unsqueeze(-1)).squeeze(-1).pow(2).sum(1)
+        return 0.5 * (trace + mahalanobis - mu.shape[1] + self._prior_log_det()[rows, 0] - logvar.sum(1))
+
+    def _sampled_kl(self, mu: torch.Tensor, logvar: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        noise = torch.randn(MIXTURE_KL_SAMPLES, *mu.shape, dtype=mu.dtype, device=mu.device)
+        z = mu + torch.exp(0.5 * logvar) * noise  # (S, B, D)
+        log_q = -0.5 * (noise.pow(2) + logvar + math.log(2 * math.pi)).sum(-1)
+        repeated = None if labels is None else labels.repeat(MIXTURE_KL_SAMPLES)
+        log_p = self.prior_log_prob(z.flatten(0, 1), repeated).view(MIXTURE_KL_SAMPLES, -1)
+        return (log_q - log_p).mean(0)
 
     def _prior_inverse(self) -> torch.Tensor:
+        """L^-1 per row and component (rows, K, D, D)."""
         identity = _identities(*self.prior_loc.shape, device=self.prior_scale_tril.device)
         return torch.linalg.solve_triangular(self.prior_scale_tril, identity, upper=False)
 
     def _prior_log_det(self) -> torch.Tensor:
-        """log det Sigma_p per row: 2 sum log diag L."""
+        """log det Sigma_p per row and component (rows, K): 2 sum log diag L."""
         return 2 * self.prior_scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
 
     def loss_terms(self, x: torch.Tensor, labels: torch.Tensor | None, beta: float) -> dict[str, torch.Tensor]:
@@ -219,7 +275,8 @@ class ConditionalVAE(nn.Module):
         generator: torch.Generator | None = None,
         temperature: float = 1.0,
     ) -> torch.Tensor:
-        """Pixel probabilities (N, 1, 28, 28), one image per label: z = loc + temperature * L noise from p(z | y).
+        """Pixel probabilities (N, 1, 28, 28), one image per label: z = loc + temperature * L noise from p(z | y)
+        (for a mixture prior, from the component the generator's next uniform number picks).
 
         An unconditional VAE also takes a plain count; a conditional one needs the labels.
         """
@@ -236,15 +293,28 @@ class ConditionalVAE(nn.Module):
         # Drawn where the generator lives (CPU by default), so a seed gives the same z on any device.
         noise_device = generator.device if generator is not None else torch.device("cpu")
         noise = torch.randn(count, self.config.latent_dim, generator=generator, device=noise_device).to(device)
-        return torch.sigmoid(self.decode(self.prior_latents(noise, labels, temperature), labels))
+        pick = self.prior_picks(count, generator)
+        return torch.sigmoid(self.decode(self.prior_latents(noise, labels, temperature, pick), labels))
 
 
-def _standard_prior_if_absent(module: ConditionalVAE, state_dict, prefix: str, *args) -> None:
-    """Checkpoints from before the prior was a buffer hold none: theirs is the standard normal."""
-    state_dict.setdefault(prefix + "prior_loc", torch.zeros_like(module.prior_loc))
-    state_dict.setdefault(prefix + "prior_scale_tril", _identities(*module.prior_loc.shape))
+def _prior_as_saved(module: ConditionalVAE, state_dict, prefix: str, *args) -> None:
+    """Load the prior a state dict holds, with as many components as it has. Checkpoints from before
+    the prior was a buffer hold none (theirs is the standard normal); those from before mixtures hold
+    one Gaussian per row as (rows, D) and (rows, D, D) and no weights."""
+    rows, _, dim = module.prior_loc.shape
+    loc = state_dict.setdefault(prefix + "prior_loc", torch.zeros(rows, dim))
+    state_dict.setdefault(prefix + "prior_scale_tril", _identities(rows, 1, dim)[:, 0])
+    if loc.dim() == 2:
+        for name in ("prior_loc", "prior_scale_tril"):
+            state_dict[prefix + name] = state_dict[prefix + name].unsqueeze(1)
+    components = state_dict[prefix + "prior_loc"].shape[1]
+    state_dict.setdefault(prefix + "prior_logits", torch.full((rows, components), -math.log(components)))
+    if components != module.prior_components:  # make room for them
+        module.prior_logits = torch.zeros(rows, components, device=module.prior_loc.device)
+        module.prior_loc = torch.zeros(rows, components, dim, device=module.prior_loc.device)
+        module.prior_scale_tril = _identities(rows, components, dim, device=module.prior_loc.device)
 
 
-def _identities(rows: int, dim: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """`rows` identity matrices (rows, dim, dim): the standard normal's scale_tril for every class."""
-    return torch.eye(dim, device=device).repeat(rows, 1, 1)
+def _identities(rows: int, components: int, dim: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Identity matrices (rows, components, dim, dim): the standard normal's scale_tril everywhere."""
+    return torch.eye(dim, device=device).repeat(rows, components, 1, 1)
