@@ -7,11 +7,12 @@ For each VAE checkpoint, the promoted CNN judges, per class, on validation image
 - recon: the posterior mean of each validation image decoded with its own label (what the decoder
   can draw when z is the right one);
 - raw: one z from the VAE's own prior per requested label (what `evaluate` grades as raw samples);
-- fitted prior: the same noise through the class prior promotion fits (`fashion_tune.prior`, the
-  Gaussian per class closest to the training images' posteriors), fitted here on training images.
-Raw well below recon with the fitted prior close to raw: the prior is not the problem, the decoder's
-detail for that class is. Recon itself low: the decoder cannot draw the class. (For a VAE promoted
-with a fitted prior, raw and fitted prior are the same.)
+- prior K=k: the same noise through a class prior as promotion fits it (`fashion_tune.prior`: the
+  mixture of k Gaussians per class fitted to the training images' posteriors by EM; k = 1 is the
+  moment-matched Gaussian), fitted here on training images, for each k of --components.
+Raw well below recon with the fitted priors close to raw: the prior is not the problem, the
+decoder's detail for that class is. Recon itself low: the decoder cannot draw the class. (For a VAE
+promoted with a fitted prior, raw is that prior.)
 """
 
 import argparse
@@ -21,7 +22,7 @@ import torch
 
 from fashion_tune.datafiles import CLASSES
 from fashion_tune.judging import judge_outputs, judge_scores
-from fashion_tune.prior import fit_class_prior
+from fashion_tune.prior import fit_class_prior, posterior_moments
 from fashion_tune.promoted import load_promoted
 from fashion_tune.sampling import class_labels, raw_sample
 from fashion_tune.train import load_model, load_splits
@@ -29,10 +30,10 @@ from fashion_tune.train import load_model, load_splits
 SEED = 0
 
 
-def fitted_prior_sample(vae, train_x, train_y, labels, seed: int) -> torch.Tensor:
+def fitted_prior_sample(vae, train_x, train_y, labels, seed: int, components: int, posteriors) -> torch.Tensor:
     """Raw samples (same noise as `raw`) of a copy of the VAE with its class prior fitted on these images."""
     fitted = copy.deepcopy(vae)
-    fit_class_prior(fitted, train_x, train_y)
+    fit_class_prior(fitted, train_x, train_y, components, posteriors)
     return raw_sample(fitted, labels, torch.Generator().manual_seed(seed))
 
 
@@ -43,6 +44,7 @@ def main() -> None:
     parser.add_argument("--val-images", type=int, default=3000, help="validation images to reconstruct")
     parser.add_argument("--train-images", type=int, default=50000, help="training images to fit the class prior on")
     parser.add_argument("--per-class", type=int, default=200, help="samples per class")
+    parser.add_argument("--components", default="1,32", help="Gaussians per class of the fitted priors, comma-separated")
     args = parser.parse_args()
 
     judge = load_promoted("cnn", args.judge)[0]
@@ -55,11 +57,13 @@ def main() -> None:
         labels = class_labels(args.per_class, vae.config.num_classes)
         with torch.no_grad():
             recon = torch.sigmoid(vae.decode(vae.encode(val_x, val_y)[0], val_y))
+        train_x, train_y = splits.train_x[: args.train_images], splits.train_y[: args.train_images]
+        posteriors = posterior_moments(vae, train_x, train_y)
         sets = {
             "recon": (recon, val_y),
             "raw": (raw_sample(vae, labels, torch.Generator().manual_seed(SEED)), labels),
-            "fitted prior": (fitted_prior_sample(vae, splits.train_x[: args.train_images], splits.train_y[: args.train_images],
-                                                 labels, SEED), labels),
+            **{f"prior K={k}": (fitted_prior_sample(vae, train_x, train_y, labels, SEED, k, posteriors), labels)
+               for k in map(int, args.components.split(","))},
         }
         for what, (images, asked) in sets.items():
             scores = judge_scores(judge_outputs(judge, images)[0], asked)

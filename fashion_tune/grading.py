@@ -147,11 +147,20 @@ def grade_vae(
                      "interpolation_steps": INTERPOLATION_STEPS, "fd_max_samples": FD_MAX,
                      "original_diversity_per_class": ORIGINAL_DIVERSITY_PER_CLASS},
         "parameters": count_parameters(vae),
-        "prior": "standard normal" if vae.prior_is_standard else "a Gaussian per class, fitted at promotion",
+        "prior": prior_description(vae),
     }
     pictures = _pictures(vae, judge, test_x, test_y, raw.images, per_class, candidates, seed)
     tick("pictures")
     return metrics, pictures
+
+
+def prior_description(vae: ConditionalVAE) -> str:
+    """What the report says of the VAE's prior p(z|y)."""
+    if vae.prior_is_standard:
+        return "standard normal"
+    per = " per class" if vae.config.conditional else ""
+    shape = "a Gaussian" if vae.prior_components == 1 else f"a mixture of {vae.prior_components} Gaussians"
+    return f"{shape}{per}, fitted at promotion"
 
 
 def _sample_sets(vae: ConditionalVAE, judge: FashionCNN, test_x: Tensor, real: RealReference, per_class: int,

@@ -34,7 +34,7 @@ from fashion_tune.sampling import evaluating
 ENCODE_BATCH = 1_000
 COMPONENTS = (1, 2, 4, 8, 16, 32, 64, 128)  # Gaussians per class promotion tries, in order, while validation improves
 EM_ITERATIONS = 200
-EM_TOLERANCE = 1e-6  # nats per image: EM stops when its bound rises less than this in a step
+EM_TOLERANCE = 1e-4  # nats per image: EM stops when its bound rises less than this in a step
 EM_RIDGE = 1e-6  # added to every fitted covariance, so its Cholesky factor exists
 
 
@@ -74,24 +74,25 @@ def mixture_em(means: Tensor, variances: Tensor, components: int, iterations: in
     covariance = (tril @ tril.T).expand(components, dim, dim).clone()
     log_weights = torch.full((components,), -math.log(components), dtype=means.dtype)
     ridge = EM_RIDGE * torch.eye(dim, dtype=means.dtype)
+    outer = (means[:, :, None] * means[:, None, :]).reshape(n, dim * dim)  # mu_i mu_i^T, flattened
     previous = -math.inf
     for _ in range(iterations):
         tril = torch.linalg.cholesky(covariance + ridge)
         inverse = torch.linalg.solve_triangular(tril, torch.eye(dim, dtype=means.dtype).expand_as(tril), upper=False)
-        precision = inverse.transpose(1, 2) @ inverse
         log_det = 2 * tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-        centred = means[:, None, :] - loc[None]  # (n, K, D)
-        expected = (torch.einsum("nkd,kde,nke->nk", centred, precision, centred)
-                    + variances @ precision.diagonal(dim1=-2, dim2=-1).T)  # E_q_i of the Mahalanobis term
+        # L_k^-1 (mu_i - m_k) for every image and component in one matrix product: (n, K, D).
+        white = (means @ inverse.reshape(-1, dim).T).view(n, components, dim) - (inverse @ loc[..., None]).squeeze(-1)
+        # E_q_i of the Mahalanobis term: that of the mean plus tr(S_k^-1 diag(var_i)).
+        expected = white.pow(2).sum(-1) + variances @ inverse.pow(2).sum(1).T
         log_joint = log_weights - 0.5 * (expected + log_det + dim * math.log(2 * math.pi))
         bound = torch.logsumexp(log_joint, 1, keepdim=True)
         weight = (log_joint - bound).exp()  # responsibilities (n, K)
         total = weight.sum(0).clamp_min(1e-12)
         log_weights = (total / n).log()
         loc = weight.T @ means / total[:, None]
-        centred = means[:, None, :] - loc[None]
-        covariance = (torch.einsum("nk,nkd,nke->kde", weight, centred, centred)
-                      + torch.diag_embed(weight.T @ variances)) / total[:, None, None]
+        # The weighted moments: sum_i w_ik (mu_i mu_i^T + diag(var_i)) / total_k - m_k m_k^T.
+        second = (weight.T @ outer).view(components, dim, dim) + torch.diag_embed(weight.T @ variances)
+        covariance = second / total[:, None, None] - loc[:, :, None] * loc[:, None, :]
         if bound.mean().item() - previous < EM_TOLERANCE:
             break
         previous = bound.mean().item()
@@ -114,7 +115,7 @@ def fit_class_prior(vae: ConditionalVAE, x: Tensor, y: Tensor, components: int =
     groups = _rows(vae, y)
     fewest = min(int(group.sum()) for group in groups)
     if fewest < 2 * components:
-        raise ValueError(f"fitting a prior of {components} Gaussians per class needs at least {2 * components} "
+        raise ValueError(f"fitting a prior of {components} Gaussian{'s' if components > 1 else ''} per class needs at least {2 * components} "
                          f"training images of every class; the fewest has {fewest}")
     fitted = [mixture_em(means[group], variances[group], components) for group in groups]
     vae.set_prior(*(torch.stack([part[i] for part in fitted]) for i in (1, 2, 0)))
@@ -131,19 +132,18 @@ def fit_prior_if_better(vae: ConditionalVAE, splits, validation: dict[str, float
     posteriors = posterior_moments(vae, splits.train_x, splits.train_y)
     fewest = min(int(group.sum()) for group in _rows(vae, splits.train_y))
     tried: dict[int, dict[str, float]] = {}
+    priors: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
     for components in COMPONENTS:
         if components > 1 and 2 * components > fewest:
             break
         fitted = fit_class_prior(vae, splits.train_x, splits.train_y, components, posteriors)
+        priors[components] = (vae.prior_loc.clone(), vae.prior_scale_tril.clone(), vae.prior_logits.clone())
         tried[components] = score(vae)
         if tried[components]["neg_elbo"] > min(t["neg_elbo"] for t in tried.values()):
             break  # more components stopped paying
     best = min(tried, key=lambda k: tried[k]["neg_elbo"])
     kept = tried[best]["neg_elbo"] < validation["neg_elbo"]
-    if kept:
-        fit_class_prior(vae, splits.train_x, splits.train_y, best, posteriors)
-    else:
-        vae.set_prior(*before)
+    vae.set_prior(*(priors[best] if kept else before))
     what = "class prior" if vae.config.conditional else "prior"
     shape = "1 Gaussian" if best == 1 else f"a mixture of {best} Gaussians"
     per = " per class" if vae.config.conditional else ""

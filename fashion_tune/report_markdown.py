@@ -27,8 +27,8 @@ METRIC_DEFINITIONS = """\
   confidence > 0.95; **quality score = mean(confidence x correct)** (the original's "confidence x accuracy").
   The "real test" column scores real test images the same way: what a perfect generator would get.
 - **Raw** samples decode one z ~ p(z|y) per image, from the VAE's prior (the standard normal, or the
-  Gaussian per class that promotion fits to the training images' posteriors, where it raised the
-  validation ELBO: the VAE section says which). **Guided** samples keep, for each image, the
+  mixture of Gaussians per class that promotion fits to the training images' posteriors, where it
+  raised the validation ELBO: the VAE section says which). **Guided** samples keep, for each image, the
   candidate (of `candidates` decoded latents) the judge is most confident about (the original's
   "generate 100 candidates, select best"). Guidance raises judge scores by construction, so the
   grade uses raw samples only; the guided column shows what it costs in diversity.

@@ -116,8 +116,12 @@ def test_bad_requests_are_refused():
         raw_sample(vae, [10])
 
 
-def test_batch_size_does_not_change_the_samples():
+@pytest.mark.parametrize("prior", ["standard", "mixture"])
+def test_batch_size_does_not_change_the_samples(prior):
     vae, judge = untrained("vae"), untrained("cnn")
+    if prior == "mixture":  # 3 Gaussians per class: the components are picked from the same generator
+        g = torch.Generator().manual_seed(3)
+        vae.set_prior(torch.randn(10, 3, 8, generator=g), 0.5 * torch.eye(8).repeat(10, 3, 1, 1), torch.randn(10, 3, generator=g))
     labels = torch.tensor([0, 5, 9, 2, 2])
     for batch_size in (1, 7, 2000):
         torch.testing.assert_close(raw_sample(vae, labels, torch.Generator().manual_seed(7), batch_size=batch_size),
