@@ -215,10 +215,12 @@ class ConditionalVAE(nn.Module):
             return -0.5 * z.pow(2).sum(-1) - const
         rows = self._prior_rows(labels, len(z))
         inverse, log_det = self._prior_inverse(), self._prior_log_det()
+        white_loc = (inverse @ self.prior_loc.unsqueeze(-1)).squeeze(-1)  # L^-1 m per row and component
         out = torch.empty(len(z), dtype=z.dtype, device=z.device)
-        for row in rows.unique().tolist():  # one row (class) at a time: (n, K, D) whitened latents
+        for row in rows.unique().tolist():  # one row (class) at a time
             mine = rows == row
-            white = torch.einsum("kde,nke->nkd", inverse[row], z[mine].to(inverse).unsqueeze(1) - self.prior_loc[row])
+            # L_k^-1 (z - m_k) for every z and component in one matrix product: (n, K, D).
+            white = (z[mine].to(inverse) @ inverse[row].flatten(0, 1).T).view(-1, *white_loc.shape[1:]) - white_loc[row]
             log_joint = self.prior_logits[row] - 0.5 * (white.pow(2).sum(-1) + log_det[row]) - const
             out[mine] = torch.logsumexp(log_joint, -1).to(z.dtype)
         return out
