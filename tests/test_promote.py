@@ -324,8 +324,11 @@ def test_vae_promotion_evaluate_and_sample(tmp_path, experiments, runs, capsys):
     fitted = manifest["finish"]
     assert fitted["step"] == "fit_class_prior" and fitted["training_images"] == 1000 and fitted["summary"] in out
     assert fitted["kept"] == (fitted["val_neg_elbo_fitted"] < fitted["val_neg_elbo_before"])
+    tried = fitted["val_neg_elbo_by_components"]  # K = 1, 2, 4, ... while validation improved
+    assert list(tried)[0] == "1" and fitted["val_neg_elbo_fitted"] == min(tried.values()) == tried[str(fitted["components"])]
     promoted_vae = load_promoted("vae", models)[0]
     assert promoted_vae.prior_is_standard != fitted["kept"]
+    assert promoted_vae.prior_components == (fitted["components"] if fitted["kept"] else 1)
     expected = fitted["val_neg_elbo_fitted"] if fitted["kept"] else fitted["val_neg_elbo_before"]
     assert manifest["validation_metric"]["value"] == pytest.approx(expected)
 
