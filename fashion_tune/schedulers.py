@@ -11,7 +11,8 @@ changes any (rename, removal, another signature):
 - SweepASHA       `AsyncHyperBandScheduler._trial_info` (trial id -> bracket), the bracket's
                   `on_result(trial, cur_iter, cur_rew)`, `_metric`, `_metric_op`, `_time_attr`
 - SweepMedian     `MedianStoppingRule._results` (trial -> list of results), `_metric`, `_time_attr`
-- SweepHyperBand  `HyperBandScheduler._trial_info` (trial -> bracket)
+- SweepHyperBand  `HyperBandScheduler._trial_info` (trial -> bracket), and
+                  `TuneController._mark_trial_to_checkpoint(trial)` (see `_snapshot_the_stop`)
 - SweepPBT        `PopulationBasedTraining._trial_state`, `_hyperparam_mutations`, `_metric_op`,
                   `_quantiles()`, `_log_config_on_step(...)`, and `ray.tune.schedulers.pbt`'s
                   `_PBTTrialState` (`last_score`, `last_train_time`, `last_perturbation_time`,
@@ -89,6 +90,18 @@ class SweepMedian(MedianStoppingRule):
                 self._results[trial].append(row)
 
 
+def _snapshot_the_stop(tune_controller, trial) -> None:
+    """Have Tune's next experiment snapshot record the stop of a trial that has no live actor.
+
+    `TuneController.stop_trial` on a PAUSED trial (HyperBand cutting it from its bracket) marks it
+    TERMINATED but returns before flagging it for the snapshot, which then keeps it PAUSED: a
+    finished sweep reads as unfinished and a resume would run that trial again. Tune calls the
+    scheduler's `on_trial_remove` just before; the flag makes the snapshot serialize the trial anew.
+    """
+    if tune_controller is not None:
+        tune_controller._mark_trial_to_checkpoint(trial)
+
+
 class SweepHyperBand(HyperBandScheduler):
     """Synchronous HyperBand whose brackets hold only trials that start in this run.
 
@@ -117,6 +130,7 @@ class SweepHyperBand(HyperBandScheduler):
             super().on_trial_error(tune_controller, trial)
 
     def on_trial_remove(self, tune_controller, trial):
+        _snapshot_the_stop(tune_controller, trial)
         if trial in self._trial_info:
             super().on_trial_remove(tune_controller, trial)
 

@@ -113,6 +113,10 @@ class SweepOptuna(OptunaSearch):
             self.record(trial_id, result)
         elif trial_id not in self._ot_trials and trial_id not in self._adopted:
             return  # an error before the first result of a trial this searcher never saw
+        elif not error and self._values.get(trial_id):
+            # Stopped with no result: Tune's stop_trial on a PAUSED trial (HyperBand cutting it from
+            # its bracket) passes none. It is judged at the last epoch it reported.
+            result = {"epoch": max(self._values[trial_id])}
         state, value = self._outcome(trial_id, result, error)
         if trial_id in self._adopted:
             self._add_adopted(trial_id, state, value)

@@ -190,11 +190,6 @@ def result_texts(directory: Path, trial_ids) -> dict[str, str]:
     return {t: (directory / f"trial_{t}" / "result.json").read_text() for t in trial_ids}
 
 
-HYPERBAND_RESUME = pytest.mark.xfail(
-    strict=False, reason="synchronous HyperBand after a resume can leave restored, never-started trials paused "
-                         "in a rebuilt bracket at the end of the sweep (known gap, see README)")
-
-
 def assert_one_study_entry_per_trial(directory: Path, info: dict, results) -> None:
     """The resumed sweep continued the study of sweep.json in the same journal: every Tune trial in it
     once, as COMPLETE or (stopped early) PRUNED, and nothing left running."""
@@ -215,7 +210,7 @@ def assert_one_study_entry_per_trial(directory: Path, info: dict, results) -> No
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("name", [pytest.param(n, marks=HYPERBAND_RESUME) if "hyperband" in n else n for n in SWEEPS])
+@pytest.mark.parametrize("name", list(SWEEPS))
 def test_every_strategy_sweeps_and_resumes_after_an_interruption(name, local_ray, tmp_path_factory):
     from fashion_tune.analysis import load_results, read_sweep_info
     from fashion_tune.sweep import run_sweep

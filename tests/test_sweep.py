@@ -342,3 +342,27 @@ def test_restored_searcher_agrees_with_the_trials_tune_restored():
     assert states[configs["b"]["lr"]][0] == "FAIL"
     assert states[configs["a"]["lr"]] == ("PRUNED", 0.4, {1: 0.5, 2: 0.4})
     assert states[2e-3] == ("COMPLETE", 0.7, {1: 0.7, 3: 0.6})  # the best value, not the last
+
+
+def test_a_paused_trial_the_scheduler_stops_is_told_pruned():
+    """Tune's stop_trial on a PAUSED trial (HyperBand's cut) tells the searcher no result: it is judged at
+    the last epoch it reported, PRUNED before max_t; one that reached max_t is COMPLETE at its best."""
+    from fashion_tune.searcher import optuna_searcher
+    from fashion_tune.spaces import parse_space
+    from fashion_tune.sweep import make_searcher
+
+    space = parse_space({"kind": "cnn", "num_samples": 2, "max_concurrent_trials": 2, "scheduler": {"max_t": 3},
+                         "params": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}}, "space.yaml")
+    generator = make_searcher(space)
+    limiter = generator.searcher
+    limiter.set_search_properties("val_acc", "max", {})
+    configs = {t: limiter.suggest(t) for t in ("cut", "full")}
+    for epoch, value in [(1, 0.5), (2, 0.4)]:
+        limiter.on_trial_result("cut", {"epoch": epoch, "val_acc": value, "config": {}})
+    for epoch, value in [(1, 0.3), (2, 0.6), (3, 0.5)]:
+        limiter.on_trial_result("full", {"epoch": epoch, "val_acc": value, "config": {}})
+    limiter.on_trial_complete("cut")
+    limiter.on_trial_complete("full")
+    states = {t.params["lr"]: (t.state.name, t.value) for t in optuna_searcher(generator).study.trials}
+    assert states[configs["cut"]["lr"]] == ("PRUNED", 0.4)
+    assert states[configs["full"]["lr"]] == ("COMPLETE", 0.6)
