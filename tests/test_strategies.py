@@ -186,6 +186,26 @@ def local_ray():
         ray.shutdown()
 
 
+def assert_ray_idle(within_s: float = 30.0) -> None:
+    """A finished sweep leaves the shared Ray with every CPU free (no trial actor left holding one):
+    else the next sweep's trials would wait for resources forever."""
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + within_s
+    while ray.available_resources().get("CPU", 0.0) < ray.cluster_resources().get("CPU", 0.0):
+        if time.monotonic() > deadline:
+            try:
+                from ray.util.state import list_actors
+                alive = [(a.class_name, a.state) for a in list_actors(filters=[("state", "!=", "DEAD")])]
+            except Exception as exc:  # the state API needs parts of Ray this test runtime may lack
+                alive = f"not listed ({type(exc).__name__})"
+            pytest.fail(f"the sweep left Ray busy after {within_s:.0f} s: {ray.available_resources()} free of "
+                        f"{ray.cluster_resources()}; live actors: {alive}")
+        time.sleep(0.5)
+
+
 def result_texts(directory: Path, trial_ids) -> dict[str, str]:
     return {t: (directory / f"trial_{t}" / "result.json").read_text() for t in trial_ids}
 
@@ -251,6 +271,7 @@ def test_every_strategy_sweeps_and_resumes_after_an_interruption(name, local_ray
             assert sorted(set(epochs)) == list(range(1, max(epochs) + 1)), (path, epochs)
             assert len(epochs) - len(set(epochs)) <= 1 and epochs == sorted(epochs), (path, epochs)
     _DONE[name] = str(directory)
+    assert_ray_idle()
 
 
 # --- PBT's trainable side, without Ray ----------------------------------------------------------------
