@@ -11,7 +11,8 @@ changes any (rename, removal, another signature):
 - SweepASHA       `AsyncHyperBandScheduler._trial_info` (trial id -> bracket), the bracket's
                   `on_result(trial, cur_iter, cur_rew)`, `_metric`, `_metric_op`, `_time_attr`
 - SweepMedian     `MedianStoppingRule._results` (trial -> list of results), `_metric`, `_time_attr`
-- SweepHyperBand  `HyperBandScheduler._trial_info` (trial -> bracket), and
+- SweepHyperBand  `HyperBandScheduler._trial_info` (trial -> bracket), the bracket's `finished()`
+                  and `cleanup_full(tune_controller)`, and
                   `TuneController._mark_trial_to_checkpoint(trial)` (see `_snapshot_the_stop`)
 - SweepPBT        `PopulationBasedTraining._trial_state`, `_hyperparam_mutations`, `_metric_op`,
                   `_quantiles()`, `_log_config_on_step(...)`, and `ray.tune.schedulers.pbt`'s
@@ -108,7 +109,8 @@ class SweepHyperBand(HyperBandScheduler):
     Ray does not save a scheduler, and a bracket rebuilt on resume would wait for finished trials
     (they never report again) or pause restored ones that it never releases. So a trial restored
     with results (finished or not) stays out of the brackets: unfinished ones run on to max_t
-    without early stopping; trials proposed after the resume fill new brackets as usual.
+    without early stopping; trials proposed after the resume fill new brackets as usual. A bracket
+    that a trial's own end finishes stops the trials it paused (Ray leaves them PAUSED).
     """
 
     def on_trial_add(self, tune_controller, trial):
@@ -129,10 +131,24 @@ class SweepHyperBand(HyperBandScheduler):
         if trial in self._trial_info:
             super().on_trial_error(tune_controller, trial)
 
+    _ending_a_bracket = False
+
     def on_trial_remove(self, tune_controller, trial):
         _snapshot_the_stop(tune_controller, trial)
-        if trial in self._trial_info:
-            super().on_trial_remove(tune_controller, trial)
+        if trial not in self._trial_info:
+            return
+        bracket, _ = self._trial_info[trial]
+        super().on_trial_remove(tune_controller, trial)
+        if bracket.finished() and tune_controller is not None and not self._ending_a_bracket:
+            # Ray processes a bracket on a removal only while it is unfinished. When the trial that
+            # ended (at max_t, on its own) was the last one the bracket waited for, the trials it had
+            # paused at max_t stayed PAUSED and the sweep never ended. Stop them, as the end of a
+            # bracket does (their stop_trial calls come back here: the flag keeps them from recursing).
+            self._ending_a_bracket = True
+            try:
+                bracket.cleanup_full(tune_controller)
+            finally:
+                self._ending_a_bracket = False
 
     def choose_trial_to_run(self, tune_controller):
         chosen = super().choose_trial_to_run(tune_controller)

@@ -81,6 +81,50 @@ def test_hyperband_fields_and_restored_trials_outside_the_brackets(tmp_path):
     hyperband.on_trial_complete(None, restored, {"epoch": 4, "val_acc": 0.0})  # no KeyError from Ray's brackets
 
 
+class FakeController(SimpleNamespace):
+    """What HyperBand calls on Tune's controller: stop_trial (which, as Tune's does for a PAUSED trial,
+    marks it TERMINATED and tells the scheduler on_trial_remove) and the snapshot flag."""
+
+    def __init__(self, scheduler):
+        super().__init__(scheduler=scheduler, stopped=[], marked=[])
+
+    def stop_trial(self, trial):
+        if trial.status in ("TERMINATED", "ERROR"):
+            return
+        if trial.status == "PAUSED":
+            self.scheduler.on_trial_remove(self, trial)
+        trial.status = "TERMINATED"
+        self.stopped.append(trial.trial_id)
+
+    def _mark_trial_to_checkpoint(self, trial):
+        self.marked.append(trial.trial_id)
+
+
+def test_hyperband_stops_the_trials_a_bracket_paused_when_its_last_trial_ends_on_its_own(tmp_path):
+    """Three trials in a bracket that runs them to max_t: the first two reach max_t and are PAUSED to
+    wait for the third, which then ends on its own (its last result done). Ray leaves the two paused
+    forever (the sweep never ends); the bracket's end must stop them."""
+    hyperband = SweepHyperBand(time_attr="epoch", max_t=4, reduction_factor=2)
+    hyperband.set_search_properties("val_acc", "max")
+    controller = FakeController(hyperband)
+    trials = [fake_trial(tmp_path, f"t{i}", [], status="PENDING") for i in range(3)]
+    for trial in trials:
+        trial.is_saving = False
+        hyperband.on_trial_add(controller, trial)
+    bracket, _ = hyperband._trial_info[trials[0]]
+    assert [hyperband._trial_info[t][0] for t in trials] == [bracket] * 3 and bracket._halves == 0, \
+        UPGRADE + "HyperBand's first bracket for max_t 4, reduction factor 2"
+    for trial in trials:
+        trial.status = "RUNNING"
+    for trial, value in zip(trials[:2], (0.5, 0.6)):
+        assert hyperband.on_trial_result(controller, trial, {"epoch": 4, "val_acc": value}) == "PAUSE"
+        trial.status = "PAUSED"
+    hyperband.on_trial_complete(controller, trials[2], {"epoch": 4, "val_acc": 0.7, "done": True})
+    trials[2].status = "TERMINATED"
+    assert sorted(controller.stopped) == ["t0", "t1"], [t.status for t in trials]
+    assert {"t0", "t1", "t2"} <= set(controller.marked)  # each stop reaches the experiment snapshot
+
+
 def test_hyperband_flags_a_stopped_paused_trial_for_the_experiment_snapshot(tmp_path):
     from ray.tune.execution.tune_controller import TuneController
 
