@@ -130,16 +130,15 @@ def test_hyperband_flags_a_stopped_paused_trial_for_the_experiment_snapshot(tmp_
 
     assert parameters(TuneController._mark_trial_to_checkpoint) == ["trial"], \
         UPGRADE + "TuneController._mark_trial_to_checkpoint(trial)"
-    controller = SimpleNamespace(marked=[])
-    controller._mark_trial_to_checkpoint = controller.marked.append
     hyperband = SweepHyperBand(time_attr="epoch", max_t=4, reduction_factor=2)
     hyperband.set_search_properties("val_acc", "max")
+    controller = FakeController(hyperband)
     paused, restored = fake_trial(tmp_path, "cut", [], status="PAUSED"), fake_trial(tmp_path, "old", [0.5])
     hyperband.on_trial_add(controller, paused)
     hyperband.on_trial_add(controller, restored)
     hyperband.on_trial_remove(controller, paused)  # what TuneController.stop_trial calls for a PAUSED trial
     hyperband.on_trial_remove(controller, restored)  # outside the brackets: flagged all the same
-    assert controller.marked == [paused, restored]
+    assert controller.marked == ["cut", "old"]
 
 
 def test_pbt_fields_and_restored_scores(tmp_path):
