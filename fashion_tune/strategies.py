@@ -24,10 +24,12 @@ from __future__ import annotations
 import math
 import os
 import random
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+from optuna.samplers import NSGAIISampler
 from ray.tune.schedulers import FIFOScheduler
 
 from fashion_tune.errors import FashionTuneError
@@ -76,10 +78,26 @@ def make_sampler(space: SearchSpace):
     if space.searcher == "nsga2":
         # Parents need a few distinct members to cross: at least 4 (Optuna's default, 50, suits big sweeps).
         population = options.get("population_size", max(4, min(50, space.num_samples // 2)))
-        return s.NSGAIISampler(seed=seed, population_size=population)
+        return PicklableNSGAII(seed=seed, population_size=population)
     if space.searcher == "grid":
         return s.GridSampler({p.name: grid_values(p) for p in space.params}, seed=seed)
     raise ValueError(f"unknown searcher {space.searcher!r}")  # spaces.py refuses it first
+
+
+class PicklableNSGAII(NSGAIISampler):
+    """Optuna's NSGA-II that pickles, as Tune pickles the searcher into tuner.pkl and its snapshots.
+
+    Optuna 5.1 gave its genetic samplers a `threading.Lock` (`_thread_lock`) and no `__getstate__`,
+    so `tune.Tuner(...)` failed with "cannot pickle '_thread.lock' object". The lock guards a cache
+    within one process; a copy gets a lock of its own.
+    """
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_thread_lock"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
 
 
 def objective(space: SearchSpace) -> tuple[Any, Any]:

@@ -121,6 +121,29 @@ def test_every_searcher_proposes_configs_inside_the_space_without_ray():
         assert len({json.dumps(c, sort_keys=True) for c in seen}) == 4, (kind, seen)
 
 
+@pytest.mark.parametrize("kind", ["tpe", "gp", "cmaes", "random", "qmc", "nsga2", "grid"])
+def test_every_searcher_pickles_as_tune_saves_it_and_the_copy_goes_on(kind, tmp_path):
+    """`tune.Tuner(...)` pickles the search algorithm into tuner.pkl, and Tune's snapshots pickle it
+    again; Optuna 5.1's NSGA-II held a thread lock that refused that (the Tuner never started)."""
+    import ray.cloudpickle
+
+    from fashion_tune.strategies import make_searcher
+
+    params = {"flip": {"type": "choice", "values": [True, False]},
+              "dropout": {"type": "quniform", "low": 0.0, "high": 0.4, "q": 0.2}} if kind == "grid" else (
+        NO_CHOICE if kind == "cmaes" else BASE["params"])
+    parsed = parse_space(space(searcher={"type": kind}, params=params), "s.yaml")
+    generator = make_searcher(parsed, tmp_path, "pickled")  # its study in a journal, as a sweep's is
+    searcher = generator.searcher
+    for i in range(2):
+        assert searcher.suggest(f"t{i}") is not None
+        searcher.on_trial_complete(f"t{i}", {"val_acc": 0.1 * i, "epoch": 3, "training_iteration": 3})
+    copy = ray.cloudpickle.loads(ray.cloudpickle.dumps(generator))
+    config = copy.searcher.suggest("t2")
+    assert config is not None, kind
+    parsed.trial_config(config)
+
+
 # --- tiny sweeps: every searcher and scheduler, interrupted and resumed ----------------------------
 
 GRID = {"flip": {"type": "choice", "values": [True, False]},
