@@ -15,6 +15,9 @@ A space file holds the sweep settings and the parameter distributions::
     resources_per_trial:
       cpu: 2                      # > 0, fractions allowed (default 1)
       gpu: 0.25                   # >= 0; a fraction < 1 packs several trials on one GPU (default 0)
+    reuse_actors: true            # a finished trial's process takes the next trial (skips starting one
+                                  # and importing torch); false: each trial gets its own, placed on
+                                  # the nodes as its resources fit (default true)
     fixed:                        # config values shared by every trial (see `train KIND --show-config`)
       subset: null
       batch_size: 64
@@ -80,7 +83,7 @@ __all__ = ["SearchSpace", "Param", "grid_values", "load_space", "parse_space", "
 
 TOP_KEYS = ("kind", "metric", "mode", "num_samples", "max_concurrent_trials", "seed", "scheduler",
             "resources_per_trial", "fixed", "params", "points_to_evaluate", "start_from",
-            "searcher", "objectives", "warm_start")
+            "searcher", "objectives", "warm_start", "reuse_actors")
 RESOURCE_KEYS = ("cpu", "gpu")
 DEFAULT_MAX_CONCURRENT = 2
 DEFAULT_GRACE_PERIOD = 1
@@ -113,6 +116,7 @@ class SearchSpace:
     objectives: tuple[tuple[str, str], ...] = ()  # (metric, mode) pairs; empty: the one metric
     warm_start: str | None = None
     warm_trials: tuple[Any, ...] = ()  # strategies.WarmTrial: finished trials of the warm_start sweep
+    reuse_actors: bool = True  # Tune's reuse_actors: a finished trial's actor runs the next one
 
     @property
     def multi_objective(self) -> bool:
@@ -233,6 +237,9 @@ def parse_space(data: Mapping[str, Any], path: str | Path = "<space>", kind: str
     scheduler_type, max_t, grace, rf = _parse_scheduler(c, scheduler, fixed)
     fixed.pop("epochs", None)
     cpu, gpu = _parse_resources(c, data.get("resources_per_trial"))
+    reuse_actors = data.get("reuse_actors", True)
+    if not isinstance(reuse_actors, bool):
+        raise c.fail("reuse_actors", f"{show(reuse_actors)} is not allowed; use true or false")
     try:
         resolve_config(kind, {**fixed, "epochs": max_t})
     except ConfigError as exc:
@@ -251,7 +258,7 @@ def parse_space(data: Mapping[str, Any], path: str | Path = "<space>", kind: str
         max_concurrent_trials=c.integer(data.get("max_concurrent_trials", DEFAULT_MAX_CONCURRENT), "max_concurrent_trials", 1),
         seed=c.integer(data.get("seed", 0), "seed", 0), max_t=max_t, grace_period=grace,
         reduction_factor=float(rf) if not is_integer(rf) else rf, cpu=float(cpu), gpu=float(gpu),
-        fixed=fixed, params=tuple(params), scheduler=scheduler_type, objectives=objectives,
+        fixed=fixed, params=tuple(params), scheduler=scheduler_type, objectives=objectives, reuse_actors=reuse_actors,
     )
     space = parse_strategies(c, space, data.get("searcher"), scheduler)
     return _with_points(c, space, data)

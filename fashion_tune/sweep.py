@@ -65,7 +65,7 @@ def _make_tuner(space: SearchSpace, trainable, store: Experiment, root: str, sto
             metric=space.metric, mode=space.mode, num_samples=space.num_samples,
             search_alg=searcher, scheduler=make_scheduler(space),
             trial_name_creator=trial_name, trial_dirname_creator=trial_name,
-            reuse_actors=True,  # a new trial skips starting a process and importing torch
+            reuse_actors=space.reuse_actors,  # a new trial skips starting a process and importing torch
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=root, stop=stop, verbose=verbose,

@@ -123,9 +123,15 @@ def test_local_cluster_starts_two_nodes_and_stops_exactly_its_processes(bystande
 
 
 def write_space(path, num_samples=2, max_t=2, subset=500):
-    """A tiny CNN space: one searched parameter, ASHA never stopping a trial before max_t."""
+    """A tiny CNN space: one searched parameter, ASHA never stopping a trial before max_t.
+
+    Each trial gets its own process (`reuse_actors: false`), so the first two trials take one node
+    each whatever the timing: their placement groups (1 CPU, one per node free) are requested
+    together at the start. With reuse, a trial waiting for its process on the worker moves to the
+    head's process if that one is done first, which a busy machine makes likely.
+    """
     space = {
-        "kind": "cnn", "num_samples": num_samples, "max_concurrent_trials": 2, "seed": 0,
+        "kind": "cnn", "num_samples": num_samples, "max_concurrent_trials": 2, "seed": 0, "reuse_actors": False,
         "scheduler": {"max_t": max_t, "grace_period": max_t},
         "resources_per_trial": {"cpu": 1, "gpu": 0},
         "fixed": {"width": 8, "depth": 1, "subset": subset, "val_subset": 200, "batch_size": 50},

@@ -167,6 +167,7 @@ INVALID = {
     "point of an unknown param": (("points_to_evaluate",), ["points_to_evaluate[0].dropout", "not a searched parameter"]),
     "nested name searched twice": (("params", "beta_end"), ["params.beta_end", "already searched at params.beta_schedule.values[0].params.beta_end"]),
     "wrong kind": (("kind",), ["kind", "'gan'", "vae, cnn"]),
+    "reuse_actors not a boolean": (("reuse_actors",), ["reuse_actors", "'no'", "true or false"]),
 }
 VALUES = {
     "unknown top-level key": 4,
@@ -195,6 +196,7 @@ VALUES = {
     "nested name searched twice": {"type": "uniform", "low": 0.1, "high": 1.0},
     "wrong kind": "gan",
     "binarize searched on grey levels": {"type": "choice", "values": ["none", "dynamic"]},
+    "reuse_actors not a boolean": "no",
 }
 
 
