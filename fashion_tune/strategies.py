@@ -31,6 +31,7 @@ from typing import Any
 from ray.tune.schedulers import FIFOScheduler
 
 from fashion_tune.errors import FashionTuneError
+from fashion_tune.results import SCHEDULER_STOPS
 from fashion_tune.schedulers import SweepASHA, SweepHyperBand, SweepMedian, SweepPBT
 from fashion_tune.spaces import Param, SearchSpace, grid_values
 from fashion_tune.study import journal_location, journal_storage, new_study_name
@@ -138,12 +139,13 @@ class WarmTrial:
     trial_id: str
     params: dict[str, Any]  # the new space's active parameters
     values: tuple[float, ...]  # one per objective, at the trial's best epoch of the first one
-    pruned: bool = False  # stopped early by its scheduler
+    pruned: bool = False  # stopped early by its scheduler (not by its own early-stop patience)
     intermediate: dict[int, float] = field(default_factory=dict)  # epoch -> first objective
 
 
 def add_warm_trials(study, space: SearchSpace) -> None:
-    """Add the warm-start trials to an Optuna study as evaluated (COMPLETE, or PRUNED if stopped early)."""
+    """Add the warm-start trials to an Optuna study as evaluated: PRUNED if their scheduler stopped them
+    early, else COMPLETE at their best value (a trial its own early-stop patience ended included)."""
     import optuna
     from optuna.trial import TrialState
 
@@ -209,7 +211,7 @@ def _warm_trial(row, history, space: SearchSpace, experiment: str) -> WarmTrial 
     best = rows.loc[rows[space.metric].idxmax() if space.mode == "max" else rows[space.metric].idxmin()]
     names = [m for m, _ in space.objectives] or [space.metric]
     return WarmTrial(trial_id=trial_id, params=point, values=tuple(float(best[m]) for m in names),
-                     pruned=bool(row.get("stopped_early")),
+                     pruned=row.get("stop_reason") in SCHEDULER_STOPS,
                      intermediate={int(e): float(v) for e, v in zip(rows["epoch"], rows[space.metric])})
 
 
