@@ -142,6 +142,13 @@ class WarmTrial:
     pruned: bool = False  # stopped early by its scheduler (not by its own early-stop patience)
     intermediate: dict[int, float] = field(default_factory=dict)  # epoch -> first objective
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WarmTrial:
+        """A trial as `dataclasses.asdict` wrote it to JSON (a sweep's stored sources)."""
+        return cls(trial_id=data["trial_id"], params=dict(data["params"]),
+                   values=tuple(float(v) for v in data["values"]), pruned=bool(data["pruned"]),
+                   intermediate={int(e): float(v) for e, v in data["intermediate"].items()})
+
 
 def add_warm_trials(study, space: SearchSpace) -> None:
     """Add the warm-start trials to an Optuna study as evaluated: PRUNED if their scheduler stopped them
@@ -285,5 +292,5 @@ def info(space: SearchSpace) -> dict[str, Any]:
         "grace_period": space.grace_period if space.scheduler in ("asha", "median") else None,
         "reduction_factor": space.reduction_factor if asha else None,
         "objectives": [list(o) for o in space.objectives] or None,
-        "warm_start": space.warm_start, "warm_trials": len(space.warm_trials),
+        "start_from": space.start_from, "warm_start": space.warm_start, "warm_trials": len(space.warm_trials),
     }
