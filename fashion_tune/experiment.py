@@ -2,7 +2,8 @@
 
 An experiment directory holds Ray Tune's files (its experiment snapshot, each trial's
 `result.json` and `checkpoint_*/checkpoint.pt`) and ours: `sweep.json` (what was run),
-`space.yaml` (the search space), `results.{csv,parquet}` (one row per trial) and
+`space.yaml` (the search space), `sources.json` (what its `start_from:`/`warm_start:` read when
+the sweep started, if it has them), `results.{csv,parquet}` (one row per trial) and
 `history.{csv,parquet}` (one row per trial per epoch). Everything goes through pyarrow
 filesystems, so a bucket reads like a directory; Ray's snapshot is read with its public
 `ray.tune.ExperimentAnalysis`. Nothing needs Ray running, so a running or interrupted sweep
@@ -38,6 +39,7 @@ __all__ = ["Experiment", "TrialPick", "TrialRecord", "STOPPED_BY", "is_finite", 
 
 SWEEP_INFO = "sweep.json"
 SPACE_COPY = "space.yaml"
+SOURCES = "sources.json"  # the start point and warm trials the space's sources gave (fashion_tune.sweep_info)
 RESULTS = "results"  # .csv and .parquet
 HISTORY = "history"
 RESULT_FILE = "result.json"

@@ -15,6 +15,9 @@ from fashion_tune.errors import FashionTuneError
 from fashion_tune.kinds import get_kind
 
 STOPPED_BY = {"asha": "asha", "hyperband": "hyperband", "median": "median"}  # schedulers that stop trials early
+# The stop reasons of a trial its scheduler ended before max_t (PRUNED in a study); "early_stop",
+# the trial's own patience, is not one of them: that trial ran its course.
+SCHEDULER_STOPS = (*STOPPED_BY.values(), "stopped")
 
 @dataclass
 class TrialPick:
@@ -106,7 +109,7 @@ def result_row(record: TrialRecord, info: dict[str, Any], checkpoint: Callable[[
         f"best_{metric}": best[metric] if best else math.nan,
         "best_epoch": int(best["epoch"]) if best else 0,
         "epochs": epochs, "max_t": info.get("max_t"),
-        "stopped_early": reason in (*STOPPED_BY.values(), "stopped", "early_stop"), "stop_reason": reason,
+        "stopped_early": reason in (*SCHEDULER_STOPS, "early_stop"), "stop_reason": reason,
         "diverged": diverged,
         "best_checkpoint": found,
         "num_failures": record.num_failures,

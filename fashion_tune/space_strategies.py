@@ -2,6 +2,11 @@
 
 Part of reading a search space (`fashion_tune.spaces`); `fashion_tune.strategies` builds the
 Optuna sampler and Ray scheduler these settings describe.
+
+`start_from:` and `warm_start:` name another sweep (or a promoted model). Parsing only checks
+that they name one; `resolve_sources` reads them, once, when a sweep starts. What it read is
+stored with the sweep (`fashion_tune.sweep_info`), and a resumed sweep is built from that with
+`with_sources`, so it never reads the other sweep again.
 """
 
 from __future__ import annotations
@@ -46,12 +51,51 @@ SEARCHER_TYPES = {
 MUTABLE = ("lr", "weight_decay", "dropout", "beta_start", "beta_end")
 
 
-def start_point(c: Checker, space: SearchSpace, source: Any) -> dict[str, Any]:
+def check_sources(c: Checker, data: dict[str, Any]) -> tuple[str | None, str | None]:
+    """`start_from:` and `warm_start:` as written: each a directory to read when the sweep starts, or None."""
+    start_from, warm_start = data.get("start_from"), data.get("warm_start")
+    if start_from is not None and (not isinstance(start_from, str) or not start_from):
+        raise c.fail("start_from", "expected a finished sweep's directory (ray_results/NAME) or a promoted "
+                                   f"model's (best_models/KIND), got {show(start_from)}")
+    if warm_start is not None and (not isinstance(warm_start, str) or not warm_start):
+        raise c.fail("warm_start", f"expected the directory of a finished sweep, e.g. ray_results/NAME, got {show(warm_start)}")
+    return start_from, warm_start
+
+
+def resolve_sources(space: SearchSpace) -> SearchSpace:
+    """The space with what its `start_from:` and `warm_start:` name read in: the start point (the first
+    point to evaluate) and the warm trials, and the sources as absolute paths (a URI as given).
+
+    This is the one place that reads another experiment's files for a space; a sweep calls it once,
+    as it starts (`load_space`). Errors are one line naming the space file and the key.
+    """
+    c = Checker(space.path)
+    point = start_point(c, space, space.start_from) if space.start_from is not None else None
+    trials = _warm_trials(c, space, space.warm_start) if space.warm_start is not None else ()
+    return with_sources(space, _absolute(space.start_from), point, _absolute(space.warm_start), trials)
+
+
+def with_sources(space: SearchSpace, start_from: str | None, point: dict[str, Any] | None, warm_start: str | None,
+                 trials) -> SearchSpace:
+    """The space seeded with a start point (evaluated first) and warm trials (`strategies.WarmTrial`s, told
+    to the searcher as evaluated); `points_to_evaluate` they already evaluated are dropped. Reads nothing."""
+    known = [t.params for t in trials]
+    points = tuple(p for p in ((point,) if point is not None else ()) + space.points_to_evaluate if p not in known)
+    return dataclasses.replace(space, start_from=start_from, start_point=point, warm_start=warm_start,
+                               warm_trials=tuple(trials), points_to_evaluate=points)
+
+
+def _absolute(source: str | None) -> str | None:
+    from fashion_tune.cluster import is_uri
+
+    if source is None or is_uri(source):
+        return source
+    return str(Path(source).expanduser().resolve())
+
+
+def start_point(c: Checker, space: SearchSpace, source: str) -> dict[str, Any]:
     """The searched values of a promoted model (`best_models/<kind>`) or of the best trial of a finished
     sweep (`ray_results/NAME`), checked against this space."""
-    if not isinstance(source, str) or not source:
-        raise c.fail("start_from", "expected a finished sweep's directory (ray_results/NAME) or a promoted "
-                                   f"model's (best_models/KIND), got {show(source)}")
     kind, config = (_promoted_config(c, Path(source)) if (Path(source) / MANIFEST_FILE).is_file()
                     else _best_trial_config(c, source))
     if kind != space.kind:
@@ -211,16 +255,11 @@ def _mutable(c: Checker, space: SearchSpace, raw: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(raw))
 
 
-def warm_start(c: Checker, space: SearchSpace, experiment: Any) -> SearchSpace:
-    """Seed the searcher with every finished trial of another sweep; its configs are not run again."""
+def _warm_trials(c: Checker, space: SearchSpace, experiment: str) -> list:
+    """Every finished trial of another sweep (`strategies.WarmTrial`s), checked to be trials of this space."""
     from fashion_tune.strategies import warm_trials  # strategies imports spaces: only when asked
 
-    if not isinstance(experiment, str) or not experiment:
-        raise c.fail("warm_start", f"expected the directory of a finished sweep, e.g. ray_results/NAME, got {show(experiment)}")
     try:
-        trials = warm_trials(experiment, space)
+        return warm_trials(experiment, space)
     except FashionTuneError as exc:
         raise c.fail("warm_start", str(exc)) from None
-    known = [t.params for t in trials]
-    points = tuple(p for p in space.points_to_evaluate if p not in known)  # already evaluated there
-    return dataclasses.replace(space, warm_start=experiment, warm_trials=tuple(trials), points_to_evaluate=points)

@@ -40,7 +40,7 @@ A space file holds the sweep settings and the parameter distributions::
       - {lr: 2.0e-3, latent_dim: 32, beta_schedule: linear, beta_start: 0.1, beta_end: 1.0}
     start_from: ray_results/NAME  # optional: the best trial of that finished sweep (same kind), or a
                                   # promoted model (best_models/KIND), is the first point, e.g. to
-                                  # train a champion longer in a follow-up sweep
+                                  # train a champion longer in a follow-up sweep (read once, see below)
     searcher: {type: tpe}         # tpe | gp | cmaes | random | qmc | nsga2 | grid (SEARCHER_TYPES: options)
     objectives:                   # instead of metric/mode: several; the first is a validation metric and
       - {metric: val_neg_elbo, mode: min}   # the only one schedulers stop on
@@ -59,6 +59,12 @@ is accepted, and gives `max_t` when the scheduler omits it). The data split (`su
 and every trial trains on it. A parameter name may appear in several options of a choice if its
 distribution type agrees (Optuna's rule), and a point may leave parameters out (TPE samples them).
 
+`parse_space` reads no file of another experiment: `start_from` and `warm_start` stay references
+(paths as written). `load_space`, which a sweep (and `--dry-run`) starts from, then resolves them
+with `space_strategies.resolve_sources`: it reads the start point and the warm trials once, relative
+to the current directory, and makes the paths absolute. The sweep stores what was read in its
+experiment directory, and `--resume` rebuilds the space from that, never from the sources.
+
 Every mistake is one `ConfigError` line that names the file, the key and what is allowed.
 """
 
@@ -75,8 +81,8 @@ from fashion_tune.kinds import KINDS, get_kind
 from fashion_tune.errors import ConfigError
 from fashion_tune.space_params import (Checker, Param, check_names, check_point, describe_param, grid_values, is_integer,
                                        is_number, parse_params, show, suggest_all, walk)
-from fashion_tune.space_strategies import (SCHEDULER_TYPES, parse_objectives, parse_strategies, start_point,
-                                           warm_start)
+from fashion_tune.space_strategies import (SCHEDULER_TYPES, check_sources, parse_objectives, parse_strategies,
+                                           resolve_sources)
 
 # Param and grid_values are imported from here by fashion_tune.strategies.
 __all__ = ["SearchSpace", "Param", "grid_values", "load_space", "parse_space", "check_resources", "local_capacity"]
@@ -114,6 +120,10 @@ class SearchSpace:
     scheduler: str = "asha"  # a Ray scheduler, see SCHEDULER_TYPES
     scheduler_options: dict[str, Any] = field(default_factory=dict)  # the type's keys besides max_t
     objectives: tuple[tuple[str, str], ...] = ()  # (metric, mode) pairs; empty: the one metric
+    # start_from: and warm_start: as written; once resolved (resolve_sources, or a resumed sweep's
+    # stored sources), absolute, with what was read there.
+    start_from: str | None = None
+    start_point: dict[str, Any] | None = None  # the start_from point, first in points_to_evaluate
     warm_start: str | None = None
     warm_trials: tuple[Any, ...] = ()  # strategies.WarmTrial: finished trials of the warm_start sweep
     reuse_actors: bool = True  # Tune's reuse_actors: a finished trial's actor runs the next one
@@ -215,14 +225,21 @@ class SearchSpace:
 
 
 def load_space(path: str | Path, kind: str | None = None) -> SearchSpace:
-    """Read and validate a search space file; `kind`, when given, must match the file's."""
+    """Read and validate a search space file to start a sweep with; `kind`, when given, must match the file's.
+
+    Its `start_from:` and `warm_start:` sources are read here (`resolve_sources`), relative to the
+    current directory.
+    """
     path = Path(path)
     data = load_yaml(path)
-    return parse_space(data, path, kind=kind)
+    return resolve_sources(parse_space(data, path, kind=kind))
 
 
 def parse_space(data: Mapping[str, Any], path: str | Path = "<space>", kind: str | None = None) -> SearchSpace:
-    """Validate a search space mapping (as read from `path`) and build a SearchSpace."""
+    """Validate a search space mapping (as read from `path`) and build a SearchSpace.
+
+    Reads no other file: `start_from` and `warm_start` are kept as written, unresolved (see `load_space`).
+    """
     path = Path(path)
     c = Checker(path)
     if not isinstance(data, Mapping):
@@ -325,17 +342,13 @@ def _parse_resources(c: Checker, raw: Any) -> tuple[float, float]:
 
 
 def _with_points(c: Checker, space: SearchSpace, data: dict[str, Any]) -> SearchSpace:
-    """The space with its checked starting points (start_from's first) and a warm_start sweep's trials."""
+    """The space with its checked starting points and its start_from and warm_start sources, unread."""
     points = data.get("points_to_evaluate") or []
     if not isinstance(points, list):
         raise c.fail("points_to_evaluate", f"expected a list of mappings of parameter values, got {show(points)}")
     checked = tuple(check_point(c, space, point, f"points_to_evaluate[{i}]") for i, point in enumerate(points))
-    if data.get("start_from") is not None:
-        checked = (start_point(c, space, data["start_from"]), *checked)
-    space = dataclasses.replace(space, points_to_evaluate=checked)
-    if data.get("warm_start") is not None:
-        space = warm_start(c, space, data["warm_start"])
-    return space
+    start_from, warm_start = check_sources(c, data)
+    return dataclasses.replace(space, points_to_evaluate=checked, start_from=start_from, warm_start=warm_start)
 
 
 # --- resources ----------------------------------------------------------------------------

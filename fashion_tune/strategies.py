@@ -33,6 +33,7 @@ from optuna.samplers import NSGAIISampler
 from ray.tune.schedulers import FIFOScheduler
 
 from fashion_tune.errors import FashionTuneError
+from fashion_tune.results import SCHEDULER_STOPS
 from fashion_tune.schedulers import SweepASHA, SweepHyperBand, SweepMedian, SweepPBT
 from fashion_tune.spaces import Param, SearchSpace, grid_values
 from fashion_tune.study import journal_location, journal_storage, new_study_name
@@ -156,12 +157,20 @@ class WarmTrial:
     trial_id: str
     params: dict[str, Any]  # the new space's active parameters
     values: tuple[float, ...]  # one per objective, at the trial's best epoch of the first one
-    pruned: bool = False  # stopped early by its scheduler
+    pruned: bool = False  # stopped early by its scheduler (not by its own early-stop patience)
     intermediate: dict[int, float] = field(default_factory=dict)  # epoch -> first objective
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WarmTrial:
+        """A trial as `dataclasses.asdict` wrote it to JSON (a sweep's stored sources)."""
+        return cls(trial_id=data["trial_id"], params=dict(data["params"]),
+                   values=tuple(float(v) for v in data["values"]), pruned=bool(data["pruned"]),
+                   intermediate={int(e): float(v) for e, v in data["intermediate"].items()})
 
 
 def add_warm_trials(study, space: SearchSpace) -> None:
-    """Add the warm-start trials to an Optuna study as evaluated (COMPLETE, or PRUNED if stopped early)."""
+    """Add the warm-start trials to an Optuna study as evaluated: PRUNED if their scheduler stopped them
+    early, else COMPLETE at their best value (a trial its own early-stop patience ended included)."""
     import optuna
     from optuna.trial import TrialState
 
@@ -227,7 +236,7 @@ def _warm_trial(row, history, space: SearchSpace, experiment: str) -> WarmTrial 
     best = rows.loc[rows[space.metric].idxmax() if space.mode == "max" else rows[space.metric].idxmin()]
     names = [m for m, _ in space.objectives] or [space.metric]
     return WarmTrial(trial_id=trial_id, params=point, values=tuple(float(best[m]) for m in names),
-                     pruned=bool(row.get("stopped_early")),
+                     pruned=row.get("stop_reason") in SCHEDULER_STOPS,
                      intermediate={int(e): float(v) for e, v in zip(rows["epoch"], rows[space.metric])})
 
 
@@ -301,5 +310,5 @@ def info(space: SearchSpace) -> dict[str, Any]:
         "grace_period": space.grace_period if space.scheduler in ("asha", "median") else None,
         "reduction_factor": space.reduction_factor if asha else None,
         "objectives": [list(o) for o in space.objectives] or None,
-        "warm_start": space.warm_start, "warm_trials": len(space.warm_trials),
+        "start_from": space.start_from, "warm_start": space.warm_start, "warm_trials": len(space.warm_trials),
     }

@@ -4,8 +4,9 @@ All the Ray wiring lives here (`run_sweep`); the trainable stays the plain `fit`
 `fashion_tune.train`, reached through `fashion_tune.trainable`, which only adds Ray's reporting
 and checkpointing. The experiment directory (`ray_results/<name>` by default, or a URI such as
 s3://BUCKET/sweeps/<name>) is the store `fashion_tune.experiment` reads and writes: Ray's own
-files plus `sweep.json`, `space.yaml` and, once the sweep stops, `results.{csv,parquet}` (one row
-per trial) and `history.{csv,parquet}` (one row per trial per epoch), in one schema on any storage.
+files plus `sweep.json`, `space.yaml` (and `sources.json`, what its `start_from:`/`warm_start:`
+gave) and, once the sweep stops, `results.{csv,parquet}` (one row per trial) and
+`history.{csv,parquet}` (one row per trial per epoch), in one schema on any storage.
 """
 
 from __future__ import annotations

@@ -1,8 +1,15 @@
-"""sweep.json: what a sweep records as it starts, and the checks that let `--resume` continue it unchanged."""
+"""sweep.json: what a sweep records as it starts, and the checks that let `--resume` continue it unchanged.
+
+A space's `start_from:` and `warm_start:` are read once, when the sweep starts (`spaces.load_space`);
+`record_start` stores what they gave in `sources.json` and the space copy names them by absolute
+path. `resumed` rebuilds the space from the copy and `sources.json` alone: a resume from another
+directory, or after the source sweep moved or was deleted, continues unchanged.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shlex
 import sys
@@ -15,7 +22,9 @@ import yaml
 from fashion_tune import strategies
 from fashion_tune.cluster import is_uri
 from fashion_tune.errors import ConfigError, FashionTuneError
-from fashion_tune.experiment import SPACE_COPY, SWEEP_INFO, Experiment
+from fashion_tune.experiment import SOURCES, SPACE_COPY, SWEEP_INFO, Experiment
+from fashion_tune.files import json_text
+from fashion_tune.space_strategies import with_sources
 from fashion_tune.spaces import SearchSpace, parse_space
 from fashion_tune.study import JOURNAL_FILE, check_journal
 
@@ -75,6 +84,7 @@ def resumed(kind: str, name: str | None, root: str, space_file, num_samples, max
     if text is None:
         raise FashionTuneError(f"{store.location}/{SPACE_COPY} is missing; a sweep cannot be resumed without its space")
     space = parse_space(yaml.safe_load(text), f"{store.location}/{SPACE_COPY}", kind=kind)
+    space = stored_sources(store, space)
     space = dataclasses.replace(space, num_samples=info["num_samples"],
                                 max_concurrent_trials=info["max_concurrent_trials"], seed=info["seed"])
     return store, space, info
@@ -99,12 +109,65 @@ def record_start(store: Experiment, info: dict[str, Any] | None, space: SearchSp
     if info is None:
         info = new_info(space, store.name, kind, space_file, splits, data_dir, store.location, root, address)
         info.update(max_failures=max_failures, keep_checkpoints=keep_checkpoints)
-        store.write_bytes(SPACE_COPY, Path(space_file).read_bytes())
+        store.write_bytes(SPACE_COPY, space_copy(space_file, space))
+        record_sources(store, space)
     else:
         info.update(status="running", finished=None)
         info["resumed"] = [*info.get("resumed", []), now()]
     store.write_info(info)
     return info
+
+
+def space_copy(space_file, space: SearchSpace) -> bytes:
+    """The space file as the sweep keeps it: as written, but `start_from:` and `warm_start:` name the
+    sources `space` resolved (absolute paths), so the copy says what was read wherever it is read."""
+    original = Path(space_file).read_bytes()
+    sources = {key: value for key, value in (("start_from", space.start_from), ("warm_start", space.warm_start))
+               if value is not None}
+    if not sources:
+        return original
+    text = original.decode()
+    # Top-level `key: value` lines, replaced in place (comments elsewhere stay); a JSON string is YAML.
+    lines = [f"{key}: {json.dumps(sources[key])}\n" if (key := line.split(":", 1)[0]) in sources else line
+             for line in text.splitlines(keepends=True)]
+    wanted = {**yaml.safe_load(text), **sources}
+    try:
+        if yaml.safe_load("".join(lines)) == wanted:
+            return "".join(lines).encode()
+    except yaml.YAMLError:
+        pass
+    return yaml.safe_dump(wanted, sort_keys=False).encode()  # a layout the lines could not follow
+
+
+def record_sources(store: Experiment, space: SearchSpace) -> None:
+    """Store what the space's `start_from:` and `warm_start:` gave when the sweep started (`sources.json`)."""
+    if space.start_from is None and space.warm_start is None:
+        return
+    store.write_bytes(SOURCES, json_text({
+        "start_from": space.start_from, "start_point": space.start_point,
+        "warm_start": space.warm_start, "warm_trials": [dataclasses.asdict(t) for t in space.warm_trials],
+    }).encode())
+
+
+def stored_sources(store: Experiment, space: SearchSpace) -> SearchSpace:
+    """The space of a sweep being resumed, seeded with the start point and warm trials stored as it
+    started: the sources are not read again (they may have moved, or be relative to another directory).
+
+    A sweep started before `sources.json` existed keeps its copy's points: its restored searcher
+    and its study already hold the start point and the warm trials.
+    """
+    from fashion_tune.strategies import WarmTrial
+
+    text = store.read_text(SOURCES)
+    if text is None:
+        return space
+    try:
+        stored = json.loads(text)
+        trials = [WarmTrial.from_json(t) for t in stored["warm_trials"]]
+        return with_sources(space, stored["start_from"], stored["start_point"], stored["warm_start"], trials)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise FashionTuneError(f"{store.location}/{SOURCES} is unreadable ({type(exc).__name__}: {exc}); the "
+                               "experiment directory is damaged") from None
 
 
 def refuse_changes_on_resume(info: dict[str, Any], location: str, space_file, num_samples, max_concurrent,

@@ -19,6 +19,7 @@ import yaml
 
 from fashion_tune.errors import ConfigError, FashionTuneError
 from fashion_tune.searcher import optuna_searcher
+from fashion_tune.space_strategies import resolve_sources
 from fashion_tune.spaces import parse_space
 
 FIXED = {"depth": 1, "batch_size": 50, "subset": 200, "val_subset": 100, "device": "cpu", "precision": "fp32"}
@@ -87,7 +88,7 @@ REFUSED = {
 def test_invalid_strategies_are_one_line_errors_naming_file_and_key(name):
     changes, expected = REFUSED[name]
     with pytest.raises(ConfigError) as caught:
-        parse_space(space(**changes), "spaces/s.yaml")
+        resolve_sources(parse_space(space(**changes), "spaces/s.yaml"))  # warm_start is read as a sweep starts
     message = str(caught.value)
     assert "\n" not in message and message.startswith("spaces/s.yaml: "), message
     for part in expected:
@@ -389,7 +390,7 @@ def test_warm_start_tells_the_searcher_every_finished_trial_and_refuses_what_doe
     results = load_results(directory)
     wider = space(warm_start=str(directory), scheduler={"type": "fifo", "max_t": 2},
                   params={**BASE["params"], "lr": {"type": "loguniform", "low": 1.0e-5, "high": 1.0e-1}})
-    parsed = parse_space(wider, tmp_path / "w.yaml")
+    parsed = resolve_sources(parse_space(wider, tmp_path / "w.yaml"))
     assert len(parsed.warm_trials) == len(results)
     searcher = make_searcher(parsed)
     study = optuna_searcher(searcher).study
@@ -401,16 +402,16 @@ def test_warm_start_tells_the_searcher_every_finished_trial_and_refuses_what_doe
 
     narrow = dict(wider, params={**BASE["params"], "lr": {"type": "loguniform", "low": 1.0e-4, "high": 2.0e-4}})
     with pytest.raises(ConfigError, match=r"w.yaml: warm_start: trial \w+ of .* has lr=.*outside this space's lr"):
-        parse_space(narrow, tmp_path / "w.yaml")
+        resolve_sources(parse_space(narrow, tmp_path / "w.yaml"))
     other_data = dict(wider, fixed={**FIXED, "width": 8, "subset": 300})
     with pytest.raises(ConfigError, match=r"warm_start: trial \w+ .* has subset=200 but this space gives subset=300, "
                                           r"so it trained on other data"):
-        parse_space(other_data, tmp_path / "w.yaml")
+        resolve_sources(parse_space(other_data, tmp_path / "w.yaml"))
     vae = tmp_path / "vae"
     vae.mkdir()
     (vae / "sweep.json").write_text(json.dumps({"kind": "vae", "metric": "val_neg_elbo", "mode": "min", "max_t": 2}))
     with pytest.raises(ConfigError, match=r"warm_start: .*vae is a vae sweep and this space is for cnn"):
-        parse_space(dict(wider, warm_start=str(vae)), tmp_path / "w.yaml")
+        resolve_sources(parse_space(dict(wider, warm_start=str(vae)), tmp_path / "w.yaml"))
 
 
 @pytest.mark.ray
