@@ -29,15 +29,15 @@ class Parser(argparse.ArgumentParser):
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
-    """`key=value` with the value read as YAML (numbers, true/false, null, strings)."""
-    import yaml
+    """`key=value` with the value read as YAML (numbers such as 1e-3, true/false, null, strings)."""
+    from fashion_tune import yaml_loader
 
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     try:
-        return key.strip(), yaml.safe_load(value)
-    except yaml.YAMLError:
+        return key.strip(), yaml_loader.load(value)
+    except yaml_loader.YAMLError:
         return key.strip(), value
 
 
@@ -104,15 +104,20 @@ def run_train(args) -> int:
     from fashion_tune.train import fit, load_splits
 
     checkpoint = None
+    flags = {"epochs": args.epochs, "subset": args.subset, "val_subset": args.val_subset, "seed": args.seed, "device": args.device}
+    # Each source of values in turn, later ones winning: a bad value is reported with the
+    # source it came from (the file, a --set, the checkpoint), not the last one merged.
     if args.resume:
         checkpoint = load_checkpoint(args.resume, kind=args.kind)
-        overrides = dict(checkpoint["config"])
+        layers = [(str(args.resume), dict(checkpoint["config"]))]
     else:
-        overrides = load_yaml(args.config) if args.config else {}
-        overrides.update(dict(args.overrides))
-    flags = {"epochs": args.epochs, "subset": args.subset, "val_subset": args.val_subset, "seed": args.seed, "device": args.device}
-    overrides.update({key: value for key, value in flags.items() if value is not None})
-    config = resolve_config(args.kind, overrides, source=args.config or "")
+        layers = [(str(args.config), load_yaml(args.config))] if args.config else []
+        layers.append(("--set", dict(args.overrides)))
+    layers.append(("", {key: value for key, value in flags.items() if value is not None}))
+    overrides: dict[str, Any] = {}
+    for source, values in layers:
+        overrides.update(values)
+        config = resolve_config(args.kind, overrides, source=source)
     if args.show_config:
         print(yaml.safe_dump(config, sort_keys=True), end="")
         return 0

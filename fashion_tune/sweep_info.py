@@ -10,9 +10,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from fashion_tune import strategies
+from fashion_tune import strategies, yaml_loader
 from fashion_tune.cluster import is_uri
 from fashion_tune.errors import ConfigError, FashionTuneError
 from fashion_tune.experiment import SPACE_COPY, SWEEP_INFO, Experiment
@@ -74,7 +73,7 @@ def resumed(kind: str, name: str | None, root: str, space_file, num_samples, max
     text = store.read_text(SPACE_COPY)
     if text is None:
         raise FashionTuneError(f"{store.location}/{SPACE_COPY} is missing; a sweep cannot be resumed without its space")
-    space = parse_space(yaml.safe_load(text), f"{store.location}/{SPACE_COPY}", kind=kind)
+    space = parse_space(yaml_loader.load(text), f"{store.location}/{SPACE_COPY}", kind=kind)
     space = dataclasses.replace(space, num_samples=info["num_samples"],
                                 max_concurrent_trials=info["max_concurrent_trials"], seed=info["seed"])
     return store, space, info

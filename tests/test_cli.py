@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -10,6 +11,7 @@ import yaml
 from fashion_tune.checkpoint import load_checkpoint
 from fashion_tune.datafiles import SYSTEM_DATA_DIR
 
+REPO = Path(__file__).resolve().parent.parent
 TINY_CNN = ["--set", "width=8", "--set", "depth=1", "--subset", "500", "--val-subset", "200", "--device", "cpu"]
 
 
@@ -92,3 +94,35 @@ def test_the_kind_choices_are_the_registry():
     from fashion_tune.kinds import KINDS
 
     assert KIND_NAMES == tuple(KINDS)
+
+
+# --- numbers as Python spells them (1e-3), and errors that name where a value came from ------
+
+
+def test_python_float_spellings_are_numbers_in_set_config_and_space_files(tmp_path):
+    config = tmp_path / "my.yaml"
+    config.write_text("lr: 1e-3\ndropout: .25\n")
+    result = cli("train", "cnn", "--config", config, "--set", "weight_decay=+5E-4", "--set", "erase_prob=5.e-1",
+                 "--set", "label_smoothing=1_0e-2", "--show-config")
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    assert [resolved[key] for key in ("lr", "dropout", "weight_decay", "erase_prob", "label_smoothing")] == \
+        [0.001, 0.25, 0.0005, 0.5, 0.1]
+
+    space = tmp_path / "space.yaml"
+    space.write_text((REPO / "search_spaces" / "cnn_quick.yaml").read_text().replace("low: 1.0e-5, high: 1.0e-2", "low: 1e-5, high: 1E-2"))
+    assert "1e-5" in space.read_text()
+    result = cli("sweep", "cnn", "--space", space, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "weight_decay: loguniform [1e-05, 0.01]" in result.stdout
+
+
+def test_a_bad_value_is_blamed_on_its_own_source(tmp_path):
+    config = tmp_path / "my.yaml"
+    config.write_text("lr: 1e-3\n")
+    result = cli("train", "cnn", "--config", config, "--set", "lr=fast", "--show-config")
+    assert_one_line_error(result, "--set: lr='fast' must be a number")
+    assert "my.yaml" not in result.stderr
+    config.write_text("lr: fast\n")
+    assert_one_line_error(cli("train", "cnn", "--config", config, "--set", "lr=1e-3", "--show-config"),
+                          "my.yaml: lr='fast' must be a number")
