@@ -1,5 +1,6 @@
 """The command line: real commands in subprocesses, checking what a user sees."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,63 @@ def test_a_bad_value_is_blamed_on_its_own_source(tmp_path):
     config.write_text("lr: fast\n")
     assert_one_line_error(cli("train", "cnn", "--config", config, "--set", "lr=1e-3", "--show-config"),
                           "my.yaml: lr='fast' must be a number")
+
+
+# --- the promoted models: --models-dir, $FASHION_TUNE_MODELS, ./best_models, the checkout's --------
+
+SHIPPED = REPO / "best_models"
+needs_shipped = pytest.mark.skipif(not (SHIPPED / "cnn" / "model.pt").is_file() or not (SHIPPED / "vae" / "model.pt").is_file(),
+                                   reason="best_models/ holds no promoted CNN and VAE (make models writes them)")
+
+
+def black_png(path):
+    from PIL import Image
+
+    Image.new("L", (28, 28), 0).save(path)
+    return path
+
+
+def env_without_models_variable():
+    return {key: value for key, value in os.environ.items() if key != "FASHION_TUNE_MODELS"}
+
+
+@needs_shipped
+def test_predict_and_sample_find_the_shipped_models_from_another_directory(tmp_path):
+    black_png(tmp_path / "black.png")
+    env = env_without_models_variable()
+    result = cli("predict", "black.png", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("black.png: ")
+    result = cli("sample", "--class", "bag", "-n", "1", "--candidates", "2", "--seed", "0", "--device", "cpu", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "sample-bag.png").is_file()
+
+
+@needs_shipped
+def test_the_models_variable_chooses_the_models_and_is_named_when_it_holds_none(tmp_path):
+    black_png(tmp_path / "black.png")
+    env = env_without_models_variable()
+    result = cli("predict", "black.png", cwd=tmp_path, env={**env, "FASHION_TUNE_MODELS": str(SHIPPED)})
+    assert result.returncode == 0, result.stderr
+    empty = tmp_path / "empty"
+    assert_one_line_error(cli("predict", "black.png", cwd=tmp_path, env={**env, "FASHION_TUNE_MODELS": str(empty)}),
+                          f"no promoted cnn in {empty}", "$FASHION_TUNE_MODELS", "--models-dir")
+
+
+def test_without_models_anywhere_the_error_lists_where_it_looked(tmp_path, monkeypatch, capsys):
+    from fashion_tune import cli as cli_module, promoted
+
+    checkout = tmp_path / "checkout"
+    (checkout / "best_models").mkdir(parents=True)
+    (checkout / "pyproject.toml").write_text("")
+    monkeypatch.setattr(promoted, "CHECKOUT", checkout)
+    monkeypatch.delenv("FASHION_TUNE_MODELS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    black_png(tmp_path / "black.png")
+    for command in (["predict", "black.png"], ["sample", "--class", "bag"], ["evaluate"]):
+        assert cli_module.main(command) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        for fragment in ("no promoted", f"looked in {tmp_path / 'best_models'} and {checkout / 'best_models'}",
+                         "--models-dir DIR", "FASHION_TUNE_MODELS=DIR", "fashion-tune promote"):
+            assert fragment in err, err
