@@ -66,3 +66,45 @@ def test_yaml_reads_every_python_float_spelling_as_a_float(text):
                                           ("true", True), ("null", None)])
 def test_yaml_leaves_integers_words_and_quoted_numbers_as_they_were(text, value):
     assert yaml_loader.load(text) == value and type(yaml_loader.load(text)) is type(value)
+
+
+# --- published files follow the umask (tempfile's are private) ------------------------------
+
+
+@pytest.fixture(params=[0o022, 0o077, 0o002], ids=["umask022", "umask077", "umask002"])
+def umask(request):
+    old = os.umask(request.param)
+    try:
+        yield request.param
+    finally:
+        os.umask(old)
+
+
+def mode(path) -> int:
+    return os.stat(path).st_mode & 0o777
+
+
+def test_written_files_follow_the_umask(tmp_path, umask):
+    assert mode(write_text(tmp_path / "report.md", "# report\n")) == 0o666 & ~umask
+    assert mode(write_json(tmp_path / "sub" / "report.json", {})) == 0o666 & ~umask
+    assert mode(write_text(tmp_path / "report.md", "# again\n")) == 0o666 & ~umask
+
+
+def test_new_directories_follow_the_umask(tmp_path, umask):
+    from fashion_tune.files import make_temp_dir
+
+    assert mode(make_temp_dir(".tmp-cnn-", dir=tmp_path)) == 0o777 & ~umask
+
+
+def test_a_promoted_model_follows_the_umask(tmp_path, umask):
+    from fashion_tune.kinds import get_kind
+    from fashion_tune.promote import _install
+
+    models = tmp_path / "best_models"
+    models.mkdir()
+    name = get_kind("cnn").promote_metric
+    state = {"config": {"lr": 0.001}, "model": {"w": torch.zeros(2)}, "epoch": 1}
+    _install(models, models / "cnn", "cnn", state, {"validation": {name: 0.5}, "test": {name: 0.5}}, {})
+    assert mode(models / "cnn") == 0o777 & ~umask
+    assert {p.name: mode(p) for p in (models / "cnn").iterdir()} == \
+        dict.fromkeys(["model.pt", "config.yaml", "metrics.json", "manifest.json"], 0o666 & ~umask)
