@@ -397,18 +397,22 @@ def add_predict(sub) -> None:
 def run_predict(args) -> int:
     import json
 
-    from fashion_tune.predict import predict_files
+    from fashion_tune.predict import Unreadable, predict_each
     from fashion_tune.promoted import find_models_dir
 
-    predictions = predict_files(args.images, models_dir=find_models_dir(args.models_dir, ("cnn",)), invert=args.invert,
-                                device=args.device)
+    results = predict_each(args.images, models_dir=find_models_dir(args.models_dir, ("cnn",)), invert=args.invert,
+                           device=args.device)
+    failed = [r for r in results if isinstance(r, Unreadable)]
+    for problem in failed:  # each bad file on its own line; the good ones are classified all the same
+        print(f"{PROG}: error: {problem.error}", file=sys.stderr)
     if args.json:
-        print(json.dumps([p.as_dict() for p in predictions], indent=2))
-        return 0
-    for p in predictions:
-        top = ", ".join(f"{name} {prob:.3f}" for name, prob in p.top)
-        print(f"{p.path}: {top}{' (inverted)' if p.inverted else ''}")
-    return 0
+        print(json.dumps([r.as_dict() for r in results], indent=2))
+    else:
+        for p in results:
+            if not isinstance(p, Unreadable):
+                top = ", ".join(f"{name} {prob:.3f}" for name, prob in p.top)
+                print(f"{p.path}: {top}{' (inverted)' if p.inverted else ''}")
+    return 2 if failed else 0
 
 
 COMMANDS = [add_data, add_train, add_sweep, add_analyze, add_dashboard, add_promote, add_evaluate, add_sample, add_predict]  # pipeline order
