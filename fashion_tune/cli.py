@@ -370,14 +370,27 @@ def add_sample(sub) -> None:
 
 
 def run_sample(args) -> int:
+    from fashion_tune.datafiles import class_index
     from fashion_tune.pictures import sample_picture
     from fashion_tune.promoted import find_models_dir
 
+    class_index(args.item_class)  # a wrong class is the first thing to hear about, before any model
     out, confidences, seed = sample_picture(args.item_class, args.n, candidates=args.candidates, out=args.out, seed=args.seed,
                                             models_dir=find_models_dir(args.models_dir, ("vae",)), device=args.device)
-    shown = ", ".join(f"{c:.3f}" for c in confidences) if confidences is not None else "no judge"
-    print(f"wrote {out} ({args.n} image{'s' if args.n > 1 else ''}, seed {seed}; judge confidence {shown})")
+    print(f"wrote {out} ({args.n} image{'s' if args.n > 1 else ''}, seed {seed}; judge confidence {confidence_text(confidences)})")
     return 0
+
+
+def confidence_text(confidences: list[float] | None, listed: int = 10) -> str:
+    """The judge's confidences: each one for a few images, else their min, median and max (the PNG captions each)."""
+    if confidences is None:
+        return "no judge"
+    if len(confidences) <= listed:
+        return ", ".join(f"{c:.3f}" for c in confidences)
+    import statistics
+
+    return (f"min {min(confidences):.3f}, median {statistics.median(confidences):.3f}, max {max(confidences):.3f} "
+            f"over {len(confidences)} images; each is captioned in the picture")
 
 
 def add_predict(sub) -> None:
@@ -385,7 +398,7 @@ def add_predict(sub) -> None:
                        description="Classify PNG/JPEG files of any size or mode with the promoted CNN: each is made grey, "
                                    "padded to a square, resized to 28x28 and, when its border is light, inverted to "
                                    "Fashion-MNIST's dark background. Prints the top 3 classes with probabilities.")
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files, or directories of them")
     p.add_argument("--no-invert", dest="invert", action="store_const", const=False, default=None,
                    help="never invert (the images already have a dark background)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text")

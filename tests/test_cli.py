@@ -1,6 +1,7 @@
 """The command line: real commands in subprocesses, checking what a user sees."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -187,3 +188,41 @@ def test_without_models_anywhere_the_error_lists_where_it_looked(tmp_path, monke
         for fragment in ("no promoted", f"looked in {tmp_path / 'best_models'} and {checkout / 'best_models'}",
                          "--models-dir DIR", "FASHION_TUNE_MODELS=DIR", "fashion-tune promote"):
             assert fragment in err, err
+
+
+# --- small things: class names, long sample output, evaluate's flags, the dry run's fixed values ----
+
+
+def test_a_negative_class_index_is_refused_and_a_misspelt_name_gets_a_suggestion(tmp_path):
+    assert_one_line_error(cli("sample", "--class", "-1", cwd=tmp_path), "class index -1 is out of range")
+    assert_one_line_error(cli("sample", "--class", "sandle", cwd=tmp_path), "unknown class 'sandle'", "did you mean 'Sandal'?")
+    assert list(tmp_path.iterdir()) == [], "a refused sample writes nothing"
+
+
+@needs_shipped
+def test_many_samples_print_a_summary_of_the_confidences_not_each(tmp_path):
+    out = tmp_path / "bags.png"
+    result = cli("sample", "--class", "bag", "-n", "12", "--candidates", "2", "--seed", "0", "--device", "cpu",
+                 "--models-dir", SHIPPED, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "judge confidence min " in result.stdout and "median" in result.stdout and "over 12 images" in result.stdout
+    assert result.stdout.count(".") < 10, result.stdout
+    result = cli("sample", "--class", "bag", "-n", "2", "--candidates", "2", "--seed", "0", "--device", "cpu",
+                 "--models-dir", SHIPPED, "--out", out)
+    assert result.returncode == 0 and re.search(r"judge confidence \d\.\d{3}, \d\.\d{3}\)$", result.stdout.strip()), result.stdout
+
+
+def test_evaluate_names_only_the_flag_that_is_wrong(tmp_path):
+    result = cli("evaluate", "--per-class", "5", "--models-dir", tmp_path)
+    assert_one_line_error(result, "--per-class 5", "at least 10")
+    assert "--guided-per-class" not in result.stderr and "--candidates" not in result.stderr
+    result = cli("evaluate", "--iwae-images", "3", "--models-dir", tmp_path)
+    assert_one_line_error(result, "--iwae-images 3", "at least 10")
+    assert "--iwae-k" not in result.stderr
+
+
+def test_the_dry_run_shows_the_fixed_values():
+    result = cli("sweep", "cnn", "--space", REPO / "search_spaces" / "cnn_quick.yaml", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "  fixed: subset=5000, val_subset=2000, depth=1, scheduler=cosine_restarts, restart_epochs=4, epochs=8" \
+        in result.stdout.splitlines()
