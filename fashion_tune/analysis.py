@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
-import yaml
 
+from fashion_tune import yaml_loader
 from fashion_tune.errors import FashionTuneError
 from fashion_tune.experiment import SPACE_COPY, SWEEP_INFO, STOPPED_BY, Experiment, TrialPick, is_finite
 from fashion_tune.study import importance_study, open_study
@@ -79,8 +79,8 @@ def _space(store: Experiment, kind: str):
 
     text = store.read_text(SPACE_COPY)
     try:
-        return None if text is None else parse_space(yaml.safe_load(text), f"{store.location}/{SPACE_COPY}", kind=kind)
-    except (FashionTuneError, yaml.YAMLError):
+        return None if text is None else parse_space(yaml_loader.load(text), f"{store.location}/{SPACE_COPY}", kind=kind)
+    except (FashionTuneError, yaml_loader.YAMLError):
         return None
 
 

@@ -29,15 +29,15 @@ class Parser(argparse.ArgumentParser):
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
-    """`key=value` with the value read as YAML (numbers, true/false, null, strings)."""
-    import yaml
+    """`key=value` with the value read as YAML (numbers such as 1e-3, true/false, null, strings)."""
+    from fashion_tune import yaml_loader
 
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     try:
-        return key.strip(), yaml.safe_load(value)
-    except yaml.YAMLError:
+        return key.strip(), yaml_loader.load(value)
+    except yaml_loader.YAMLError:
         return key.strip(), value
 
 
@@ -104,15 +104,20 @@ def run_train(args) -> int:
     from fashion_tune.train import fit, load_splits
 
     checkpoint = None
+    flags = {"epochs": args.epochs, "subset": args.subset, "val_subset": args.val_subset, "seed": args.seed, "device": args.device}
+    # Each source of values in turn, later ones winning: a bad value is reported with the
+    # source it came from (the file, a --set, the checkpoint), not the last one merged.
     if args.resume:
         checkpoint = load_checkpoint(args.resume, kind=args.kind)
-        overrides = dict(checkpoint["config"])
+        layers = [(str(args.resume), dict(checkpoint["config"]))]
     else:
-        overrides = load_yaml(args.config) if args.config else {}
-        overrides.update(dict(args.overrides))
-    flags = {"epochs": args.epochs, "subset": args.subset, "val_subset": args.val_subset, "seed": args.seed, "device": args.device}
-    overrides.update({key: value for key, value in flags.items() if value is not None})
-    config = resolve_config(args.kind, overrides, source=args.config or "")
+        layers = [(str(args.config), load_yaml(args.config))] if args.config else []
+        layers.append(("--set", dict(args.overrides)))
+    layers.append(("", {key: value for key, value in flags.items() if value is not None}))
+    overrides: dict[str, Any] = {}
+    for source, values in layers:
+        overrides.update(values)
+        config = resolve_config(args.kind, overrides, source=source)
     if args.show_config:
         print(yaml.safe_dump(config, sort_keys=True), end="")
         return 0
@@ -258,6 +263,11 @@ def positive_float(text: str) -> float:
     return value
 
 
+MODELS_DIR_HELP = ("where promoted models live (default $FASHION_TUNE_MODELS, else ./best_models, else the "
+                   "best_models/ of the fashion-tune checkout)")
+PROMOTE_MODELS_DIR_HELP = "where promoted models live (default $FASHION_TUNE_MODELS, else ./best_models)"
+
+
 def add_promote(sub) -> None:
     p = sub.add_parser("promote", help="make a sweep's best trial the champion in best_models/KIND/",
                        description="Pick the experiment's best trial by its validation metric, score it on the full validation "
@@ -268,7 +278,7 @@ def add_promote(sub) -> None:
                    help="a sweep's directory or URI, e.g. ray_results/NAME or s3://BUCKET/sweeps/NAME")
     p.add_argument("--kind", choices=KIND_NAMES, help="the model kind the experiment must hold (default: whatever it holds)")
     p.add_argument("--force", action="store_true", help="replace the champion even if the challenger is not better")
-    p.add_argument("--models-dir", type=Path, default=Path("best_models"), help="where promoted models live (default best_models)")
+    p.add_argument("--models-dir", type=Path, help=PROMOTE_MODELS_DIR_HELP)
     p.add_argument("--data-dir", help="directory with the Fashion-MNIST files")
     p.add_argument("--max-params", type=float, metavar="N", help="only trials with at most N trainable parameters")
     p.add_argument("--max-flops", type=float, metavar="N", help="only trials with at most N FLOPs per training image")
@@ -277,11 +287,12 @@ def add_promote(sub) -> None:
 
 def run_promote(args) -> int:
     from fashion_tune.promote import promote_best_trial
+    from fashion_tune.promoted import models_dir_to_write
 
     limits = {key: value for key, value in (("params", args.max_params), ("flops", args.max_flops)) if value is not None}
     if any(value <= 0 for value in limits.values()):
         raise ConfigError("--max-params and --max-flops must be > 0")
-    promote_best_trial(args.experiment, kind=args.kind, models_dir=args.models_dir, force=args.force,
+    promote_best_trial(args.experiment, kind=args.kind, models_dir=models_dir_to_write(args.models_dir), force=args.force,
                        data_dir=args.data_dir, limits=limits or None)
     return 0
 
@@ -292,7 +303,7 @@ def add_evaluate(sub) -> None:
                                    "VAE (test ELBO, raw and guided samples judged by the CNN, diversity, Frechet distance, "
                                    "interpolation, letter grade); writes report.md, report.json and PNGs into MODELS_DIR.")
     p.add_argument("--kind", choices=[*KIND_NAMES, "all"], default="all", help="which promoted models to grade (default all)")
-    p.add_argument("--models-dir", type=Path, default=Path("best_models"), help="where promoted models live (default best_models)")
+    p.add_argument("--models-dir", type=Path, help=MODELS_DIR_HELP)
     p.add_argument("--per-class", type=positive_int, metavar="N", help="raw VAE samples per class (default 1000)")
     p.add_argument("--guided-per-class", type=positive_int, metavar="N", help="guided VAE samples per class (default 20)")
     p.add_argument("--candidates", type=positive_int, metavar="N", help="candidates per guided sample (default 100)")
@@ -308,13 +319,15 @@ def add_evaluate(sub) -> None:
 def run_evaluate(args) -> int:
     from fashion_tune import grading
     from fashion_tune.likelihood import IWAE_SAMPLES
+    from fashion_tune.promoted import find_models_dir
     from fashion_tune.report import IWAE_IMAGES, REPORT_JSON, REPORT_MD, evaluate
     from fashion_tune.sampling import CANDIDATES
 
     command = " ".join([PROG, *sys.argv[1:]]) if sys.argv and sys.argv[0] else None
+    models_dir = find_models_dir(args.models_dir, KIND_NAMES if args.kind == "all" else (args.kind,))
     report = evaluate(
         kind=args.kind,
-        models_dir=args.models_dir,
+        models_dir=models_dir,
         per_class=args.per_class or grading.PER_CLASS,
         guided_per_class=args.guided_per_class or grading.GUIDED_PER_CLASS,
         candidates=args.candidates or CANDIDATES,
@@ -336,8 +349,8 @@ def run_evaluate(args) -> int:
         print(f"VAE: test -log p(x|y) <= {bound['nll_bound']:.2f} +- {bound['nll_bound_stderr']:.2f} nats "
               f"(IWAE, k={bound['k']:,}, {bound['images']:,} binarized test images)")
     pictures = sorted({name for kind in ("cnn", "vae") for name in report.get(kind, {}).get("pictures", {}).values()})
-    print(f"report: {args.models_dir / REPORT_MD} (numbers in {args.models_dir / REPORT_JSON}); "
-          f"pictures in {args.models_dir}/: {', '.join(pictures)}")
+    print(f"report: {models_dir / REPORT_MD} (numbers in {models_dir / REPORT_JSON}); "
+          f"pictures in {models_dir}/: {', '.join(pictures)}")
     return 0
 
 
@@ -351,19 +364,33 @@ def add_sample(sub) -> None:
     p.add_argument("--candidates", type=positive_int, default=100, help="candidates per image, best kept (default 100; 1 = no guidance)")
     p.add_argument("--out", type=Path, help="PNG to write (default sample-CLASS.png)")
     p.add_argument("--seed", type=int, help="sampling seed (default: random, printed so the picture can be reproduced)")
-    p.add_argument("--models-dir", type=Path, default=Path("best_models"), help="where promoted models live (default best_models)")
+    p.add_argument("--models-dir", type=Path, help=MODELS_DIR_HELP)
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
     p.set_defaults(func=run_sample)
 
 
 def run_sample(args) -> int:
+    from fashion_tune.datafiles import class_index
     from fashion_tune.pictures import sample_picture
+    from fashion_tune.promoted import find_models_dir
 
-    out, confidences, seed = sample_picture(args.item_class, args.n, candidates=args.candidates, out=args.out,
-                                            seed=args.seed, models_dir=args.models_dir, device=args.device)
-    shown = ", ".join(f"{c:.3f}" for c in confidences) if confidences is not None else "no judge"
-    print(f"wrote {out} ({args.n} image{'s' if args.n > 1 else ''}, seed {seed}; judge confidence {shown})")
+    class_index(args.item_class)  # a wrong class is the first thing to hear about, before any model
+    out, confidences, seed = sample_picture(args.item_class, args.n, candidates=args.candidates, out=args.out, seed=args.seed,
+                                            models_dir=find_models_dir(args.models_dir, ("vae",)), device=args.device)
+    print(f"wrote {out} ({args.n} image{'s' if args.n > 1 else ''}, seed {seed}; judge confidence {confidence_text(confidences)})")
     return 0
+
+
+def confidence_text(confidences: list[float] | None, listed: int = 10) -> str:
+    """The judge's confidences: each one for a few images, else their min, median and max (the PNG captions each)."""
+    if confidences is None:
+        return "no judge"
+    if len(confidences) <= listed:
+        return ", ".join(f"{c:.3f}" for c in confidences)
+    import statistics
+
+    return (f"min {min(confidences):.3f}, median {statistics.median(confidences):.3f}, max {max(confidences):.3f} "
+            f"over {len(confidences)} images; each is captioned in the picture")
 
 
 def add_predict(sub) -> None:
@@ -371,11 +398,11 @@ def add_predict(sub) -> None:
                        description="Classify PNG/JPEG files of any size or mode with the promoted CNN: each is made grey, "
                                    "padded to a square, resized to 28x28 and, when its border is light, inverted to "
                                    "Fashion-MNIST's dark background. Prints the top 3 classes with probabilities.")
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files, or directories of them")
     p.add_argument("--no-invert", dest="invert", action="store_const", const=False, default=None,
                    help="never invert (the images already have a dark background)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
-    p.add_argument("--models-dir", type=Path, default=Path("best_models"), help="where promoted models live (default best_models)")
+    p.add_argument("--models-dir", type=Path, help=MODELS_DIR_HELP)
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, mps")
     p.set_defaults(func=run_predict)
 
@@ -383,16 +410,22 @@ def add_predict(sub) -> None:
 def run_predict(args) -> int:
     import json
 
-    from fashion_tune.predict import predict_files
+    from fashion_tune.predict import Unreadable, predict_each
+    from fashion_tune.promoted import find_models_dir
 
-    predictions = predict_files(args.images, models_dir=args.models_dir, invert=args.invert, device=args.device)
+    results = predict_each(args.images, models_dir=find_models_dir(args.models_dir, ("cnn",)), invert=args.invert,
+                           device=args.device)
+    failed = [r for r in results if isinstance(r, Unreadable)]
+    for problem in failed:  # each bad file on its own line; the good ones are classified all the same
+        print(f"{PROG}: error: {problem.error}", file=sys.stderr)
     if args.json:
-        print(json.dumps([p.as_dict() for p in predictions], indent=2))
-        return 0
-    for p in predictions:
-        top = ", ".join(f"{name} {prob:.3f}" for name, prob in p.top)
-        print(f"{p.path}: {top}{' (inverted)' if p.inverted else ''}")
-    return 0
+        print(json.dumps([r.as_dict() for r in results], indent=2))
+    else:
+        for p in results:
+            if not isinstance(p, Unreadable):
+                top = ", ".join(f"{name} {prob:.3f}" for name, prob in p.top)
+                print(f"{p.path}: {top}{' (inverted)' if p.inverted else ''}")
+    return 2 if failed else 0
 
 
 COMMANDS = [add_data, add_train, add_sweep, add_analyze, add_dashboard, add_promote, add_evaluate, add_sample, add_predict]  # pipeline order

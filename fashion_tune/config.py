@@ -11,8 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
+from fashion_tune import yaml_loader
 from fashion_tune.errors import ConfigError
 from fashion_tune.kinds import get_kind
 from fashion_tune.training_config import TrainingConfig, coerce, field_types
@@ -66,15 +65,15 @@ def model_config(kind: str, config: Mapping[str, Any]) -> Any:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping with `yaml.safe_load`; errors name the file."""
+    """Read a YAML mapping with `yaml_loader.load`; errors name the file."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}; check the path") from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+        data = yaml_loader.load(text)
+    except yaml_loader.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}: not valid YAML{line}; fix the syntax") from None

@@ -8,6 +8,7 @@ the fix. `fashion_tune.data` splits what this module loads and feeds it to train
 
 from __future__ import annotations
 
+import difflib
 import gzip
 import hashlib
 import math
@@ -69,9 +70,9 @@ def class_index(name_or_index: str | int) -> int:
         raise ConfigError(f"class index {name_or_index} is out of range; {valid}")
     if not isinstance(name_or_index, str):
         raise ConfigError(f"class {name_or_index!r} is not a name or an index; {valid}")
+    if re.fullmatch(r"\s*[-+]?[0-9]+\s*", name_or_index):  # an index, its sign kept: -1 is out of range
+        return class_index(int(name_or_index))
     key = _normalise(name_or_index)
-    if key.isdigit():
-        return class_index(int(key))
     if key in _NAMES:
         return _NAMES[key]
     matches = sorted({i for name, i in _NAMES.items() if key and name.startswith(key)})
@@ -80,7 +81,10 @@ def class_index(name_or_index: str | int) -> int:
     if len(matches) > 1:
         candidates = ", ".join(CLASSES[i] for i in matches)
         raise ConfigError(f"class {name_or_index!r} is ambiguous (could be {candidates}); {valid}")
-    raise ConfigError(f"unknown class {name_or_index!r}; {valid}")
+    close = difflib.get_close_matches(key, _NAMES, n=3, cutoff=0.6)
+    suggestion = dict.fromkeys(CLASSES[_NAMES[name]] for name in close)  # names in order, each once
+    hint = f"did you mean {' or '.join(map(repr, suggestion))}? " if suggestion else ""
+    raise ConfigError(f"unknown class {name_or_index!r}; {hint}{valid}")
 
 
 # ---------------------------------------------------------------------------------------

@@ -2,6 +2,9 @@
 
 - `atomic_write` / `write_text` / `write_json`: a temporary file beside the target, fsynced, then
   renamed over it, so a reader or a crash never sees half a file.
+- `make_temp_dir`: a new, uniquely named directory to fill and then publish by a rename.
+  Both get the permissions of a plain `open` or `mkdir` under the process's umask (0644 and 0755
+  under umask 022), not `tempfile`'s private 0600 and 0700: teammates can read what is published.
 - JSON has one policy for what plain JSON cannot hold (`jsonable`): non-finite floats become the
   strings "inf", "-inf" and "nan", paths become strings and tensors lists.
 - JSON lines (`read_jsonl`, `append_jsonl`): one record per line; a line that does not parse (the
@@ -20,12 +23,41 @@ from pathlib import Path
 from typing import IO, Any, Callable
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (os.umask can only set it,
+    and setting it for a moment would race with other threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def umask_mode(directory: bool = False) -> int:
+    """The mode `open` (0666) or `mkdir` (0777) would give a new file or directory under the umask."""
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
+def make_temp_dir(prefix: str, suffix: str = "", dir: str | Path | None = None) -> Path:
+    """`tempfile.mkdtemp` (a new, uniquely named directory) with the umask's mode instead of 0700."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=dir))
+    os.chmod(path, umask_mode(directory=True))
+    return path
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call write(f) on a binary temporary file beside `path`, fsync it, then rename it over `path`."""
+    """Call write(f) on a binary temporary file beside `path`, fsync it, then rename it over `path`.
+
+    The file gets the umask's mode, as `open` would give it (mkstemp's is 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=path.suffix, dir=path.parent)
     try:
+        os.fchmod(fd, umask_mode())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

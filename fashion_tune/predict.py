@@ -7,6 +7,7 @@ off with `invert=False`); it is padded to a square with its background colour an
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +20,8 @@ from fashion_tune.errors import DataError
 from fashion_tune.promoted import DEFAULT_MODELS_DIR, load_promoted
 
 TOP_K = 3
+BATCH_SIZE = 1_000  # images per forward pass
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")  # what a directory's images end with
 
 
 @dataclass
@@ -34,14 +37,45 @@ class Prediction:
                 "top": [{"class": name, "probability": round(p, 6)} for name, p in self.top]}
 
 
+@dataclass
+class Unreadable:
+    """An input that could not be classified, and the one-line message that says why."""
+
+    path: str
+    error: str
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "error": self.error}
+
+
+def image_files(paths: Sequence[str | Path]) -> list[Path | Unreadable]:
+    """The files to classify, in order: each path given, and for a directory its image files (by
+    suffix, sorted, not recursive); a directory without any is Unreadable in its place."""
+    found: list[Path | Unreadable] = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            found.append(path)
+            continue
+        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+        found.extend(images or [Unreadable(str(path), f"{path}: a directory with no image files "
+                                                      f"({', '.join(IMAGE_SUFFIXES)}); give image files or a directory of them")])
+    return found
+
+
 def load_image(path: str | Path, invert: bool | None = None) -> tuple[torch.Tensor, bool]:
     """A (1, 28, 28) tensor in [0, 1] from an image file, and whether it was inverted.
 
     invert=None inverts when the image's border is mostly light (a light background).
     """
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise DataError(f"{path}: a directory, not an image file; give the image files in it")
+    if not path.exists():
         raise DataError(f"{path}: no such file; check the path")
+    if not path.is_file():
+        raise DataError(f"{path}: not a regular file; give a PNG or JPEG image")
+    if not os.access(path, os.R_OK):
+        raise DataError(f"{path}: cannot read it (permission denied); check its permissions")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty; give a PNG or JPEG image")
     try:
@@ -76,12 +110,40 @@ def _square_resize(pixels: torch.Tensor, background: float) -> torch.Tensor:
 
 
 @torch.no_grad()
+def predict_each(paths: Sequence[str | Path], models_dir: str | Path = DEFAULT_MODELS_DIR, invert: bool | None = None,
+                 top_k: int = TOP_K, device: str = "cpu") -> list[Prediction | Unreadable]:
+    """For each image file (a directory: its image files), its top-k classes by the promoted CNN, or
+    why it could not be read: one bad file does not stop the others."""
+    results: list[Prediction | Unreadable] = []
+    loaded: list[tuple[int, Path, torch.Tensor, bool]] = []
+    for item in image_files(paths):
+        if isinstance(item, Unreadable):
+            results.append(item)
+            continue
+        try:
+            image, flag = load_image(item, invert)
+        except DataError as exc:
+            results.append(Unreadable(str(item), str(exc)))
+            continue
+        loaded.append((len(results), item, image, flag))
+        results.append(None)  # the prediction's place, filled below
+    if not loaded:
+        return results
+    cnn, _, _ = load_promoted("cnn", models_dir, device)
+    for start in range(0, len(loaded), BATCH_SIZE):
+        batch = loaded[start : start + BATCH_SIZE]
+        probs = torch.softmax(cnn(torch.stack([image for _, _, image, _ in batch]).to(device)).float(), dim=1).cpu()
+        values, indices = probs.topk(min(top_k, len(CLASSES)), dim=1)
+        for (slot, path, _, flag), val, idx in zip(batch, values, indices):
+            results[slot] = Prediction(str(path), [(CLASSES[i], p) for i, p in zip(idx.tolist(), val.tolist())], flag)
+    return results
+
+
 def predict_files(paths: Sequence[str | Path], models_dir: str | Path = DEFAULT_MODELS_DIR, invert: bool | None = None,
                   top_k: int = TOP_K, device: str = "cpu") -> list[Prediction]:
-    """Top-k classes of each image file by the promoted CNN; every file is read before the model runs."""
-    images, flags = zip(*(load_image(path, invert) for path in paths))
-    cnn, _, _ = load_promoted("cnn", models_dir, device)
-    probs = torch.softmax(cnn(torch.stack(images).to(device)).float(), dim=1).cpu()
-    values, indices = probs.topk(min(top_k, len(CLASSES)), dim=1)
-    return [Prediction(str(path), [(CLASSES[i], p) for i, p in zip(idx.tolist(), val.tolist())], flag)
-            for path, val, idx, flag in zip(paths, values, indices, flags)]
+    """Top-k classes of each image file by the promoted CNN; raises the DataError of the first bad file."""
+    results = predict_each(paths, models_dir, invert, top_k, device)
+    for result in results:
+        if isinstance(result, Unreadable):
+            raise DataError(result.error)
+    return results

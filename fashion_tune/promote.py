@@ -30,7 +30,6 @@ import math
 import os
 import shutil
 import signal
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -45,7 +44,8 @@ from fashion_tune.cluster import is_uri
 from fashion_tune.data import make_splits
 from fashion_tune.datafiles import load_fashion_mnist
 from fashion_tune.errors import FashionTuneError
-from fashion_tune.files import file_sha256, format_number, fsync_dir, jsonable, read_json_object, write_json, write_synced
+from fashion_tune.files import (file_sha256, format_number, fsync_dir, jsonable, make_temp_dir, read_json_object, write_json,
+                                write_synced)
 from fashion_tune.kinds import get_kind
 from fashion_tune.promoted import (CONFIG_FILE, DEFAULT_MODELS_DIR, HISTORY_DIR, MANIFEST_FILE, METRICS_FILE, MODEL_FILE,
                                    is_promoted, models_lock, recover)
@@ -320,7 +320,7 @@ def _manifest(kind: str, experiment_dir: Path | str, pick, state, challenger, ch
 def _install(models_dir: Path, target: Path, kind: str, state, challenger, manifest) -> Path | None:
     """Assemble the new champion next to the old one and swap it in; returns where the old one went."""
     stamp = _now().strftime("%Y%m%d-%H%M%S")
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{kind}-", suffix=f"-{stamp}", dir=models_dir))
+    tmp = make_temp_dir(prefix=f".tmp-{kind}-", suffix=f"-{stamp}", dir=models_dir)
     history = None
     try:
         write_promoted(tmp, kind, state, challenger, manifest)

@@ -21,6 +21,9 @@ from fashion_tune.files import file_sha256
 from fashion_tune.train import load_model
 
 DEFAULT_MODELS_DIR = Path("best_models")
+MODELS_ENV = "FASHION_TUNE_MODELS"  # the models directory when --models-dir is not given
+# The checkout the package runs from (an editable install or PYTHONPATH): its shipped best_models/.
+CHECKOUT = Path(__file__).resolve().parent.parent
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
@@ -32,6 +35,39 @@ LOCK_FILE = ".lock"
 def is_promoted(models_dir: str | Path, kind: str) -> bool:
     """Whether `models_dir` holds a promoted model of `kind`."""
     return (Path(models_dir) / kind / MODEL_FILE).is_file()
+
+
+def models_dir_to_write(given: str | Path | None) -> Path:
+    """Where `promote` writes: --models-dir, else $FASHION_TUNE_MODELS, else ./best_models."""
+    return Path(given or os.environ.get(MODELS_ENV) or DEFAULT_MODELS_DIR)
+
+
+def find_models_dir(given: str | Path | None, kinds: tuple[str, ...]) -> Path:
+    """The promoted models to read: --models-dir, else $FASHION_TUNE_MODELS, else the first of ./best_models
+    and the checkout's shipped best_models/ that holds a model of one of `kinds`.
+
+    A directory given by --models-dir is used as it is (the errors of its readers name it); one
+    the variable names must hold a model, since a variable set long ago is easy to forget. When
+    neither is set and no place holds a model, the error lists every place looked in.
+    """
+    what = " or ".join(kinds)
+    if given:
+        return Path(given)
+    if os.environ.get(MODELS_ENV):
+        chosen = Path(os.environ[MODELS_ENV])
+        if not any(is_promoted(chosen, kind) for kind in kinds):
+            raise FashionTuneError(f"no promoted {what} in {chosen} (the directory ${MODELS_ENV} names); promote one there, "
+                                   f"pass --models-dir DIR, or unset {MODELS_ENV} to use ./best_models or the shipped models")
+        return chosen
+    places = [DEFAULT_MODELS_DIR]
+    if (CHECKOUT / "pyproject.toml").is_file() and (CHECKOUT / DEFAULT_MODELS_DIR).resolve() != DEFAULT_MODELS_DIR.resolve():
+        places.append(CHECKOUT / DEFAULT_MODELS_DIR)
+    for place in places:
+        if any(is_promoted(place, kind) for kind in kinds):
+            return place
+    looked = " and ".join(str(place.resolve()) for place in places)
+    raise FashionTuneError(f"no promoted {what} found: looked in {looked}; pass --models-dir DIR or set "
+                           f"{MODELS_ENV}=DIR to use other models, or {promote_hint(kinds[0])}")
 
 
 def _read_required_json(path: Path) -> dict[str, Any]:

@@ -107,12 +107,16 @@ def _check_settings(kind: str, per_class: int, guided_per_class: int, candidates
                     iwae_k: int) -> None:
     if kind not in ("cnn", "vae", "all"):
         raise ConfigError(f"unknown kind {kind!r}; choose one of: cnn, vae, all")
-    if per_class < 10 or guided_per_class < 3 or candidates < 1:
-        raise ConfigError(f"--per-class {per_class}, --guided-per-class {guided_per_class}, --candidates {candidates}: "
-                          f"the pictures need at least 10 raw and 3 guided samples per class, and 1 candidate")
-    if iwae_images < 10 or iwae_k < 1:
-        raise ConfigError(f"--iwae-images {iwae_images}, --iwae-k {iwae_k}: the likelihood bound needs at least 10 images "
-                          f"(one per class) and 1 importance sample")
+    minimums = [  # (flag, value, least, why): each wrong flag is named on its own
+        ("--per-class", per_class, 10, "raw samples per class for the pictures"),
+        ("--guided-per-class", guided_per_class, 3, "guided samples per class for the pictures"),
+        ("--candidates", candidates, 1, "candidate per guided sample"),
+        ("--iwae-images", iwae_images, 10, "test images for the likelihood bound (one per class)"),
+        ("--iwae-k", iwae_k, 1, "importance sample per image in the likelihood bound"),
+    ]
+    for flag, value, least, why in minimums:
+        if value < least:
+            raise ConfigError(f"{flag} {value} is too small: evaluate needs at least {least} {why}; pass {flag} {least} or more")
 
 
 def _sections(kind: str, models_dir: Path) -> tuple[bool, bool, list[str]]:

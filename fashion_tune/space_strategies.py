@@ -17,9 +17,9 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
 
 from fashion_tune.config import default_config
+from fashion_tune import yaml_loader
 from fashion_tune.errors import FashionTuneError
 from fashion_tune.kinds import get_kind
 from fashion_tune.promoted import CONFIG_FILE, MANIFEST_FILE
@@ -120,8 +120,8 @@ def _promoted_config(c: Checker, model_dir: Path) -> tuple[str, dict[str, Any]]:
     """A promoted model's kind (its manifest) and training config (its config.yaml)."""
     try:
         kind = json.loads((model_dir / MANIFEST_FILE).read_text()).get("kind")
-        config = yaml.safe_load((model_dir / CONFIG_FILE).read_text())
-    except (OSError, ValueError, yaml.YAMLError) as exc:
+        config = yaml_loader.load((model_dir / CONFIG_FILE).read_text())
+    except (OSError, ValueError, yaml_loader.YAMLError) as exc:
         raise c.fail("start_from", f"{model_dir} is not a readable promoted model ({type(exc).__name__}: {exc}); "
                                    "promote it again with --force") from None
     if not isinstance(config, dict) or not isinstance(kind, str):

@@ -79,6 +79,7 @@ from typing import Any, Mapping
 from fashion_tune.config import load_yaml, resolve_config
 from fashion_tune.kinds import KINDS, get_kind
 from fashion_tune.errors import ConfigError
+from fashion_tune.files import format_short
 from fashion_tune.space_params import (Checker, Param, check_names, check_point, describe_param, grid_values, is_integer,
                                        is_number, parse_params, show, suggest_all, walk)
 from fashion_tune.space_strategies import (SCHEDULER_TYPES, check_sources, parse_objectives, parse_strategies,
@@ -207,6 +208,9 @@ class SearchSpace:
             f"{len(self.points_to_evaluate)} starting point(s)"
             + (f"; warm start: {len(self.warm_trials)} trials of {self.warm_start}" if self.warm_start else ""),
         ]
+        # The values every trial shares (the rest are `train KIND --show-config`'s defaults); epochs is max_t.
+        lines.append("  fixed: " + ", ".join(f"{key}={format_short(value) if value is not None else 'null'}"
+                                             for key, value in self.base_config().items()))
         if self.multi_objective:
             lines.insert(1, "  objectives: " + ", ".join(f"{mode} {metric}" for metric, mode in self.objectives)
                          + f" (the scheduler stops on {self.metric} only)")

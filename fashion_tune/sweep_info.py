@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from fashion_tune import strategies
+from fashion_tune import strategies, yaml_loader
 from fashion_tune.cluster import is_uri
 from fashion_tune.errors import ConfigError, FashionTuneError
 from fashion_tune.experiment import SOURCES, SPACE_COPY, SWEEP_INFO, Experiment
@@ -83,7 +83,7 @@ def resumed(kind: str, name: str | None, root: str, space_file, num_samples, max
     text = store.read_text(SPACE_COPY)
     if text is None:
         raise FashionTuneError(f"{store.location}/{SPACE_COPY} is missing; a sweep cannot be resumed without its space")
-    space = parse_space(yaml.safe_load(text), f"{store.location}/{SPACE_COPY}", kind=kind)
+    space = parse_space(yaml_loader.load(text), f"{store.location}/{SPACE_COPY}", kind=kind)
     space = stored_sources(store, space)
     space = dataclasses.replace(space, num_samples=info["num_samples"],
                                 max_concurrent_trials=info["max_concurrent_trials"], seed=info["seed"])
@@ -130,11 +130,11 @@ def space_copy(space_file, space: SearchSpace) -> bytes:
     # Top-level `key: value` lines, replaced in place (comments elsewhere stay); a JSON string is YAML.
     lines = [f"{key}: {json.dumps(sources[key])}\n" if (key := line.split(":", 1)[0]) in sources else line
              for line in text.splitlines(keepends=True)]
-    wanted = {**yaml.safe_load(text), **sources}
+    wanted = {**yaml_loader.load(text), **sources}
     try:
-        if yaml.safe_load("".join(lines)) == wanted:
+        if yaml_loader.load("".join(lines)) == wanted:
             return "".join(lines).encode()
-    except yaml.YAMLError:
+    except yaml_loader.YAMLError:
         pass
     return yaml.safe_dump(wanted, sort_keys=False).encode()  # a layout the lines could not follow
 

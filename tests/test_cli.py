@@ -1,7 +1,10 @@
 """The command line: real commands in subprocesses, checking what a user sees."""
 
+import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -10,6 +13,7 @@ import yaml
 from fashion_tune.checkpoint import load_checkpoint
 from fashion_tune.datafiles import SYSTEM_DATA_DIR
 
+REPO = Path(__file__).resolve().parent.parent
 TINY_CNN = ["--set", "width=8", "--set", "depth=1", "--subset", "500", "--val-subset", "200", "--device", "cpu"]
 
 
@@ -92,3 +96,133 @@ def test_the_kind_choices_are_the_registry():
     from fashion_tune.kinds import KINDS
 
     assert KIND_NAMES == tuple(KINDS)
+
+
+# --- numbers as Python spells them (1e-3), and errors that name where a value came from ------
+
+
+def test_python_float_spellings_are_numbers_in_set_config_and_space_files(tmp_path):
+    config = tmp_path / "my.yaml"
+    config.write_text("lr: 1e-3\ndropout: .25\n")
+    result = cli("train", "cnn", "--config", config, "--set", "weight_decay=+5E-4", "--set", "erase_prob=5.e-1",
+                 "--set", "label_smoothing=1_0e-2", "--show-config")
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    assert [resolved[key] for key in ("lr", "dropout", "weight_decay", "erase_prob", "label_smoothing")] == \
+        [0.001, 0.25, 0.0005, 0.5, 0.1]
+
+    space = tmp_path / "space.yaml"
+    space.write_text((REPO / "search_spaces" / "cnn_quick.yaml").read_text().replace("low: 1.0e-5, high: 1.0e-2", "low: 1e-5, high: 1E-2"))
+    assert "1e-5" in space.read_text()
+    result = cli("sweep", "cnn", "--space", space, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "weight_decay: loguniform [1e-05, 0.01]" in result.stdout
+
+
+def test_a_bad_value_is_blamed_on_its_own_source(tmp_path):
+    config = tmp_path / "my.yaml"
+    config.write_text("lr: 1e-3\n")
+    result = cli("train", "cnn", "--config", config, "--set", "lr=fast", "--show-config")
+    assert_one_line_error(result, "--set: lr='fast' must be a number")
+    assert "my.yaml" not in result.stderr
+    config.write_text("lr: fast\n")
+    assert_one_line_error(cli("train", "cnn", "--config", config, "--set", "lr=1e-3", "--show-config"),
+                          "my.yaml: lr='fast' must be a number")
+
+
+# --- the promoted models: --models-dir, $FASHION_TUNE_MODELS, ./best_models, the checkout's --------
+
+SHIPPED = REPO / "best_models"
+needs_shipped = pytest.mark.skipif(not (SHIPPED / "cnn" / "model.pt").is_file() or not (SHIPPED / "vae" / "model.pt").is_file(),
+                                   reason="best_models/ holds no promoted CNN and VAE (make models writes them)")
+
+
+def black_png(path):
+    from PIL import Image
+
+    Image.new("L", (28, 28), 0).save(path)
+    return path
+
+
+def env_without_models_variable():
+    return {key: value for key, value in os.environ.items() if key != "FASHION_TUNE_MODELS"}
+
+
+@needs_shipped
+def test_predict_and_sample_find_the_shipped_models_from_another_directory(tmp_path):
+    black_png(tmp_path / "black.png")
+    env = env_without_models_variable()
+    result = cli("predict", "black.png", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("black.png: ")
+    result = cli("sample", "--class", "bag", "-n", "1", "--candidates", "2", "--seed", "0", "--device", "cpu", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "sample-bag.png").is_file()
+
+
+@needs_shipped
+def test_the_models_variable_chooses_the_models_and_is_named_when_it_holds_none(tmp_path):
+    black_png(tmp_path / "black.png")
+    env = env_without_models_variable()
+    result = cli("predict", "black.png", cwd=tmp_path, env={**env, "FASHION_TUNE_MODELS": str(SHIPPED)})
+    assert result.returncode == 0, result.stderr
+    empty = tmp_path / "empty"
+    assert_one_line_error(cli("predict", "black.png", cwd=tmp_path, env={**env, "FASHION_TUNE_MODELS": str(empty)}),
+                          f"no promoted cnn in {empty}", "$FASHION_TUNE_MODELS", "--models-dir")
+
+
+def test_without_models_anywhere_the_error_lists_where_it_looked(tmp_path, monkeypatch, capsys):
+    from fashion_tune import cli as cli_module, promoted
+
+    checkout = tmp_path / "checkout"
+    (checkout / "best_models").mkdir(parents=True)
+    (checkout / "pyproject.toml").write_text("")
+    monkeypatch.setattr(promoted, "CHECKOUT", checkout)
+    monkeypatch.delenv("FASHION_TUNE_MODELS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    black_png(tmp_path / "black.png")
+    for command in (["predict", "black.png"], ["sample", "--class", "bag"], ["evaluate"]):
+        assert cli_module.main(command) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        for fragment in ("no promoted", f"looked in {tmp_path / 'best_models'} and {checkout / 'best_models'}",
+                         "--models-dir DIR", "FASHION_TUNE_MODELS=DIR", "fashion-tune promote"):
+            assert fragment in err, err
+
+
+# --- small things: class names, long sample output, evaluate's flags, the dry run's fixed values ----
+
+
+def test_a_negative_class_index_is_refused_and_a_misspelt_name_gets_a_suggestion(tmp_path):
+    assert_one_line_error(cli("sample", "--class", "-1", cwd=tmp_path), "class index -1 is out of range")
+    assert_one_line_error(cli("sample", "--class", "sandle", cwd=tmp_path), "unknown class 'sandle'", "did you mean 'Sandal'?")
+    assert list(tmp_path.iterdir()) == [], "a refused sample writes nothing"
+
+
+@needs_shipped
+def test_many_samples_print_a_summary_of_the_confidences_not_each(tmp_path):
+    out = tmp_path / "bags.png"
+    result = cli("sample", "--class", "bag", "-n", "12", "--candidates", "2", "--seed", "0", "--device", "cpu",
+                 "--models-dir", SHIPPED, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "judge confidence min " in result.stdout and "median" in result.stdout and "over 12 images" in result.stdout
+    assert result.stdout.count(".") < 10, result.stdout
+    result = cli("sample", "--class", "bag", "-n", "2", "--candidates", "2", "--seed", "0", "--device", "cpu",
+                 "--models-dir", SHIPPED, "--out", out)
+    assert result.returncode == 0 and re.search(r"judge confidence \d\.\d{3}, \d\.\d{3}\)$", result.stdout.strip()), result.stdout
+
+
+def test_evaluate_names_only_the_flag_that_is_wrong(tmp_path):
+    result = cli("evaluate", "--per-class", "5", "--models-dir", tmp_path)
+    assert_one_line_error(result, "--per-class 5", "at least 10")
+    assert "--guided-per-class" not in result.stderr and "--candidates" not in result.stderr
+    result = cli("evaluate", "--iwae-images", "3", "--models-dir", tmp_path)
+    assert_one_line_error(result, "--iwae-images 3", "at least 10")
+    assert "--iwae-k" not in result.stderr
+
+
+def test_the_dry_run_shows_the_fixed_values():
+    result = cli("sweep", "cnn", "--space", REPO / "search_spaces" / "cnn_quick.yaml", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "  fixed: subset=5000, val_subset=2000, depth=1, scheduler=cosine_restarts, restart_epochs=4, epochs=8" \
+        in result.stdout.splitlines()

@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+from fashion_tune import yaml_loader
 from fashion_tune.files import (append_jsonl, atomic_write, format_number, format_short, json_text, read_json_object,
                                 read_jsonl, write_json, write_text)
 
@@ -52,3 +53,58 @@ def test_numbers_format_the_same_everywhere():
     assert format_number(232.912, 2) == "232.91"
     assert format_number(None) == "-" and format_number(3) == "3" and format_number("x") == "x"
     assert format_short(0.0023456) == "0.002346" and format_short(True) == "True"
+
+
+@pytest.mark.parametrize("text", ["1e-3", "1E3", ".5", "5.", "+1e-3", "-2.5e+2", "1_000.5", "1.0e-3", "3e0"])
+def test_yaml_reads_every_python_float_spelling_as_a_float(text):
+    assert yaml_loader.load(f"x: {text}") == {"x": float(text)}
+    assert type(yaml_loader.load(text)) is float
+
+
+@pytest.mark.parametrize("text, value", [("1000", 1000), ("1_000", 1000), ("inf", "inf"), ("nan", "nan"), ("1e", "1e"),
+                                          ("e3", "e3"), ("1.2.3", "1.2.3"), ("v1.0", "v1.0"), ("'1e-3'", "1e-3"),
+                                          ("true", True), ("null", None)])
+def test_yaml_leaves_integers_words_and_quoted_numbers_as_they_were(text, value):
+    assert yaml_loader.load(text) == value and type(yaml_loader.load(text)) is type(value)
+
+
+# --- published files follow the umask (tempfile's are private) ------------------------------
+
+
+@pytest.fixture(params=[0o022, 0o077, 0o002], ids=["umask022", "umask077", "umask002"])
+def umask(request):
+    old = os.umask(request.param)
+    try:
+        yield request.param
+    finally:
+        os.umask(old)
+
+
+def mode(path) -> int:
+    return os.stat(path).st_mode & 0o777
+
+
+def test_written_files_follow_the_umask(tmp_path, umask):
+    assert mode(write_text(tmp_path / "report.md", "# report\n")) == 0o666 & ~umask
+    assert mode(write_json(tmp_path / "sub" / "report.json", {})) == 0o666 & ~umask
+    assert mode(write_text(tmp_path / "report.md", "# again\n")) == 0o666 & ~umask
+
+
+def test_new_directories_follow_the_umask(tmp_path, umask):
+    from fashion_tune.files import make_temp_dir
+
+    assert mode(make_temp_dir(".tmp-cnn-", dir=tmp_path)) == 0o777 & ~umask
+
+
+def test_a_promoted_model_follows_the_umask(tmp_path, umask):
+    from fashion_tune.kinds import get_kind
+    from fashion_tune.promote import _install
+
+    models = tmp_path / "best_models"
+    models.mkdir()
+    name = get_kind("cnn").promote_metric
+    state = {"config": {"lr": 0.001}, "model": {"w": torch.zeros(2)}, "epoch": 1}
+    _install(models, models / "cnn", "cnn", state, {"validation": {name: 0.5}, "test": {name: 0.5}}, {})
+    assert mode(models / "cnn") == 0o777 & ~umask
+    assert {p.name: mode(p) for p in (models / "cnn").iterdir()} == \
+        dict.fromkeys(["model.pt", "config.yaml", "metrics.json", "manifest.json"], 0o666 & ~umask)

@@ -109,3 +109,45 @@ def test_the_shipped_models_classify_and_sample_without_training(tmp_path, test_
                                  "--models-dir", shipped, "--out", out)
     assert code == 0, err
     assert out.read_bytes()[:4] == b"\x89PNG" and "judge confidence" in printed
+
+
+def shipped_models():
+    if not (REPO / "best_models" / "cnn" / "model.pt").is_file():
+        pytest.skip("best_models/ holds no promoted CNN (make models writes it)")
+    return REPO / "best_models"
+
+
+def test_bad_files_among_good_ones_are_reported_each_and_the_good_ones_classified(tmp_path, test_images, capsys):
+    models = shipped_models()
+    images = test_images[0]
+    first, last = save(tmp_path / "first.png", images[0], (28, 28)), save(tmp_path / "last.png", images[1], (28, 28))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    inside = [save(folder / "a.png", images[2], (28, 28)), save(folder / "b.JPG", images[3], (28, 28), mode="RGB")]
+    (folder / "notes.txt").write_text("not an image, and not one by its name either")
+    bad, missing, empty = tmp_path / "bad.png", tmp_path / "missing.png", tmp_path / "empty"
+    bad.write_text("not an image at all")
+    empty.mkdir()
+
+    code, out, err = run_cli(capsys, "predict", first, bad, missing, folder, empty, last, "--models-dir", models)
+    assert code == 2
+    assert [line.split(": ")[0] for line in out.splitlines()] == [str(p) for p in (first, *inside, last)]
+    assert "Traceback" not in err
+    problems = err.strip().splitlines()
+    assert len(problems) == 3, err
+    for line, path, fragment in zip(problems, (bad, missing, empty), ("not an image", "no such file", "no image files")):
+        assert line.startswith(f"fashion-tune: error: {path}: ") and fragment in line, line
+
+    code, out, _ = run_cli(capsys, "predict", bad, folder, "--models-dir", models, "--json")
+    parsed = json.loads(out)
+    assert code == 2 and [entry["path"] for entry in parsed] == [str(bad), *map(str, inside)]
+    assert "not an image" in parsed[0]["error"] and len(parsed[1]["top"]) == 3
+
+
+def test_a_directory_is_its_image_files(tmp_path, test_images, capsys):
+    models = shipped_models()
+    for i in range(3):
+        save(tmp_path / f"{i}.png", test_images[0][i], (28, 28))
+    code, out, err = run_cli(capsys, "predict", tmp_path, "--models-dir", models)
+    assert code == 0, err
+    assert [line.split(": ")[0] for line in out.splitlines()] == [str(tmp_path / f"{i}.png") for i in range(3)]
