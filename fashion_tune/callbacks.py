@@ -106,4 +106,18 @@ def _move_aside_unknown_trials(trials) -> None:
     for info in infos:
         if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("trial_") and info.base_name not in owned:
             fs.create_dir(f"{root}/{DISCARDED}", recursive=True)
-            fs.move(f"{root}/{info.base_name}", f"{root}/{DISCARDED}/{info.base_name}")
+            fs.move(f"{root}/{info.base_name}", _free_name(fs, f"{root}/{DISCARDED}", info.base_name))
+
+
+def _free_name(fs, folder: str, name: str) -> str:
+    """`folder/name`, or `folder/name.2`, `.3`... if taken: the same trial's run can be discarded twice.
+
+    A trial the snapshot holds as PENDING but that started before a kill loses its run (its folder
+    comes here); if the driver is killed again before a snapshot records the trial's restart, the
+    next resume discards the same folder name again, and a rename onto a non-empty folder fails.
+    """
+    candidate, n = f"{folder}/{name}", 1
+    while fs.get_file_info(candidate).type != pyarrow.fs.FileType.NotFound:
+        n += 1
+        candidate = f"{folder}/{name}.{n}"
+    return candidate

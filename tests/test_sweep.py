@@ -366,3 +366,24 @@ def test_a_paused_trial_the_scheduler_stops_is_told_pruned():
     states = {t.params["lr"]: (t.state.name, t.value) for t in optuna_searcher(generator).study.trials}
     assert states[configs["cut"]["lr"]] == ("PRUNED", 0.4)
     assert states[configs["full"]["lr"]] == ("COMPLETE", 0.6)
+
+
+def test_a_trial_folder_discarded_twice_is_kept_both_times_and_the_resume_goes_on(tmp_path):
+    """A trial the snapshot holds as PENDING ran before a kill: its folder goes to .discarded/. Killed
+    again before a snapshot records its restart, the next resume discards the same folder name again;
+    that rename onto a non-empty folder used to raise in the callback and end the resumed driver."""
+    from fashion_tune.callbacks import DISCARDED, _move_aside_unknown_trials
+
+    root = tmp_path / "exp"
+    for run in (1, 2, 3):
+        (root / "trial_b").mkdir(parents=True)
+        (root / "trial_b" / "result.json").write_text(f'{{"epoch": {run}}}\n')
+        (root / "trial_a").mkdir(exist_ok=True)
+        storage = SimpleNamespace(storage_filesystem=pyarrow.fs.LocalFileSystem(), experiment_fs_path=str(root))
+        _move_aside_unknown_trials([SimpleNamespace(storage=storage, relative_logdir="trial_a"),
+                                    SimpleNamespace(storage=storage, relative_logdir=None)])
+    kept = sorted(p.name for p in (root / DISCARDED).iterdir())
+    assert kept == ["trial_b", "trial_b.2", "trial_b.3"]
+    assert [(root / DISCARDED / name / "result.json").read_text() for name in kept] == [
+        '{"epoch": 1}\n', '{"epoch": 2}\n', '{"epoch": 3}\n']
+    assert (root / "trial_a").is_dir() and not (root / "trial_b").exists()
