@@ -212,7 +212,8 @@ def promote_best_trial(
     validation = validation_scores(kind, model, splits.val_x, splits.val_y)
     finished = None
     if finish is not None:
-        finished, validation = finish(model, splits, validation, lambda m: validation_scores(kind, m, splits.val_x, splits.val_y))
+        finished, validation = finish(model, splits, validation, lambda m: validation_scores(kind, m, splits.val_x, splits.val_y),
+                                      echo=echo)
         state = {**state, "model": model.state_dict()}
         echo(finished["summary"])
     challenger = {"validation": validation, "test": test_scores(kind, model, splits.test_x, splits.test_y)}

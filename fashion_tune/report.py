@@ -33,7 +33,7 @@ from fashion_tune.sampling import CANDIDATES
 
 
 # Test images (stratified, the first of each class) for the likelihood bound: 1,000 images x k =
-# 1,000 decodes take minutes on a CPU; pass --iwae-images 10000 for the whole test set on a GPU.
+# 1,000 decodes take minutes on a CPU (make demo passes fewer); --iwae-images 10000 for the whole test set on a GPU.
 IWAE_IMAGES = 1_000
 
 REPORT_JSON = "report.json"
@@ -96,7 +96,10 @@ def evaluate(
                                        candidates=candidates, seed=seed)
         pick = grading.per_class_subset(test.test_y, max(1, iwae_images // vae.config.num_classes))
         echo(f"likelihood bound: IWAE with k={iwae_k:,} on {len(pick):,} binarized test images")
-        metrics["likelihood"] = iwae_scores(vae, test.test_x[pick], test.test_y[pick], k=iwae_k, seed=seed)
+        with tqdm(total=len(pick), desc="likelihood bound", unit="image", dynamic_ncols=True,
+                  disable=None if progress is None else not progress) as bar:
+            metrics["likelihood"] = iwae_scores(vae, test.test_x[pick], test.test_y[pick], k=iwae_k, seed=seed,
+                                                progress=bar.update)
         report["vae"] = {"model": _model_identity(vae_manifest), "judge": _model_identity(cnn_manifest), **metrics}
     report["elapsed_s"] = round(time.perf_counter() - started, 1)
     _write_report(models_dir, report, vae_pics, candidates, {"cnn": cnn_manifest, "vae": vae_manifest}, echo)

@@ -323,6 +323,9 @@ def test_vae_promotion_evaluate_and_sample(tmp_path, experiments, runs, capsys):
     # The class prior, fitted on the trial's 1,000 training images, is kept only if validation says so.
     fitted = manifest["finish"]
     assert fitted["step"] == "fit_class_prior" and fitted["training_images"] == 1000 and fitted["summary"] in out
+    # The fit (minutes on full data) says what it is doing as it goes, one line per prior scored.
+    assert "fitting the sampling prior: encoding 1,000 training images" in out
+    assert all(f"  K={k} Gaussian" in out for k in fitted["val_neg_elbo_by_components"])
     assert fitted["kept"] == (fitted["val_neg_elbo_fitted"] < fitted["val_neg_elbo_before"])
     tried = fitted["val_neg_elbo_by_components"]  # K = 1, 2, 4, ... while validation improved
     assert list(tried)[0] == "1" and fitted["val_neg_elbo_fitted"] == min(tried.values()) == tried[str(fitted["components"])]
