@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -38,6 +39,8 @@ __all__ = ["Experiment", "TrialPick", "TrialRecord", "STOPPED_BY", "is_finite", 
            "stored_results", "ray_trials"]
 
 SWEEP_INFO = "sweep.json"
+DEFAULT_STORAGE = "ray_results"  # where sweeps go without --storage
+STORAGE_ENV = "FASHION_TUNE_STORAGE"  # the default --storage; launch/*.yaml set it on every node
 SPACE_COPY = "space.yaml"
 SOURCES = "sources.json"  # the start point and warm trials the space's sources gave (fashion_tune.sweep_info)
 RESULTS = "results"  # .csv and .parquet
@@ -109,11 +112,24 @@ class Experiment:
         """The experiment at `location`, checked: it must hold the sweep.json that `fashion-tune sweep` writes."""
         store = cls(location)
         if not is_uri(store.location) and not Path(store.location).is_dir():
-            raise FashionTuneError(f"{location} is not a directory; pass an experiment directory such as ray_results/NAME")
+            named = cls._by_name(str(location))
+            if named is None:
+                raise FashionTuneError(f"{location} is not a directory; pass an experiment directory such as "
+                                       "ray_results/NAME (or just NAME for one in $FASHION_TUNE_STORAGE or ./ray_results)")
+            store = named
         if not store.exists(SWEEP_INFO):
             raise FashionTuneError(f"{location} is not a fashion-tune experiment directory (no {SWEEP_INFO}); "
                                    "pass the directory `fashion-tune sweep` printed, such as ray_results/NAME")
         return store
+
+    @classmethod
+    def _by_name(cls, name: str) -> Experiment | None:
+        """The sweep NAME in the default storage ($FASHION_TUNE_STORAGE, else ./ray_results), as `sweep --name NAME` put it."""
+        if not name or "/" in name or os.sep in name or name in (".", ".."):
+            return None
+        root = (os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE).removeprefix("file://").rstrip("/")
+        store = cls(f"{root}/{name}")
+        return store if store.is_remote or Path(store.location).is_dir() else None
 
     @property
     def is_remote(self) -> bool:

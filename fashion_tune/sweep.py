@@ -26,7 +26,7 @@ from fashion_tune.files import format_short
 from fashion_tune.searcher import optuna_searcher
 from fashion_tune.spaces import SearchSpace, check_resources, load_space, local_capacity
 from fashion_tune.study import JOURNAL_FILE, study_record
-from fashion_tune.sweep_info import new_store, now, record_start, resume_command, resumed, storage_root
+from fashion_tune.sweep_info import new_store, now, record_start, resume_command, resumed_space, storage_root, to_resume
 from fashion_tune.trainable import make_reporter, make_trainable, trial_name
 
 DEFAULT_MAX_FAILURES = 3
@@ -155,8 +155,11 @@ def run_sweep(
     _check_flags(max_failures, keep_checkpoints, restart_errored, resume)
     root = storage_root(storage)
     if resume:
-        store, space, info = resumed(kind, name, root, space_file, num_samples, max_concurrent, max_failures,
-                                      keep_checkpoints)
+        store, info = to_resume(kind, name, root, space_file, num_samples, max_concurrent, max_failures,
+                                keep_checkpoints)
+        if info.get("status") == "finished":
+            return _already_finished(store, info, echo)
+        space = resumed_space(store, info, kind)
         name, max_failures, keep_checkpoints = store.name, info.get("max_failures"), info.get("keep_checkpoints")
     else:
         if space_file is None:
@@ -267,6 +270,17 @@ def _restored_tuner(store: Experiment, trainable, restart_errored: bool):
                                "the first trial started); start it again with another --name")
     return tune.Tuner.restore(store.location, trainable=trainable, resume_unfinished=True,
                               resume_errored=not restart_errored, restart_errored=restart_errored)
+
+
+def _already_finished(store: Experiment, info: dict[str, Any], echo) -> SweepOutcome:
+    """--resume of a sweep that ended with every trial done: nothing to run, so Ray is not started."""
+    trials = info.get("trials") or {}
+    best = info.get("best")
+    echo(f"{store.name} finished already ({info.get('finished')}): "
+         + ", ".join(f"{v} {k.lower()}" for k, v in sorted(trials.items()))
+         + (f"; best trial {best['trial_id']}: {best['metric']} {best['value']:.4f} at epoch {best['epoch']}" if best else ""))
+    echo(f"nothing to resume; see it with: fashion-tune analyze {store.location}")
+    return SweepOutcome(experiment_dir=store.location, status="finished", num_trials=int(sum(trials.values())))
 
 
 def _finish(space: SearchSpace, info: dict[str, Any], store: Experiment, interrupted: bool, resume_cmd: str,

@@ -2,7 +2,7 @@
 
 A space's `start_from:` and `warm_start:` are read once, when the sweep starts (`spaces.load_space`);
 `record_start` stores what they gave in `sources.json` and the space copy names them by absolute
-path. `resumed` rebuilds the space from the copy and `sources.json` alone: a resume from another
+path. `resumed_space` rebuilds the space from the copy and `sources.json` alone: a resume from another
 directory, or after the source sweep moved or was deleted, continues unchanged.
 """
 
@@ -22,14 +22,12 @@ import yaml
 from fashion_tune import strategies, yaml_loader
 from fashion_tune.cluster import is_uri
 from fashion_tune.errors import ConfigError, FashionTuneError
-from fashion_tune.experiment import SOURCES, SPACE_COPY, SWEEP_INFO, Experiment
+from fashion_tune.experiment import DEFAULT_STORAGE, SOURCES, SPACE_COPY, STORAGE_ENV, SWEEP_INFO, Experiment, filesystem
 from fashion_tune.files import json_text
 from fashion_tune.space_strategies import with_sources
 from fashion_tune.spaces import SearchSpace, parse_space
 from fashion_tune.study import JOURNAL_FILE, check_journal
 
-DEFAULT_STORAGE = "ray_results"
-STORAGE_ENV = "FASHION_TUNE_STORAGE"  # the default --storage; launch/*.yaml set it on every node
 
 
 def storage_root(storage: str | os.PathLike | None) -> str:
@@ -64,11 +62,14 @@ def new_store(root: str, name: str) -> Experiment:
     return store
 
 
-def resumed(kind: str, name: str | None, root: str, space_file, num_samples, max_concurrent, max_failures,
-             keep_checkpoints) -> tuple[Experiment, SearchSpace, dict[str, Any]]:
-    """The store, space and sweep.json of the sweep to continue, checked against the flags given."""
+def to_resume(kind: str, name: str | None, root: str, space_file, num_samples, max_concurrent, max_failures,
+              keep_checkpoints) -> tuple[Experiment, dict[str, Any]]:
+    """The store and sweep.json of the sweep to continue, checked against the flags given."""
     if not name:
-        raise ConfigError(f"--resume needs --name NAME of the sweep to continue (a directory in {root})")
+        found = resumable(root, kind)
+        listed = "; resumable here: " + ", ".join(found[:10]) + (f" and {len(found) - 10} more" if len(found) > 10 else "") \
+            if found else f"; there is no unfinished {kind} sweep there"
+        raise ConfigError(f"--resume needs --name NAME of the sweep to continue (a directory in {root}){listed}")
     store = Experiment(f"{root}/{name}")
     info = store.read_info()
     if info is None:
@@ -78,6 +79,11 @@ def resumed(kind: str, name: str | None, root: str, space_file, num_samples, max
         raise ConfigError(f"{store.location} is a {info['kind']} sweep; resume it with `fashion-tune sweep {info['kind']} ...`")
     refuse_changes_on_resume(info, store.location, space_file, num_samples, max_concurrent, max_failures,
                               keep_checkpoints)
+    return store, info
+
+
+def resumed_space(store: Experiment, info: dict[str, Any], kind: str) -> SearchSpace:
+    """The space of a sweep being resumed, rebuilt from what the experiment stored; its study made ready."""
     fetch_journal(store, info)
     check_journal(info, store.location)
     text = store.read_text(SPACE_COPY)
@@ -87,7 +93,27 @@ def resumed(kind: str, name: str | None, root: str, space_file, num_samples, max
     space = stored_sources(store, space)
     space = dataclasses.replace(space, num_samples=info["num_samples"],
                                 max_concurrent_trials=info["max_concurrent_trials"], seed=info["seed"])
-    return store, space, info
+    return space
+
+
+def resumable(root: str, kind: str) -> list[str]:
+    """Names of the `kind` sweeps in `root` whose sweep.json says they did not finish, newest first."""
+    import pyarrow.fs
+
+    fs, path = filesystem(root)
+    try:
+        folders = [i for i in fs.get_file_info(pyarrow.fs.FileSelector(path)) if i.type == pyarrow.fs.FileType.Directory]
+    except (OSError, pyarrow.lib.ArrowException):
+        return []
+    found = []
+    for folder in folders:
+        try:
+            info = Experiment(f"{root}/{folder.base_name}").read_info()
+        except FashionTuneError:
+            continue  # a damaged sweep.json: resuming it by name says so
+        if info and info.get("kind") == kind and info.get("status") != "finished":
+            found.append((info.get("created") or "", folder.base_name))
+    return [name for _, name in sorted(found, reverse=True)]
 
 
 def fetch_journal(store: Experiment, info: dict[str, Any]) -> None:

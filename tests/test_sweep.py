@@ -387,3 +387,48 @@ def test_a_trial_folder_discarded_twice_is_kept_both_times_and_the_resume_goes_o
     assert [(root / DISCARDED / name / "result.json").read_text() for name in kept] == [
         '{"epoch": 1}\n', '{"epoch": 2}\n', '{"epoch": 3}\n']
     assert (root / "trial_a").is_dir() and not (root / "trial_b").exists()
+
+
+def test_resume_without_name_lists_the_unfinished_sweeps_and_a_finished_one_is_not_run_again(tmp_path, capsys):
+    from fashion_tune.errors import ConfigError
+    from fashion_tune.sweep import run_sweep
+
+    root = tmp_path / "results"
+    sweeps = {"old-cut": ("cnn", "interrupted", "2026-01-01T00:00:00+00:00"),
+              "new-cut": ("cnn", "errored", "2026-02-01T00:00:00+00:00"),
+              "done": ("cnn", "finished", "2026-03-01T00:00:00+00:00"),
+              "a-vae": ("vae", "interrupted", "2026-04-01T00:00:00+00:00")}
+    for name, (kind, status, created) in sweeps.items():
+        (root / name).mkdir(parents=True)
+        (root / name / "sweep.json").write_text(json.dumps(
+            {"kind": kind, "status": status, "created": created, "num_samples": 2, "max_concurrent_trials": 1,
+             "max_failures": 3, "keep_checkpoints": 3, "finished": "2026-03-02T00:00:00+00:00",
+             "trials": {"TERMINATED": 2},
+             "best": {"trial_id": "abc", "metric": "val_acc", "value": 0.875, "epoch": 3}}))
+    with pytest.raises(ConfigError, match=r"--resume needs --name .*; resumable here: new-cut, old-cut$"):
+        run_sweep("cnn", storage=root, resume=True)
+    with pytest.raises(ConfigError, match="there is no unfinished vae sweep there"):
+        run_sweep("vae", storage=tmp_path / "empty", resume=True)
+    before = (root / "done" / "sweep.json").read_text()
+    outcome = run_sweep("cnn", name="done", storage=root, resume=True)  # no Ray, no space, no data needed
+    assert (outcome.status, outcome.num_trials) == ("finished", 2)
+    out = capsys.readouterr().out
+    assert "done finished already" in out and "best trial abc: val_acc 0.8750 at epoch 3" in out
+    assert f"fashion-tune analyze {root / 'done'}" in out
+    assert (root / "done" / "sweep.json").read_text() == before and not (root / "done" / "space.yaml").exists()
+
+
+def test_an_experiment_is_found_by_its_name_in_the_default_storage(tmp_path, monkeypatch):
+    from fashion_tune.experiment import Experiment
+
+    (tmp_path / "ray_results" / "mine").mkdir(parents=True)
+    (tmp_path / "ray_results" / "mine" / "sweep.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FASHION_TUNE_STORAGE", raising=False)
+    assert Experiment.open("mine").location == str(tmp_path / "ray_results" / "mine")
+    (tmp_path / "shared" / "theirs").mkdir(parents=True)
+    (tmp_path / "shared" / "theirs" / "sweep.json").write_text("{}")
+    monkeypatch.setenv("FASHION_TUNE_STORAGE", str(tmp_path / "shared"))
+    assert Experiment.open("theirs").location == str(tmp_path / "shared" / "theirs")
+    with pytest.raises(FashionTuneError, match=r"mine is not a directory; .*or just NAME"):
+        Experiment.open("mine")
