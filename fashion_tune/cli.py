@@ -234,9 +234,15 @@ def add_dashboard(sub) -> None:
 
 
 def run_dashboard(args) -> int:
+    from fashion_tune.cluster import is_uri
     from fashion_tune.dashboard import serve
 
-    serve(args.experiment, host=args.host, port=args.port, refresh_s=args.refresh)
+    experiment = args.experiment
+    if not is_uri(experiment) and not Path(experiment).exists():
+        from fashion_tune.experiment import Experiment
+
+        experiment = Experiment.open(experiment).location  # a bare NAME in the default storage, or the error
+    serve(experiment, host=args.host, port=args.port, refresh_s=args.refresh)
     return 0
 
 
