@@ -202,7 +202,9 @@ def _importances(store: Experiment, results: pd.DataFrame, space, metric: str,
             return study_importances(study), (
                 "From Optuna (PED-ANOVA) on the sweep's own study (its journal): finished trials at the value the "
                 "searcher was told (their best epoch), trials stopped early at their last epoch; with few trials "
-                "they are rough.")
+                "they are rough. optuna-dashboard's importances on the same study differ: it runs PED-ANOVA on the "
+                "finished (COMPLETE) trials only, leaving out the ones stopped early, with a fixed top-10% target "
+                "(here the target is the top 2 trials' share, 10-50%).")
         if space is None:
             return {}, f"no {SPACE_COPY} in the experiment directory, so no distributions to rebuild the study"
         return param_importances(results, space, metric, mode), (

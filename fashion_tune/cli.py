@@ -241,7 +241,8 @@ def run_dashboard(args) -> int:
     if not is_uri(experiment) and not Path(experiment).exists():
         from fashion_tune.experiment import Experiment
 
-        experiment = Experiment.open(experiment).location  # a bare NAME in the default storage, or the error
+        named = Experiment.by_name(experiment)  # a bare NAME in the default storage
+        experiment = named.location if named else experiment
     serve(experiment, host=args.host, port=args.port, refresh_s=args.refresh)
     return 0
 

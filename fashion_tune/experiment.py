@@ -112,7 +112,7 @@ class Experiment:
         """The experiment at `location`, checked: it must hold the sweep.json that `fashion-tune sweep` writes."""
         store = cls(location)
         if not is_uri(store.location) and not Path(store.location).is_dir():
-            named = cls._by_name(str(location))
+            named = cls.by_name(str(location))
             if named is None:
                 raise FashionTuneError(f"{location} is not a directory; pass an experiment directory such as "
                                        "ray_results/NAME (or just NAME for one in $FASHION_TUNE_STORAGE or ./ray_results)")
@@ -123,7 +123,7 @@ class Experiment:
         return store
 
     @classmethod
-    def _by_name(cls, name: str) -> Experiment | None:
+    def by_name(cls, name: str) -> Experiment | None:
         """The sweep NAME in the default storage ($FASHION_TUNE_STORAGE, else ./ray_results), as `sweep --name NAME` put it."""
         if not name or "/" in name or os.sep in name or name in (".", ".."):
             return None

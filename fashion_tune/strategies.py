@@ -142,6 +142,10 @@ def make_searcher(space: SearchSpace, experiment_dir: str | os.PathLike | None =
                            points_to_evaluate=[dict(p) for p in space.points_to_evaluate] or None,
                            sampler=make_sampler(space), storage=storage or optuna.storages.InMemoryStorage(),
                            study_name=new_study_name(name or space.kind), journal=journal, max_t=space.max_t)
+    # The dashboard names each objective by its metric instead of "Objective 0".
+    with warnings.catch_warnings():  # experimental since Optuna 3.2
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        searcher.study.set_metric_names(list(metric) if isinstance(metric, (list, tuple)) else [metric])
     # OptunaSearch's evaluated_rewards refuses a define-by-run space, so the trials go in directly.
     add_warm_trials(searcher.study, space)
     return SearchGenerator(ConcurrencyLimiter(searcher, max_concurrent=concurrency(space)))

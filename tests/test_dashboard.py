@@ -116,6 +116,7 @@ def test_the_api_lists_the_study_with_every_trial_its_state_and_its_epochs(serve
         tune_id = next(a["value"] for a in trial["user_attrs"] if a["key"] == TUNE_TRIAL_ID)
         assert [v["step"] for v in trial["intermediate_values"]] == epochs[tune_id], "one value per epoch (ASHA's rungs)"
     assert detail["has_intermediate_values"] and detail["best_trials"]
+    assert detail["objective_names"] == ["val_acc"], "the objective is named by its metric, not 'Objective 0'"
 
 
 def test_a_trial_appended_to_the_journal_shows_without_a_restart(sweep, tmp_path):
@@ -166,10 +167,15 @@ def test_the_page_renders_the_trial_table_in_headless_chromium(served):
                                    timeout=30_000)
             header = [h.inner_text().split("\n")[0] for h in table.locator("thead th").all()]
             rows = [[c.inner_text() for c in r.locator("td").all()] for r in table.locator("tbody tr").all()]
+            # The study's page names the objective by its metric (Optuna's default is "Objective 0").
+            page.goto(f"{base}/dashboard/studies/{study_id}/analytics")
+            page.get_by_text("EDF for val_acc").first.wait_for(timeout=60_000)
+            analytics = page.inner_text("body")
         finally:
             browser.close()
     state, tune_id = header.index("State"), header.index("UserAttribute " + TUNE_TRIAL_ID)
     assert {row[tune_id]: row[state] for row in rows} == expected, (header, rows)
+    assert "Objective 0" not in analytics, analytics
     assert [row[header.index("Number")] for row in rows] == [str(n) for n in range(len(expected))]
 
 
