@@ -37,6 +37,23 @@ from fashion_tune.study import TUNE_TRIAL_ID
 logger = logging.getLogger(__name__)
 
 LIVE = ("PENDING", "RUNNING", "PAUSED")
+CONFIG_PREFIX = "config/"
+
+
+def result_config(result: dict[str, Any] | None) -> dict[str, Any]:
+    """The trial config a result carries, in either shape a searcher meets.
+
+    Tune hands a searcher's `on_trial_result`/`on_trial_complete` *flattened* results (`flatten_dict`:
+    `config/lr`, `config/early_stop_patience`, ...); rows replayed from result.json on resume are
+    nested (`config: {lr: ...}`). Reading only the nested shape once told a trial that stopped on its
+    own patience PRUNED live and COMPLETE after a resume.
+    """
+    if not result:
+        return {}
+    nested = result.get("config")
+    if isinstance(nested, dict):
+        return nested
+    return {key[len(CONFIG_PREFIX):]: value for key, value in result.items() if key.startswith(CONFIG_PREFIX)}
 
 
 def is_pruned(result: dict[str, Any] | None, max_t: int) -> bool:
@@ -49,7 +66,7 @@ def is_pruned(result: dict[str, Any] | None, max_t: int) -> bool:
     epoch = int(result.get("epoch", 0) or 0)
     if epoch >= max_t:
         return False
-    patience = (result.get("config") or {}).get("early_stop_patience", 0) or 0
+    patience = result_config(result).get("early_stop_patience", 0) or 0
     best_epoch = int(result.get("best_epoch", 0) or 0)
     return not (patience and best_epoch and epoch - best_epoch >= patience)
 
@@ -98,7 +115,7 @@ class SweepOptuna(OptunaSearch):
         if any(v is None for v in values) or epoch is None:
             return
         if trial_id not in self._ot_trials or trial_id in self._completed_trials:
-            self.adopt(trial_id, result.get("config") or {})
+            self.adopt(trial_id, result_config(result))
         seen = self._values.setdefault(trial_id, {})
         if int(epoch) in seen:
             return  # an epoch re-run after a restore: its first report stands

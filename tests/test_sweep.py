@@ -432,3 +432,37 @@ def test_an_experiment_is_found_by_its_name_in_the_default_storage(tmp_path, mon
     assert Experiment.open("theirs").location == str(tmp_path / "shared" / "theirs")
     with pytest.raises(FashionTuneError, match=r"mine is not a directory; .*or just NAME"):
         Experiment.open("mine")
+
+
+def test_the_searcher_reads_results_as_tune_hands_them_flattened():
+    """Tune passes a searcher `flatten_dict(result)` (`config/early_stop_patience`, not `config: {...}`).
+    A trial its own patience stopped is COMPLETE at its best value, live as after a resume (where the
+    nested rows of result.json are replayed); ASHA's stop stays PRUNED; a trial adopted live (one
+    this searcher never suggested) keeps its params."""
+    from ray.tune.utils import flatten_dict  # what TuneController calls
+
+    from fashion_tune.searcher import optuna_searcher
+    from fashion_tune.spaces import parse_space
+    from fashion_tune.sweep import make_searcher
+
+    space = parse_space({"kind": "cnn", "num_samples": 4, "max_concurrent_trials": 4, "scheduler": {"max_t": 10},
+                         "params": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}}, "space.yaml")
+    generator = make_searcher(space)
+    limiter, optuna_search = generator.searcher, optuna_searcher(generator)
+    limiter.set_search_properties("val_acc", "max", {})
+    configs = {t: limiter.suggest(t) for t in ("patient", "asha")}
+
+    def run(trial_id, values, config, best_epoch, searcher=limiter):
+        for epoch, value in enumerate(values, 1):
+            searcher.on_trial_result(trial_id, flatten_dict({"epoch": epoch, "val_acc": value, "config": config}))
+        last = {"epoch": len(values), "val_acc": values[-1], "best_epoch": best_epoch, "config": config}
+        searcher.on_trial_complete(trial_id, flatten_dict(last))
+
+    patience = {"early_stop_patience": 2}
+    run("patient", [0.6, 0.8, 0.7, 0.75], {**configs["patient"], **patience}, best_epoch=2)  # 4 - 2 >= 2
+    run("asha", [0.5, 0.55], {**configs["asha"], **patience}, best_epoch=2)  # stopped by the scheduler
+    run("adopted", [0.3, 0.4], {"lr": 2e-3}, best_epoch=2, searcher=optuna_search)  # as after a restore
+    states = {t.params.get("lr"): (t.state.name, t.value) for t in optuna_search.study.trials}
+    assert states[configs["patient"]["lr"]] == ("COMPLETE", 0.8)
+    assert states[configs["asha"]["lr"]] == ("PRUNED", 0.55)  # Optuna keeps a pruned trial's last value
+    assert states[2e-3][0] == "PRUNED"
