@@ -110,16 +110,24 @@ class SweepOptuna(OptunaSearch):
         self.record(trial_id, result)
 
     def record(self, trial_id: str, result: dict[str, Any]) -> None:
-        """Keep one epoch's objective values; report the first to Optuna as an intermediate value (once per epoch)."""
+        """Keep one epoch's objective values; report the first to Optuna as an intermediate value (once per epoch).
+
+        An epoch reported again replaces what was kept: after a PBT exploit the trial goes on from
+        another trial's checkpoint and re-reports epochs with its new weights and config, and after a
+        restore it re-runs the epochs past its checkpoint. The value told at the end is the best of
+        the epochs as they last stood, as results.csv's best (one row per epoch, the last) has it.
+        Optuna takes one intermediate value per step, so that one stays the first.
+        """
         values, epoch = tuple(result.get(m) for m in self._metrics), result.get("epoch")
         if any(v is None for v in values) or epoch is None:
             return
         if trial_id not in self._ot_trials or trial_id in self._completed_trials:
             self.adopt(trial_id, result_config(result))
         seen = self._values.setdefault(trial_id, {})
-        if int(epoch) in seen:
-            return  # an epoch re-run after a restore: its first report stands
+        again = int(epoch) in seen
         seen[int(epoch)] = tuple(float(v) for v in values)
+        if again:
+            return
         if trial_id not in self._adopted and not self._multi and not self._told_already(trial_id):
             self._ot_trials[trial_id].report(float(values[0]), int(epoch))
 

@@ -466,3 +466,25 @@ def test_the_searcher_reads_results_as_tune_hands_them_flattened():
     assert states[configs["patient"]["lr"]] == ("COMPLETE", 0.8)
     assert states[configs["asha"]["lr"]] == ("PRUNED", 0.55)  # Optuna keeps a pruned trial's last value
     assert states[2e-3][0] == "PRUNED"
+
+
+def test_an_exploited_pbt_trial_is_told_its_best_over_the_epochs_as_they_last_stood():
+    """After a PBT exploit a trial goes on from another trial's checkpoint and reports epochs again;
+    the study gets the best of the epochs as results.csv keeps them (the last report of each)."""
+    from fashion_tune.searcher import optuna_searcher
+    from fashion_tune.spaces import parse_space
+    from fashion_tune.sweep import make_searcher
+
+    space = parse_space({"kind": "cnn", "num_samples": 2, "max_concurrent_trials": 2, "scheduler": {"max_t": 6},
+                         "params": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}}, "space.yaml")
+    generator = make_searcher(space)
+    limiter, optuna_search = generator.searcher, optuna_searcher(generator)
+    limiter.set_search_properties("val_acc", "max", {})
+    lr = limiter.suggest("t")["lr"]
+    # Epochs 1-4 on its own; exploited at 4, it continues from a checkpoint at epoch 2 and re-reports 3-4.
+    for epoch, value in [(1, 0.5), (2, 0.6), (3, 0.9), (4, 0.91), (3, 0.7), (4, 0.72), (5, 0.74), (6, 0.75)]:
+        limiter.on_trial_result("t", {"epoch": epoch, "val_acc": value, "config/lr": lr})
+    limiter.on_trial_complete("t", {"epoch": 6, "val_acc": 0.75, "best_epoch": 6, "config/lr": lr})
+    [trial] = optuna_search.study.trials
+    assert (trial.state.name, trial.value) == ("COMPLETE", 0.75)
+    assert trial.intermediate_values == {1: 0.5, 2: 0.6, 3: 0.9, 4: 0.91, 5: 0.74, 6: 0.75}  # one per step
