@@ -41,8 +41,32 @@ WORST_REWARD = -1e30
 
 
 def _replay(trial) -> list[dict[str, Any]]:
-    """The results a restored trial stored before the interruption (none for a new trial)."""
-    return stored_results(trial)
+    """The results of a restored trial that its scheduler would hold now had the sweep not stopped.
+
+    One row per epoch (the last report of an epoch run twice), and for a trial that will run again
+    only the epochs up to the checkpoint Tune restores it from: the snapshot (and so that
+    checkpoint) can lag the stored results by several epochs, and the trial runs those epochs again,
+    reporting them live. Replayed as well, they would already sit in ASHA's rungs, and a trial
+    stopped at a rung after the snapshot would pass it on the re-run. A trial that ended keeps all.
+    None for a new trial.
+    """
+    by_epoch: dict[Any, dict[str, Any]] = {}
+    for row in stored_results(trial):
+        by_epoch[_time_of(row)] = row
+    rows = [by_epoch[t] for t in sorted(by_epoch, key=lambda t: (t is None, t))]
+    if not rows or trial.status in (trial.TERMINATED, trial.ERROR):
+        return rows
+    latest = getattr(trial, "latest_checkpoint_result", None)  # what Tune restores it from
+    if latest is None:
+        return []  # it starts from scratch
+    restored = _time_of(latest.metrics or {})
+    if restored is None:
+        return rows  # a checkpoint without its epoch: cannot tell, so all
+    return [row for row in rows if (_time_of(row) or 0) <= restored]
+
+
+def _time_of(row: dict[str, Any]) -> Any:
+    return row.get("epoch", row.get("training_iteration"))
 
 
 def _finite(value: Any) -> Any:
@@ -82,13 +106,21 @@ class SweepASHA(AsyncHyperBandScheduler):
 
 
 class SweepMedian(MedianStoppingRule):
-    """The median stopping rule that, on resume, knows the results restored trials had reported."""
+    """The median stopping rule that, on resume, holds what it held in the uninterrupted run.
+
+    Ray's rule appends every result a trial reports and, when the trial ends, its last result once
+    more (`on_trial_complete`): an ended trial's last epoch weighs twice in its running mean. The
+    replay does the same: each epoch once (up to the restore checkpoint for a trial that runs
+    again: it reports the rest live), and an ended trial's last result again.
+    """
 
     def on_trial_add(self, tune_controller, trial):
         super().on_trial_add(tune_controller, trial)
-        for row in _replay(trial):
-            if row.get(self._time_attr) is not None and isinstance(row.get(self._metric), (int, float)):
-                self._results[trial].append(row)
+        rows = [row for row in _replay(trial)
+                if row.get(self._time_attr) is not None and isinstance(row.get(self._metric), (int, float))]
+        if rows and trial.status == trial.TERMINATED:
+            rows.append(rows[-1])  # as Ray's on_trial_complete appends it
+        self._results[trial].extend(rows)
 
 
 def _snapshot_the_stop(tune_controller, trial) -> None:
@@ -114,7 +146,7 @@ class SweepHyperBand(HyperBandScheduler):
     """
 
     def on_trial_add(self, tune_controller, trial):
-        if trial.status in (trial.TERMINATED, trial.ERROR) or _replay(trial):
+        if trial.status in (trial.TERMINATED, trial.ERROR) or stored_results(trial):
             return
         super().on_trial_add(tune_controller, trial)
 

@@ -30,15 +30,18 @@ class FakeTrial(SimpleNamespace):
         return self.status in (self.TERMINATED, self.ERROR)
 
 
-def fake_trial(tmp_path, trial_id, values, metric="val_acc", status="RUNNING", config=None):
-    """A trial as the schedulers see it on restore: its result.json holds `values`, one per epoch."""
+def fake_trial(tmp_path, trial_id, values, metric="val_acc", status="RUNNING", config=None, checkpoint_epoch=None):
+    """A trial as the schedulers see it on restore: its result.json holds `values`, one per epoch; Tune
+    restores it from the checkpoint of `checkpoint_epoch` (default: the last epoch; 0: none)."""
     folder = tmp_path / trial_id
     folder.mkdir()
     rows = [{"epoch": e + 1, metric: v} for e, v in enumerate(values)]
     (folder / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
     storage = SimpleNamespace(storage_filesystem=pyarrow.fs.LocalFileSystem(), trial_fs_path=str(folder))
+    epoch = len(values) if checkpoint_epoch is None else checkpoint_epoch
+    latest = SimpleNamespace(metrics={"epoch": epoch, metric: values[epoch - 1]}) if epoch else None
     return FakeTrial(trial_id=trial_id, storage=storage, status=status, config=dict(config or {}),
-                     experiment_tag=trial_id)
+                     experiment_tag=trial_id, latest_checkpoint_result=latest)
 
 
 def parameters(function) -> list[str]:
@@ -209,3 +212,64 @@ def test_each_subclass_overrides_methods_ray_still_calls(name):
             if base is None:
                 continue  # our own helper
             assert parameters(body) == parameters(base), UPGRADE + f"{name}.{method} no longer matches Ray's signature"
+
+
+def test_trial_latest_checkpoint_result_is_what_the_replay_reads():
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune.experiment import Trial
+
+    assert isinstance(inspect.getattr_static(Trial, "latest_checkpoint_result"), property), UPGRADE + "Trial.latest_checkpoint_result"
+    assert parameters(_TrainingResult.__init__) == ["checkpoint", "metrics"], UPGRADE + "_TrainingResult(checkpoint, metrics)"
+
+
+def test_asha_stops_a_trial_again_at_the_rung_it_was_stopped_at_after_the_last_snapshot(tmp_path):
+    """A trial ASHA stopped at epoch 4 after the last snapshot is restored from its epoch-2 checkpoint
+    and runs epochs 3-4 again; only epochs 1-2 are replayed, so rung 4 judges it again, as before."""
+    asha = SweepASHA(time_attr="epoch", max_t=8, grace_period=1, reduction_factor=2)
+    asha.set_search_properties("val_acc", "max")
+    for name in ("a", "b", "c"):  # finished: their rows all count
+        asha.on_trial_add(None, fake_trial(tmp_path, name, [0.7, 0.8, 0.85, 0.9] + [0.9] * 4, status="TERMINATED"))
+    cut = fake_trial(tmp_path, "cut", [0.3, 0.35, 0.4, 0.42], status="PENDING", checkpoint_epoch=2)
+    asha.on_trial_add(None, cut)
+    assert asha.on_trial_result(None, cut, {"epoch": 3, "val_acc": 0.4}) == "CONTINUE"
+    assert asha.on_trial_result(None, cut, {"epoch": 4, "val_acc": 0.42}) == "STOP"
+    # A trial restored with no checkpoint starts over: nothing of its lost run is replayed.
+    fresh = fake_trial(tmp_path, "fresh", [0.95, 0.96], status="PENDING", checkpoint_epoch=0)
+    asha.on_trial_add(None, fresh)
+    assert asha.on_trial_result(None, fresh, {"epoch": 1, "val_acc": 0.1}) == "STOP"
+
+
+def test_the_median_rule_after_a_resume_holds_what_the_uninterrupted_run_held(tmp_path):
+    """Fed live, Ray's rule appends each result and an ended trial's last result once more; the
+    replay from result.json gives the same lists, re-run epochs once, a live trial up to its checkpoint."""
+    histories = {"done": ([0.5, 0.6, 0.7], "TERMINATED"), "stopped": ([0.2, 0.25], "TERMINATED"),
+                 "running": ([0.4, 0.5], "PENDING")}
+    controller = SimpleNamespace(get_live_trials=lambda: [])  # nothing waits, so the rule never pauses
+    live = SweepMedian(time_attr="epoch", grace_period=1, min_samples_required=5)
+    live.set_search_properties("val_acc", "max")
+    trials = {}
+    for name, (values, status) in histories.items():
+        trials[name] = trial = FakeTrial(trial_id=name, status="RUNNING", storage=None)
+        live.on_trial_add(None, trial)
+        for epoch, value in enumerate(values, 1):
+            live.on_trial_result(controller, trial, {"epoch": epoch, "val_acc": value})
+        if status == "TERMINATED":
+            live.on_trial_complete(None, trial, {"epoch": len(values), "val_acc": values[-1]})
+    # The kill: "running" had reported epochs 3-4 after the snapshot that names its epoch-2 checkpoint,
+    # and epoch 3 once more (a retry re-ran it); it runs them again after the resume, live.
+    replayed = SweepMedian(time_attr="epoch", grace_period=1, min_samples_required=5)
+    replayed.set_search_properties("val_acc", "max")
+    restored = {}
+    for name, (values, status) in histories.items():
+        extra = [0.55, 0.55] if name == "running" else []
+        restored[name] = trial = fake_trial(tmp_path, name, values + extra, status=status,
+                                            checkpoint_epoch=len(values))
+        if extra:  # the same epoch written twice to result.json
+            with open(tmp_path / name / "result.json", "a") as f:
+                f.write(json.dumps({"epoch": 3, "val_acc": 0.55}) + "\n")
+        replayed.on_trial_add(None, trial)
+
+    def held(rule, by_name):
+        return {name: [(r["epoch"], r["val_acc"]) for r in rule._results[t]] for name, t in by_name.items()}
+
+    assert held(replayed, restored) == held(live, trials)
