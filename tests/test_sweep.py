@@ -220,7 +220,9 @@ def test_asha_replays_the_results_a_restored_trial_stored(tmp_path):
         rows = [{"epoch": e + 1, "val_neg_elbo": v} for e, v in enumerate(values)]
         (folder / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"epoch": 9, "val_')
         storage = SimpleNamespace(storage_filesystem=pyarrow.fs.LocalFileSystem(), trial_fs_path=str(folder))
-        return SimpleNamespace(trial_id=trial_id, storage=storage)
+        # Ended trials: every stored row counts (test_schedulers.py covers trials that run again).
+        return SimpleNamespace(trial_id=trial_id, storage=storage, status="TERMINATED", TERMINATED="TERMINATED",
+                               ERROR="ERROR")
 
     asha = SweepASHA(time_attr="epoch", max_t=8, grace_period=1, reduction_factor=2)
     asha.set_search_properties("val_neg_elbo", "min")
