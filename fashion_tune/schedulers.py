@@ -31,11 +31,15 @@ import os
 from datetime import datetime, timezone
 from typing import Any
 
+import pyarrow.fs
 from ray.tune.schedulers import AsyncHyperBandScheduler, HyperBandScheduler, MedianStoppingRule, PopulationBasedTraining
 
 from fashion_tune.experiment import stored_results
 
 LINEAGE_FILE = "pbt_lineage.jsonl"  # ours, one exploit per line, with trial ids (Ray's pbt_global.txt has tags)
+# PBT's logs in the experiment directory: written in the driver's staging folder and uploaded over these.
+PBT_LOGS = (LINEAGE_FILE, "pbt_global.txt")
+PBT_POLICY_PREFIX = "pbt_policy_"
 # ASHA ranks results; a non-finite one (a diverged trial) counts as this bad, finite so percentiles stay finite.
 WORST_REWARD = -1e30
 
@@ -202,6 +206,9 @@ class SweepPBT(PopulationBasedTraining):
     def on_trial_add(self, tune_controller, trial):
         from ray.tune.schedulers.pbt import _fill_config, _PBTTrialState
 
+        if not getattr(self, "_logs_restored", False):
+            self._logs_restored = True
+            _restore_pbt_logs(trial)
         if not self._metric or not self._metric_op:
             raise ValueError("PBT needs a metric and mode (TuneConfig sets them)")
         state = self._trial_state[trial] = _PBTTrialState(trial)
@@ -242,3 +249,32 @@ class SweepPBT(PopulationBasedTraining):
         # The driver's staging directory: Ray syncs it into the experiment directory, as pbt_global.txt.
         with open(os.path.join(trial.local_experiment_path, LINEAGE_FILE), "a") as f:
             f.write(json.dumps(record, default=str) + "\n")
+
+
+def _restore_pbt_logs(trial) -> None:
+    """Copy PBT's logs of an earlier driver run from the experiment directory into this run's staging folder.
+
+    PBT appends its logs (ours and Ray's) in the driver's staging folder, which Ray uploads over the
+    experiment directory; a driver started by `--resume` gets a fresh staging folder, and Ray copies
+    back only its own .json/.pkl state. Without this, the first exploit after a resume replaced every
+    line written before the interruption.
+    """
+    storage = getattr(trial, "storage", None)
+    staging = getattr(trial, "local_experiment_path", None)
+    if storage is None or not staging:
+        return
+    fs, root = storage.storage_filesystem, storage.experiment_fs_path
+    try:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(root))
+    except (OSError, pyarrow.lib.ArrowException):
+        return  # a new experiment: nothing stored yet
+    for info in infos:
+        name = info.base_name
+        if info.type != pyarrow.fs.FileType.File or not (name in PBT_LOGS or name.startswith(PBT_POLICY_PREFIX)):
+            continue
+        local = os.path.join(staging, name)
+        if os.path.exists(local) or os.path.realpath(staging) == os.path.realpath(root):
+            continue
+        os.makedirs(staging, exist_ok=True)
+        pyarrow.fs.copy_files(info.path, local, source_filesystem=fs,
+                              destination_filesystem=pyarrow.fs.LocalFileSystem())

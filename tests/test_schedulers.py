@@ -273,3 +273,34 @@ def test_the_median_rule_after_a_resume_holds_what_the_uninterrupted_run_held(tm
         return {name: [(r["epoch"], r["val_acc"]) for r in rule._results[t]] for name, t in by_name.items()}
 
     assert held(replayed, restored) == held(live, trials)
+
+
+def test_pbt_lineage_written_before_a_resume_survives_the_first_exploit_in_a_new_driver(tmp_path):
+    """PBT appends its logs in the driver's staging folder, which Ray uploads over the experiment's; a
+    resumed driver has a fresh staging folder, so they are first copied back from the experiment."""
+    from ray.tune.schedulers.pbt import _PBTTrialState
+
+    from fashion_tune.schedulers import LINEAGE_FILE
+
+    experiment, staging = tmp_path / "experiment", tmp_path / "staging-of-the-new-driver"
+    experiment.mkdir()
+    staging.mkdir()  # Ray makes it as the driver starts
+    before = [json.dumps({"trial_id": "b", "cloned_from": "a", "at_epoch": e}) + "\n" for e in (2, 4)]
+    (experiment / LINEAGE_FILE).write_text("".join(before))
+    (experiment / "pbt_global.txt").write_text('["b", "a", 2, 2, {}, {}]\n')
+    (experiment / "pbt_policy_b.txt").write_text('["b", "a", 2, 2, {}, {}]\n')
+    storage = SimpleNamespace(storage_filesystem=pyarrow.fs.LocalFileSystem(), experiment_fs_path=str(experiment))
+    pbt = SweepPBT(time_attr="epoch", max_t=8, perturbation_interval=2, hyperparam_mutations={"lr": [1e-3, 1e-2]})
+    pbt.set_search_properties("val_acc", "max")
+    trials = [FakeTrial(trial_id=name, storage=storage, local_experiment_path=str(staging), local_dir=str(staging), status="PENDING",
+                        config={"lr": 1e-3}, experiment_tag=name, last_result={"training_iteration": 6},
+                        relative_logdir=None)
+              for name in ("a", "b")]
+    for trial in trials:
+        pbt.on_trial_add(None, trial)
+    a, b = trials
+    pbt._log_config_on_step(_PBTTrialState(b), _PBTTrialState(a), b, a, {"lr": 1e-2})
+    lines = (staging / LINEAGE_FILE).read_text().splitlines(keepends=True)
+    assert lines[:2] == before and len(lines) == 3 and json.loads(lines[2])["cloned_from"] == "a"
+    assert len((staging / "pbt_global.txt").read_text().splitlines()) == 2
+    assert len((staging / "pbt_policy_b.txt").read_text().splitlines()) == 2
