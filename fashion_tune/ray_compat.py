@@ -17,7 +17,7 @@ slow enough to stall the driver (see fashion_tune.retention).
 manager's latest. The snapshot stores the manager cloudpickled, and it can lag the trial's
 `last_result` by a report (a result processed, its checkpoint not yet registered), so
 `last_result["checkpoint_dir_name"]` is not enough: retention once deleted the checkpoint a
-resume then asked for. It is decoded with Ray's own `_TrainingRunMetadata.from_json_state`, as
+resume then asked for. After a PBT exploit that checkpoint is in another trial's folder. It is decoded with Ray's own `_TrainingRunMetadata.from_json_state`, as
 `Tuner.restore` decodes the same file (which, like tuner.pkl, is trusted as the sweep's own).
 """
 
@@ -70,7 +70,10 @@ UNKNOWN = object()  # restore_checkpoint could not tell
 
 
 def restore_checkpoint(metadata: dict[str, Any]) -> str | None | object:
-    """Folder name of the checkpoint Tune restores this trial from (None: from scratch; UNKNOWN: cannot tell).
+    """Path of the checkpoint Tune restores this trial from (None: from scratch; UNKNOWN: cannot tell).
+
+    Usually in the trial's own folder; after a PBT exploit, in the folder of the trial it cloned
+    (Ray points the clone's checkpoint manager at that trial's checkpoint).
 
     `metadata`: a trial's run metadata as `experiment_snapshot` returns it.
     """
@@ -78,6 +81,6 @@ def restore_checkpoint(metadata: dict[str, Any]) -> str | None | object:
         from ray.tune.trainable.metadata import _TrainingRunMetadata
 
         latest = _TrainingRunMetadata.from_json_state(json.dumps(metadata)).checkpoint_manager.latest_checkpoint_result
-        return None if latest is None else latest.checkpoint.path.rstrip("/").rsplit("/", 1)[-1]
+        return None if latest is None else latest.checkpoint.path.rstrip("/")
     except Exception:  # noqa: BLE001 - Ray changed it (tests/test_ray_compat.py says so)
         return UNKNOWN

@@ -40,28 +40,47 @@ def checkpoint_index(name: str | None) -> int | None:
 
 def snapshot_on_storage(fs, experiment_path: str, only: set[str] | None = None
                         ) -> dict[str, tuple[str, int, str]] | None:
+    """`snapshot_and_borrowed`'s snapshot alone."""
+    found = snapshot_and_borrowed(fs, experiment_path, only)
+    return None if found is None else found[0]
+
+
+def snapshot_and_borrowed(fs, experiment_path: str, only: set[str] | None = None
+                          ) -> tuple[dict[str, tuple[str, int, str]], set[str]] | None:
     """trial id -> (status, index of its latest checkpoint, directory) in the newest experiment snapshot on storage.
 
     The file `Tuner.restore` would read, as it is on storage now (never Tune's in-memory trials,
     which run ahead of it); a trial's latest checkpoint is the one restore would use (-1: none).
     None when there is none or it cannot be read (being written): nothing is pruned then. Read at
     every Tune snapshot, so it parses only that one file, and decodes the checkpoint manager
-    (about 0.5 ms a trial) only of the trials in `only` (default: all).
+    (about 0.5 ms a trial) only of the trials in `only` (default: all) and of the live ones.
+
+    Also returns the checkpoints live trials restore from in *another* trial's folder, as
+    "trial_folder/checkpoint_name": a PBT clone continues from the checkpoint of the trial it
+    cloned, so that checkpoint is kept whatever its own trial's rule says. Such a trial's own
+    folder gets index -1 (nothing of it is older than what it restores from).
     """
     trials = experiment_snapshot(fs, experiment_path)
     if trials is None:
         return None
-    snapshot = {}
+    snapshot, borrowed = {}, set()
     for trial, metadata in trials:
-        if only is not None and trial["trial_id"] not in only:
-            continue
+        wanted = only is None or trial["trial_id"] in only
+        if not wanted and trial.get("status") not in LIVE:
+            continue  # only a live trial can borrow a checkpoint
         restored = restore_checkpoint(metadata)
         if restored is UNKNOWN:
             return None
-        index = checkpoint_index(restored)
-        snapshot[trial["trial_id"]] = (trial.get("status", ""), -1 if index is None else index,
-                                       trial.get("relative_logdir") or "")
-    return snapshot
+        directory = trial.get("relative_logdir") or ""
+        folder, _, name = (restored or "").rpartition("/")
+        index = checkpoint_index(name)
+        if restored and directory and folder.rsplit("/", 1)[-1] != directory:
+            if trial.get("status") in LIVE:
+                borrowed.add(f"{folder.rsplit('/', 1)[-1]}/{name}")
+            index = None
+        if wanted:
+            snapshot[trial["trial_id"]] = (trial.get("status", ""), -1 if index is None else index, directory)
+    return snapshot, borrowed
 
 
 def best_checkpoints(rows: list[dict[str, Any]], metric: str, mode: str, keep: int) -> set[str]:
@@ -79,12 +98,13 @@ def best_checkpoints(rows: list[dict[str, Any]], metric: str, mode: str, keep: i
 
 
 def prune_trial(fs, trial_path: str, metric: str, mode: str, keep: int, snapshot_index: int,
-                settled: bool = False) -> list[str]:
+                settled: bool = False, borrowed: set[str] = frozenset()) -> list[str]:
     """Delete the trial's checkpoints that are neither best-N nor at/after `snapshot_index`; returns their names.
 
     `settled`: the sweep has stopped and its final snapshot names `snapshot_index` as the trial's
     latest. A checkpoint after it was written by a run a hard kill cut off and the trial redid, so
-    it goes too (unless best-N): the snapshot's latest is the trial's latest.
+    it goes too (unless best-N): the snapshot's latest is the trial's latest. `borrowed`: checkpoints
+    other trials restore from ("trial_folder/checkpoint_name", see `snapshot_and_borrowed`), kept.
     """
     try:
         infos = fs.get_file_info(pyarrow.fs.FileSelector(trial_path))
@@ -95,6 +115,8 @@ def prune_trial(fs, trial_path: str, metric: str, mode: str, keep: int, snapshot
     if not existing:
         return []
     protected = best_checkpoints(read_lines(fs, f"{trial_path}/{RESULT_FILE}"), metric, mode, keep)
+    folder = trial_path.rstrip("/").rsplit("/", 1)[-1]
+    protected |= {name for _, name in existing if f"{folder}/{name}" in borrowed}
     if settled and snapshot_index >= 0:
         protected.add(f"{CHECKPOINT_PREFIX}{snapshot_index:06d}")
     else:
@@ -118,15 +140,16 @@ def prune_experiment(fs, experiment_path: str, trial_paths: dict[str, str], metr
     Returns the ids of trials that are finished for good: ended both for Tune now and in the
     snapshot on storage, so nothing of theirs will change again.
     """
-    snapshot = snapshot_on_storage(fs, experiment_path, only=set(trial_paths))
-    if snapshot is None:
+    found = snapshot_and_borrowed(fs, experiment_path, only=set(trial_paths))
+    if found is None:
         return set()
+    snapshot, borrowed = found
     settled = set()
     for trial_id, path in trial_paths.items():
         if trial_id not in snapshot:
             continue
         status, index, _ = snapshot[trial_id]
-        prune_trial(fs, path, metric, mode, keep, index)
+        prune_trial(fs, path, metric, mode, keep, index, borrowed=borrowed)
         if status not in LIVE:
             settled.add(trial_id)
     return settled
@@ -134,7 +157,7 @@ def prune_experiment(fs, experiment_path: str, trial_paths: dict[str, str], metr
 
 def prune_finished_experiment(fs, experiment_path: str, metric: str, mode: str, keep: int) -> int:
     """After a sweep stops: prune every trial the snapshot on storage knows; returns the checkpoints deleted."""
-    snapshot = snapshot_on_storage(fs, experiment_path) or {}
+    snapshot, borrowed = snapshot_and_borrowed(fs, experiment_path) or ({}, set())
     return sum(len(prune_trial(fs, f"{experiment_path}/{directory}", metric, mode, keep, index,
-                               settled=status not in LIVE))
+                               settled=status not in LIVE, borrowed=borrowed))
                for status, index, directory in snapshot.values() if directory)

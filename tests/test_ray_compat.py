@@ -73,3 +73,46 @@ def test_experiment_snapshot_reads_the_newest_file_tune_writes(tmp_path):
     assert snapshot_on_storage(fs, str(tmp_path)) == {"abc": ("RUNNING", -1, "trial_abc")}
     (tmp_path / TuneController.CKPT_FILE_TMPL.format("2026-01-03_00-00-00")).write_text('{"trial_data": [["{')
     assert snapshot_on_storage(fs, str(tmp_path)) is None  # being written: nothing is pruned
+
+
+def test_retention_keeps_the_checkpoint_a_pbt_clone_restores_from_in_the_trial_it_cloned(tmp_path):
+    """After PBT's exploit, Ray points the clone's checkpoint manager at the cloned trial's checkpoint
+    (`_latest_checkpoint_result`, as `PopulationBasedTraining._exploit` sets it). The snapshot then names a
+    checkpoint in another trial's folder; it must survive that trial's pruning (--keep-checkpoints 1)."""
+    import json
+
+    import pyarrow.fs
+    from ray.train import Checkpoint
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.experiment import Trial
+
+    from fashion_tune.retention import prune_experiment, snapshot_and_borrowed
+
+    rows = {"src": [0.5, 0.6, 0.7, 0.72, 0.74, 0.9], "cln": [0.4, 0.45, 0.5]}
+    for name, values in rows.items():
+        folder = tmp_path / f"trial_{name}"
+        for index, value in enumerate(values):
+            (folder / f"checkpoint_{index:06d}").mkdir(parents=True)
+        (folder / "result.json").write_text("".join(
+            json.dumps({"epoch": i + 1, "val_acc": v, "checkpoint_dir_name": f"checkpoint_{i:06d}"}) + "\n"
+            for i, v in enumerate(values)))
+    trials = []
+    for name, latest in (("src", tmp_path / "trial_src" / "checkpoint_000005"),
+                         ("cln", tmp_path / "trial_src" / "checkpoint_000002")):  # cloned src at epoch 3
+        trial = Trial("__fake", stub=True, trial_id=name)
+        trial.relative_logdir = f"trial_{name}"
+        trial.run_metadata.checkpoint_manager._latest_checkpoint_result = _TrainingResult(
+            checkpoint=Checkpoint(str(latest)), metrics={"epoch": 3})
+        trial.set_status(Trial.RUNNING)
+        trials.append(list(trial.get_json_state()))
+    state = {"trial_data": trials, "runner_data": {}, "stats": {}}
+    (tmp_path / TuneController.CKPT_FILE_TMPL.format("2026-01-01_00-00-00")).write_text(json.dumps(state))
+    fs = pyarrow.fs.LocalFileSystem()
+    snapshot, borrowed = snapshot_and_borrowed(fs, str(tmp_path))
+    assert borrowed == {"trial_src/checkpoint_000002"}
+    assert snapshot["cln"] == ("RUNNING", -1, "trial_cln") and snapshot["src"] == ("RUNNING", 5, "trial_src")
+    prune_experiment(fs, str(tmp_path), {n: str(tmp_path / f"trial_{n}") for n in rows}, "val_acc", "max", keep=1)
+    kept = sorted(p.name for p in (tmp_path / "trial_src").glob("checkpoint_*"))
+    assert kept == ["checkpoint_000002", "checkpoint_000005"]  # the clone's restore point, and src's own latest
+    assert len(list((tmp_path / "trial_cln").glob("checkpoint_*"))) == 3  # nothing of the clone is older than it
