@@ -161,10 +161,28 @@ class Experiment:
             return f.readall().decode()
 
     def write_bytes(self, name: str, data: bytes) -> None:
+        """Replace the file `name` whole: a crash leaves the old file or the new one, never a part.
+
+        On a local (or mounted) disk the data goes to a temporary file beside it that is then renamed
+        over it; an object store (s3://, gs://) makes an upload visible only once it is complete.
+        """
         target = f"{self.path}/{name}"
         self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
-        with self.fs.open_output_stream(target) as f:
-            f.write(data)
+        if self.is_remote:
+            with self.fs.open_output_stream(target) as f:
+                f.write(data)
+            return
+        partial = f"{target}.partial-{os.getpid()}"
+        try:
+            with self.fs.open_output_stream(partial) as f:
+                f.write(data)
+            self.fs.move(partial, target)
+        except BaseException:
+            try:
+                self.fs.delete_file(partial)
+            except (OSError, pyarrow.lib.ArrowException):
+                pass
+            raise
 
     def upload(self, local: str | Path, name: str) -> None:
         """Copy a local file into the experiment as `name` (replacing it)."""

@@ -490,3 +490,36 @@ def test_an_exploited_pbt_trial_is_told_its_best_over_the_epochs_as_they_last_st
     [trial] = optuna_search.study.trials
     assert (trial.state.name, trial.value) == ("COMPLETE", 0.75)
     assert trial.intermediate_values == {1: 0.5, 2: 0.6, 3: 0.9, 4: 0.91, 5: 0.74, 6: 0.75}  # one per step
+
+
+def test_experiment_files_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    """sweep.json, results and history are written beside the old file and renamed over it: a write that
+    fails midway (a full disk, a kill) leaves the previous file as it was, and no partial file behind."""
+    from fashion_tune.experiment import Experiment
+
+    store = Experiment(tmp_path)
+    store.write_info({"status": "running", "trials": {"TERMINATED": 3}})
+    before = (tmp_path / "sweep.json").read_bytes()
+
+    class DiskFull:
+        def __init__(self, real):
+            self.real = real
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.real.close()
+
+        def write(self, data):
+            self.real.write(data[: len(data) // 2])
+            raise OSError(28, "No space left on device")
+
+    real_open = store.fs.open_output_stream
+    monkeypatch.setattr(store, "fs", SimpleNamespace(
+        open_output_stream=lambda path: DiskFull(real_open(path)), create_dir=store.fs.create_dir,
+        move=store.fs.move, delete_file=store.fs.delete_file))
+    with pytest.raises(OSError, match="No space left"):
+        store.write_info({"status": "finished", "trials": {"TERMINATED": 4}})
+    assert (tmp_path / "sweep.json").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.json"]
