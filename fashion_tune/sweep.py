@@ -11,7 +11,9 @@ gave) and, once the sweep stops, `results.{csv,parquet}` (one row per trial) and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass
 from datetime import datetime
@@ -236,7 +238,8 @@ def _run_on_ray(run: _Run, attach: bool, *, num_cpus, num_gpus, dashboard: bool,
             store.write_info(info)
         echo(f"sweep {store.name}: {space.num_samples} {run.kind} trials, {space.max_concurrent_trials} at a time, "
              f"{space.strategy_line()} -> {store.location}")
-        tuner.fit()  # the results come from the store, in one schema on any storage
+        with without_rays_resume_hint():
+            tuner.fit()  # the results come from the store, in one schema on any storage
     except KeyboardInterrupt:
         interrupted = True  # a second Ctrl-C; the first makes Tune stop and save its state itself
     except Exception:
@@ -250,6 +253,23 @@ def _run_on_ray(run: _Run, attach: bool, *, num_cpus, num_gpus, dashboard: bool,
         raise KeyboardInterrupt
     return _finish(space, info, store, interrupted, run.command,
                    study=optuna_searcher(searcher).study if searcher is not None else None, echo=echo)
+
+
+class _NoRayResumeHint(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def without_rays_resume_hint():
+    """Ray's "Resume experiment with: Tuner.restore(...)" after Ctrl-C is left out: the sweep prints
+    the fashion-tune command that resumes it, which also checks the flags and records the resume."""
+    ray_log, hint = logging.getLogger("ray.tune.tune"), _NoRayResumeHint()
+    ray_log.addFilter(hint)
+    try:
+        yield
+    finally:
+        ray_log.removeFilter(hint)
 
 
 def _check_flags(max_failures, keep_checkpoints, restart_errored: bool, resume: bool) -> None:

@@ -523,3 +523,31 @@ def test_experiment_files_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch
         store.write_info({"status": "finished", "trials": {"TERMINATED": 4}})
     assert (tmp_path / "sweep.json").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.json"]
+
+
+def test_rays_own_resume_hint_is_left_out_while_a_sweep_runs():
+    """After Ctrl-C Ray logs "Resume experiment with: Tuner.restore(...)"; the sweep prints its own command."""
+    import logging
+
+    from fashion_tune.sweep import without_rays_resume_hint
+
+    class Kept(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    ray_log, kept = logging.getLogger("ray.tune.tune"), Kept()  # Ray's loggers do not propagate
+    hint = ("Experiment has been interrupted, but the most recent state was saved.\n"
+            'Resume experiment with: Tuner.restore(path="/x", trainable=...)')  # as ray/tune/tune.py words it
+    ray_log.addHandler(kept)
+    try:
+        with without_rays_resume_hint():
+            ray_log.warning(hint)
+            ray_log.warning("another warning")
+        ray_log.warning(hint)  # outside a sweep, Ray's logging is as it was
+    finally:
+        ray_log.removeHandler(kept)
+    assert kept.messages == ["another warning", hint]
