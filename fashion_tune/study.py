@@ -169,6 +169,7 @@ def importance_study(study):
     import optuna
     from optuna.trial import TrialState
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory": it is a working copy
     copy = optuna.create_study(directions=study.directions)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         if trial.state == TrialState.PRUNED:

@@ -27,6 +27,7 @@ def test_analyze_writes_plots_importances_and_summary(sweep, tmp_path):
                              "--out", tmp_path / "report"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "top 3 of 6 trials by val_acc (max)" in result.stdout
+    assert "A new study created in memory" not in result.stdout + result.stderr  # the journal's study is read
     table = result.stdout.splitlines()[1:5]
     assert table[0].split()[:3] == ["trial_id", "status", "best_val_acc"] and "lr" in table[0]
     best = best_trial(outcome.experiment_dir)
