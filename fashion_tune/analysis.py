@@ -21,6 +21,7 @@ import pandas as pd
 from fashion_tune import yaml_loader
 from fashion_tune.errors import FashionTuneError
 from fashion_tune.experiment import SPACE_COPY, SWEEP_INFO, STOPPED_BY, Experiment, TrialPick, is_finite
+from fashion_tune.files import format_number
 from fashion_tune.study import importance_study, open_study
 
 __all__ = ["SPACE_COPY", "SWEEP_INFO", "LINEAGE_FILE", "TrialPick", "read_sweep_info", "load_results", "load_history",
@@ -244,6 +245,9 @@ def _strategy_sections(store: Experiment, info: dict[str, Any], history: pd.Data
     return lines
 
 
+TOP_CURVES = 3  # trials curves.png draws bold and names
+
+
 def _plot_curves(history: pd.DataFrame, results: pd.DataFrame, info: dict[str, Any], target: Path) -> Path:
     import matplotlib.pyplot as plt
 
@@ -254,17 +258,29 @@ def _plot_curves(history: pd.DataFrame, results: pd.DataFrame, info: dict[str, A
              "median": ("x", "stopped by the median rule"), "early_stop": ("s", "early stop"),
              "completed": ("o", "reached max_t"),
              "diverged": ("v", "diverged"), "error": ("*", "error"), "": (">", "running")}
-    labelled = set()
+    from matplotlib.lines import Line2D
+
+    # The best few trials are drawn bold and named in the legend; the rest stay in the background.
+    ranked = [] if results.empty else list(
+        results[results[f"best_{metric}"].map(is_finite)]
+        .sort_values(f"best_{metric}", ascending=info.get("mode") == "min")["trial_id"][:TOP_CURVES])
+    best_values = dict(zip(results["trial_id"], results[f"best_{metric}"])) if ranked else {}
+    shown_reasons: dict[str, str] = {}
     for trial_id, rows in history.groupby("trial_id", sort=False):
         rows = rows[rows[metric].map(is_finite)].sort_values("epoch")
         if rows.empty:
             continue
-        line, = ax.plot(rows["epoch"], rows[metric], alpha=0.8, linewidth=1.2)
+        top = ranked.index(trial_id) if trial_id in ranked else None
+        if top is None:
+            line, = ax.plot(rows["epoch"], rows[metric], alpha=0.45, linewidth=1.0, color="tab:gray")
+        else:
+            line, = ax.plot(rows["epoch"], rows[metric], linewidth=2.4, zorder=3, color=f"C{top}",
+                            label=f"#{top + 1} {trial_id} ({format_number(best_values[trial_id])})")
         reason = reasons.get(trial_id, "")
         marker, label = style.get(reason, ("o", reason))
         ax.plot(rows["epoch"].iloc[-1], rows[metric].iloc[-1], marker=marker, color=line.get_color(),
-                markersize=8, linestyle="none", label=None if reason in labelled else label)
-        labelled.add(reason)
+                markersize=8, linestyle="none", zorder=line.get_zorder())
+        shown_reasons[marker + label] = (marker, label)
     grace, rf = info.get("grace_period"), info.get("reduction_factor")
     if max_t and grace and rf:
         milestone = grace
@@ -278,8 +294,13 @@ def _plot_curves(history: pd.DataFrame, results: pd.DataFrame, info: dict[str, A
     ax.set_ylabel(f"{metric} (validation)")
     rungs = " (dotted: ASHA rungs)" if max_t and grace and rf else ""
     ax.set_title(f"{info.get('name', '')}: {metric} per trial{rungs}")
-    if labelled:
-        ax.legend(loc="best", fontsize="small")
+    # How each curve ended, in black: the markers take each trial's colour on the plot.
+    best = sorted(ax.get_legend_handles_labels()[0], key=lambda h: h.get_label())  # "#1 ...", "#2 ..."
+    handles = best + [
+        Line2D([], [], marker=marker, color="black", linestyle="none", markersize=7, label=label)
+        for marker, label in shown_reasons.values()]
+    if handles:
+        ax.legend(handles=handles, loc="best", fontsize="small")
     if metric == "val_neg_elbo":
         finite = history[metric][history[metric].map(is_finite)]
         if len(finite) and finite.max() > 3 * finite.min() > 0:
@@ -288,6 +309,19 @@ def _plot_curves(history: pd.DataFrame, results: pd.DataFrame, info: dict[str, A
     fig.savefig(target, dpi=110)
     plt.close(fig)
     return target
+
+
+def log_x_axis(ax, low: float, high: float) -> None:
+    """A log scale labelled however short the range: at 1-2-3-5 steps inside a decade (where there is no
+    power of ten to label), 1-2-5 within two decades, powers of ten beyond; no overlapping minor labels."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    if high / low < 100:
+        subs = (1.0, 2.0, 3.0, 5.0) if high / low < 10 else (1.0, 2.0, 5.0)
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _plot_params(results: pd.DataFrame, params: list[str], space, metric: str, target: Path) -> Path:
@@ -317,10 +351,7 @@ def _plot_params(results: pd.DataFrame, params: list[str], space, metric: str, t
         else:
             x = data[column].astype(float)
             if param is not None and param.type == "loguniform":
-                from matplotlib.ticker import NullFormatter
-
-                ax.set_xscale("log")
-                ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on short ranges
+                log_x_axis(ax, float(param.low), float(param.high))
         ax.scatter(x[~stopped], data[metric][~stopped], label="reached max_t")
         ax.scatter(x[stopped], data[metric][stopped], marker="x", label="stopped early")
         ax.set_ylabel(f"final {metric}")

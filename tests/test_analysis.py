@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from fashion_tune.analysis import analyze, best_trial, load_history, load_results, read_sweep_info
@@ -145,3 +146,49 @@ def test_best_trial_says_when_its_checkpoint_is_gone(sweep, tmp_path):
     shutil.rmtree(pick.checkpoint)
     with pytest.raises(FashionTuneError, match=f"the best trial {pick.trial_id} reached val_acc=.* but its checkpoint .* is gone"):
         best_trial(copy)
+
+
+@pytest.mark.parametrize("low, high", [(2e-3, 8e-3), (1e-4, 3e-3), (1e-5, 1e-1)])
+def test_a_log_axis_is_labelled_however_short_its_range(low, high):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fashion_tune.analysis import log_x_axis
+
+    fig, ax = plt.subplots()
+    ax.scatter([low, high], [0, 1])
+    log_x_axis(ax, low, high)
+    ax.set_xlim(low, high)
+    fig.canvas.draw()
+    shown = [t.get_text() for t in ax.get_xticklabels() if t.get_text() and low <= t.get_position()[0] <= high]
+    plt.close(fig)
+    assert len(shown) >= 2, shown  # before: a range inside one decade had no label at all
+
+
+def test_curves_name_the_best_trials_and_the_legend_markers_are_black(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from fashion_tune import analysis
+
+    history = pd.DataFrame([{"trial_id": t, "epoch": e, "val_acc": v * e}
+                            for t, v in (("a", 0.1), ("b", 0.2), ("c", 0.15), ("d", 0.05)) for e in (1, 2, 3)])
+    results = pd.DataFrame({"trial_id": list("abcd"), "best_val_acc": [0.3, 0.6, 0.45, 0.15],
+                            "stop_reason": ["completed", "completed", "asha", "asha"]})
+    legends = []
+    original = Figure.savefig
+    Figure.savefig = lambda fig, *a, **k: legends.append(fig.axes[0].get_legend())
+    try:
+        analysis._plot_curves(history, results, {"metric": "val_acc", "mode": "max", "max_t": 3}, tmp_path / "c.png")
+    finally:
+        Figure.savefig = original
+    [legend] = legends
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels[:3] == ["#1 b (0.6000)", "#2 c (0.4500)", "#3 a (0.3000)"], labels
+    assert set(labels[3:]) == {"reached max_t", "stopped by ASHA"}
+    markers = legend.legend_handles[3:]
+    assert all(h.get_color() == "black" for h in markers)
