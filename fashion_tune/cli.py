@@ -87,7 +87,7 @@ def add_train(sub) -> None:
     p.add_argument("--subset", type=int, help="train on a stratified subset of this many images")
     p.add_argument("--val-subset", type=int, help="validate on a stratified subset of this many images")
     p.add_argument("--seed", type=int, help="random seed")
-    p.add_argument("--device", help="auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+    p.add_argument("--device", type=device_name, help="auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     p.add_argument("--out", type=Path, help="output directory (default runs/KIND-TIMESTAMP)")
     p.add_argument("--data-dir", help="directory with the Fashion-MNIST files")
     p.add_argument("--resume", type=Path, metavar="CHECKPOINT", help="continue a run from its checkpoint.pt (--epochs may extend it)")
@@ -124,8 +124,11 @@ def run_train(args) -> int:
     if checkpoint is not None and checkpoint["epoch"] >= config["epochs"]:
         raise ConfigError(f"{args.resume} already finished {checkpoint['epoch']} epochs; pass --epochs N with N > {checkpoint['epoch']} to train further")
 
-    # The data (and the subset sizes, checked against it) before anything is written: a refused
-    # run leaves no directory behind.
+    # The device and the data (and the subset sizes, checked against it) before anything is
+    # written: a refused run leaves no directory behind.
+    from fashion_tune.device import check_device
+
+    check_device(config.get("device", "auto"))
     splits = load_splits(config, args.data_dir)
     out = args.out or (args.resume.parent if args.resume else default_run_dir(args.kind))
     from tqdm.auto import tqdm
@@ -250,6 +253,18 @@ def run_dashboard(args) -> int:
 # --- promote, evaluate, sample -------------------------------------------------------------
 
 
+def device_name(text: str) -> str:
+    """--device: checked as the arguments are read, so a device this machine lacks stops before any work."""
+    if text in ("auto", "cpu"):
+        return text  # without importing torch
+    from fashion_tune.device import check_device
+
+    try:
+        return check_device(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -318,7 +333,7 @@ def add_evaluate(sub) -> None:
     p.add_argument("--iwae-images", type=positive_int, metavar="N",
                    help="binarized test images for the VAE's likelihood bound (default 1000; 10000 = all)")
     p.add_argument("--iwae-k", type=positive_int, metavar="K", help="importance samples per image in that bound (default 1000)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
+    p.add_argument("--device", type=device_name, default="auto", help="auto (default), cpu, cuda, mps")
     p.add_argument("--data-dir", help="directory with the Fashion-MNIST files")
     p.set_defaults(func=run_evaluate)
 
@@ -372,7 +387,7 @@ def add_sample(sub) -> None:
     p.add_argument("--out", type=Path, help="PNG to write (default sample-CLASS.png)")
     p.add_argument("--seed", type=int, help="sampling seed (default: random, printed so the picture can be reproduced)")
     p.add_argument("--models-dir", type=Path, help=MODELS_DIR_HELP)
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
+    p.add_argument("--device", type=device_name, default="auto", help="auto (default), cpu, cuda, mps")
     p.set_defaults(func=run_sample)
 
 
@@ -410,7 +425,7 @@ def add_predict(sub) -> None:
                    help="never invert (the images already have a dark background)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     p.add_argument("--models-dir", type=Path, help=MODELS_DIR_HELP)
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, mps")
+    p.add_argument("--device", type=device_name, default="cpu", help="cpu (default), cuda, mps")
     p.set_defaults(func=run_predict)
 
 

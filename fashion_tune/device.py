@@ -18,12 +18,45 @@ _BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}
 def pick_device(preference: str = "auto") -> torch.device:
     """Return the device named by `preference`, or the best one present for "auto"."""
     if preference != "auto":
-        return torch.device(preference)
+        return torch.device(check_device(preference))
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def check_device(name: str) -> str:
+    """`name` if this machine has that device (auto always); else a ConfigError that says what it has."""
+    from fashion_tune.errors import ConfigError
+
+    if name == "auto":
+        return name
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device {name!r} is not a device name; use auto, cpu, cuda, cuda:N or mps") from None
+    present = available_devices()
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index is not None and device.index >= count):
+            raise ConfigError(f"device {name!r}: this machine has {count or 'no'} CUDA device{'s' if count != 1 else ''}; "
+                              f"use one of {', '.join(present)} (auto picks the best)")
+    elif device.type == "mps" and "mps" not in present:
+        raise ConfigError(f"device {name!r}: this machine has no Apple MPS device; use one of {', '.join(present)}")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {name!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
+    return name
+
+
+def available_devices() -> list[str]:
+    """The devices this machine can train on, best first, as --device takes them."""
+    found = ["auto"]
+    if torch.cuda.is_available():
+        found += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        found.append("mps")
+    return found + ["cpu"]
 
 
 @functools.cache

@@ -226,3 +226,21 @@ def test_the_dry_run_shows_the_fixed_values():
     assert result.returncode == 0, result.stderr
     assert "  fixed: subset=5000, val_subset=2000, depth=1, scheduler=cosine_restarts, restart_epochs=4, epochs=8" \
         in result.stdout.splitlines()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA device")
+def test_a_device_this_machine_lacks_is_refused_before_any_work(tmp_path):
+    out = tmp_path / "run"
+    result = cli("train", "cnn", "--device", "cuda", "--out", out)
+    assert_one_line_error(result, "--device", "device 'cuda': this machine has no CUDA devices", "auto")
+    assert result.returncode == 2 and not out.exists()  # before: a torch traceback after the folder was made
+    for args in (("evaluate", "--device", "cuda:1"), ("sample", "--class", "dress", "--device", "gpu"),
+                 ("predict", tmp_path, "--device", "mps")):
+        result = cli(*args)
+        assert_one_line_error(result, "--device")
+        assert result.returncode == 2
+    # A device named in a config file is checked the same way.
+    config = tmp_path / "c.yaml"
+    config.write_text("device: cuda\n")
+    assert_one_line_error(cli("train", "cnn", "--config", config, "--out", out), "device 'cuda'", "no CUDA")
+    assert not out.exists()
