@@ -249,6 +249,7 @@ def parse_space(data: Mapping[str, Any], path: str | Path = "<space>", kind: str
     if not isinstance(data, Mapping):
         raise c.fail("(top level)", f"expected a mapping of sweep settings, got {show(data)}")
     data = c.mapping(dict(data), "", TOP_KEYS)
+    _all_required_keys(c, data)
     kind = _parse_kind(c, data.get("kind"), kind)
     objectives, metric, mode = _parse_metric(c, kind, data)
     if "num_samples" not in data:
@@ -285,7 +286,28 @@ def parse_space(data: Mapping[str, Any], path: str | Path = "<space>", kind: str
     return _with_points(c, space, data)
 
 
+REQUIRED = {  # key -> what to give; each is also checked (and explained) where it is parsed
+    "kind": "vae or cnn",
+    "num_samples": "the number of trials",
+    "scheduler.max_t": "the most epochs a trial may train",
+    "params": "the searched config keys, e.g. lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}",
+}
+
+
+def _all_required_keys(c: Checker, data: dict[str, Any]) -> None:
+    """Several required keys missing are named in one error (one alone gets its own message later)."""
+    scheduler = data.get("scheduler") if isinstance(data.get("scheduler"), Mapping) else {}
+    fixed = data.get("fixed") if isinstance(data.get("fixed"), Mapping) else {}
+    present = {"kind": "kind" in data, "num_samples": "num_samples" in data,
+               "scheduler.max_t": "max_t" in scheduler or "epochs" in fixed, "params": bool(data.get("params"))}
+    missing = [key for key, there in present.items() if not there]
+    if len(missing) > 1:
+        raise c.fail(", ".join(missing), "missing; give " + "; ".join(f"{key}: {REQUIRED[key]}" for key in missing))
+
+
 def _parse_kind(c: Checker, file_kind: Any, kind: str | None) -> str:
+    if file_kind is None:
+        raise c.fail("kind", f"missing; give kind: {kind or 'vae or cnn'}")
     if not isinstance(file_kind, str) or file_kind not in KINDS:
         raise c.fail("kind", f"{show(file_kind)} is not allowed; choose one of: {', '.join(KINDS)}")
     if kind is not None and kind != file_kind:

@@ -308,3 +308,35 @@ def test_start_from_a_promoted_model_takes_its_config(tmp_path):
     (model_dir / "config.yaml").unlink()
     with pytest.raises(ConfigError, match=r"start_from: .* is not a readable promoted model \(FileNotFoundError"):
         load_space(write(tmp_path, data))
+
+
+def test_every_missing_required_key_is_named_in_one_error(tmp_path):
+    """A newcomer's first space file: all that is missing in one message, not one per run."""
+    path = tmp_path / "mine.yaml"
+    path.write_text("num_samples: 4\n")
+    with pytest.raises(ConfigError) as caught:
+        load_space(path, kind="cnn")
+    message = str(caught.value)
+    assert message.startswith(f"{path}: kind, scheduler.max_t, params: missing; give kind: "), message
+    assert "the most epochs a trial may train" in message and "lr: {type: loguniform" in message
+    path.write_text("num_samples: 4\nscheduler: {max_t: 2}\nparams: {lr: {type: loguniform, low: 1e-3, high: 1e-2}}\n")
+    with pytest.raises(ConfigError, match=r"mine.yaml: kind: missing; give kind: cnn$"):
+        load_space(path, kind="cnn")
+
+
+def test_a_closed_pipe_ends_the_cli_quietly(tmp_path):
+    """`fashion-tune sweep ... --dry-run | head -1`: the reader leaves early; no BrokenPipeError traceback."""
+    import os
+    import subprocess
+    import sys
+
+    path = write(tmp_path, VALID)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written
+    try:
+        writer = subprocess.run([sys.executable, "-m", "fashion_tune", "sweep", "vae", "--space", path, "--dry-run"],
+                                stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in writer.stderr and "BrokenPipe" not in writer.stderr, writer.stderr
+    assert writer.returncode == 141
