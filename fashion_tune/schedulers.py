@@ -122,7 +122,9 @@ class SweepMedian(MedianStoppingRule):
         super().on_trial_add(tune_controller, trial)
         rows = [row for row in _replay(trial)
                 if row.get(self._time_attr) is not None and isinstance(row.get(self._metric), (int, float))]
-        if rows and trial.status == trial.TERMINATED:
+        if not rows:
+            return  # an empty entry would break Ray's rule (it reads each listed trial's last result)
+        if trial.status == trial.TERMINATED:
             rows.append(rows[-1])  # as Ray's on_trial_complete appends it
         self._results[trial].extend(rows)
 

@@ -273,6 +273,11 @@ def test_the_median_rule_after_a_resume_holds_what_the_uninterrupted_run_held(tm
         return {name: [(r["epoch"], r["val_acc"]) for r in rule._results[t]] for name, t in by_name.items()}
 
     assert held(replayed, restored) == held(live, trials)
+    # A restored trial with nothing to replay gets no entry: Ray's rule reads every entry's last result.
+    empty = fake_trial(tmp_path, "empty", [], status="PENDING")
+    replayed.on_trial_add(None, empty)
+    assert empty not in replayed._results
+    assert replayed.on_trial_result(controller, empty, {"epoch": 1, "val_acc": 0.3}) == "CONTINUE"
 
 
 def test_pbt_lineage_written_before_a_resume_survives_the_first_exploit_in_a_new_driver(tmp_path):
