@@ -312,18 +312,25 @@ def test_resume_refuses_a_sweep_whose_optuna_journal_is_gone(tmp_path):
 # --- the searcher after a restore -------------------------------------------------------------
 
 
-def test_restored_searcher_agrees_with_the_trials_tune_restored():
-    """Retried and restarted trials are adopted and count against max_concurrent; a RUNNING Optuna
-    trial no Tune trial stands for becomes FAIL; ASHA's stops are PRUNED, finished trials told their best."""
-    from fashion_tune.searcher import optuna_searcher, reconcile
+def lr_searcher(max_t: int, concurrency: int):
+    """The sweep's searcher (ConcurrencyLimiter over SweepOptuna) for a one-parameter CNN space, maximizing val_acc."""
+    from fashion_tune.searcher import optuna_searcher
     from fashion_tune.spaces import parse_space
     from fashion_tune.sweep import make_searcher
 
-    space = parse_space({"kind": "cnn", "num_samples": 4, "max_concurrent_trials": 2, "scheduler": {"max_t": 3},
+    space = parse_space({"kind": "cnn", "num_samples": 4, "max_concurrent_trials": concurrency, "scheduler": {"max_t": max_t},
                          "params": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}}, "space.yaml")
     generator = make_searcher(space)
-    limiter, optuna_search = generator.searcher, optuna_searcher(generator)
-    limiter.set_search_properties("val_acc", "max", {})
+    generator.searcher.set_search_properties("val_acc", "max", {})
+    return generator, generator.searcher, optuna_searcher(generator)
+
+
+def test_restored_searcher_agrees_with_the_trials_tune_restored():
+    """Retried and restarted trials are adopted and count against max_concurrent; a RUNNING Optuna
+    trial no Tune trial stands for becomes FAIL; ASHA's stops are PRUNED, finished trials told their best."""
+    from fashion_tune.searcher import reconcile
+
+    generator, limiter, optuna_search = lr_searcher(max_t=3, concurrency=2)
     configs = {t: limiter.suggest(t) for t in ("a", "b")}
     assert limiter.suggest("x") is None  # two at a time
 
@@ -443,15 +450,7 @@ def test_the_searcher_reads_results_as_tune_hands_them_flattened():
     this searcher never suggested) keeps its params."""
     from ray.tune.utils import flatten_dict  # what TuneController calls
 
-    from fashion_tune.searcher import optuna_searcher
-    from fashion_tune.spaces import parse_space
-    from fashion_tune.sweep import make_searcher
-
-    space = parse_space({"kind": "cnn", "num_samples": 4, "max_concurrent_trials": 4, "scheduler": {"max_t": 10},
-                         "params": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}}, "space.yaml")
-    generator = make_searcher(space)
-    limiter, optuna_search = generator.searcher, optuna_searcher(generator)
-    limiter.set_search_properties("val_acc", "max", {})
+    _, limiter, optuna_search = lr_searcher(max_t=10, concurrency=4)
     configs = {t: limiter.suggest(t) for t in ("patient", "asha")}
 
     def run(trial_id, values, config, best_epoch, searcher=limiter):
@@ -473,15 +472,7 @@ def test_the_searcher_reads_results_as_tune_hands_them_flattened():
 def test_an_exploited_pbt_trial_is_told_its_best_over_the_epochs_as_they_last_stood():
     """After a PBT exploit a trial goes on from another trial's checkpoint and reports epochs again;
     the study gets the best of the epochs as results.csv keeps them (the last report of each)."""
-    from fashion_tune.searcher import optuna_searcher
-    from fashion_tune.spaces import parse_space
-    from fashion_tune.sweep import make_searcher
-
-    space = parse_space({"kind": "cnn", "num_samples": 2, "max_concurrent_trials": 2, "scheduler": {"max_t": 6},
-                         "params": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}}, "space.yaml")
-    generator = make_searcher(space)
-    limiter, optuna_search = generator.searcher, optuna_searcher(generator)
-    limiter.set_search_properties("val_acc", "max", {})
+    _, limiter, optuna_search = lr_searcher(max_t=6, concurrency=2)
     lr = limiter.suggest("t")["lr"]
     # Epochs 1-4 on its own; exploited at 4, it continues from a checkpoint at epoch 2 and re-reports 3-4.
     for epoch, value in [(1, 0.5), (2, 0.6), (3, 0.9), (4, 0.91), (3, 0.7), (4, 0.72), (5, 0.74), (6, 0.75)]:

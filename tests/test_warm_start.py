@@ -17,16 +17,12 @@ import pytest
 import yaml
 
 from fashion_tune.spaces import load_space, parse_space
+from tiny_sweeps import TINY_CNN_SPACE
 
-SPACE = {
-    "kind": "cnn",
-    "num_samples": 3,
-    "max_concurrent_trials": 1,
-    "seed": 0,
+SPACE = {  # the tiny sweep's, smaller, with an early-stop patience of 1
+    **{k: v for k, v in TINY_CNN_SPACE.items() if k != "points_to_evaluate"}, "num_samples": 3, "max_concurrent_trials": 1,
     "scheduler": {"max_t": 3, "grace_period": 1, "reduction_factor": 2},
-    "resources_per_trial": {"cpu": 1},
-    "fixed": {"width": 8, "depth": 1, "batch_size": 50, "subset": 200, "val_subset": 100, "device": "cpu",
-              "precision": "fp32", "early_stop_patience": 1},
+    "fixed": {**TINY_CNN_SPACE["fixed"], "subset": 200, "val_subset": 100, "precision": "fp32", "early_stop_patience": 1},
     "params": {"lr": {"type": "loguniform", "low": 1.0e-4, "high": 3.0e-2},
                "dropout": {"type": "uniform", "low": 0.0, "high": 0.5}},
 }
