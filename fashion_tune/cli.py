@@ -91,7 +91,7 @@ def add_train(sub) -> None:
     p.add_argument("--out", type=Path, help="output directory (default runs/KIND-TIMESTAMP)")
     p.add_argument("--data-dir", help="directory with the Fashion-MNIST files")
     p.add_argument("--resume", type=Path, metavar="CHECKPOINT", help="continue a run from its checkpoint.pt (--epochs may extend it)")
-    p.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--show-config", action="store_true", help="print the resolved config, each key with its meaning, and exit")
     p.set_defaults(func=run_train)
 
 
@@ -119,7 +119,12 @@ def run_train(args) -> int:
         overrides.update(values)
         config = resolve_config(args.kind, overrides, source=source)
     if args.show_config:
-        print(yaml.safe_dump(config, sort_keys=True), end="")
+        from fashion_tune.config import config_descriptions
+
+        described = config_descriptions(args.kind)
+        for key in sorted(config):  # valid YAML: each key's meaning as a comment beside it
+            line = yaml.safe_dump({key: config[key]}, default_flow_style=False).strip()
+            print(f"{line}  # {described[key]}" if key in described else line)
         return 0
     if checkpoint is not None and checkpoint["epoch"] >= config["epochs"]:
         raise ConfigError(f"{args.resume} already finished {checkpoint['epoch']} epochs; pass --epochs N with N > {checkpoint['epoch']} to train further")

@@ -82,3 +82,27 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of key: value at the top level, got {type(data).__name__}")
     return data
+
+
+def config_descriptions(kind: str) -> dict[str, str]:
+    """{key: what it means} for the config keys of `kind`, from the comments beside (or just above) each
+    field in the dataclasses that define it: the defaults and their meaning live in one place."""
+    import inspect
+    import re
+
+    k = get_kind(kind)
+    found: dict[str, str] = {}
+    for cls in (TrainingConfig, k.model_config, k.training):
+        above = ""
+        for line in inspect.getsource(cls).splitlines():
+            text = line.strip()
+            field = re.match(r"(\w+):[^#]*?(?:#\s*(.*))?$", text)
+            if text.startswith("#"):
+                above = text.lstrip("# ")
+            elif field and not text.startswith(("def ", "class ", "@")):
+                if field.group(2) or above:
+                    found[field.group(1)] = field.group(2) or above
+                above = ""
+            else:
+                above = ""
+    return {key: found[key] for key in default_config(kind) if key in found}

@@ -20,11 +20,11 @@ from fashion_tune.schedules import BetaSchedule
 class TrainingConfig:
     """Settings shared by every model kind. None means "not set" (e.g. no subset: the full split)."""
 
-    seed: int = 0
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
+    seed: int = 0  # of the model's initial weights, the batch order and the augmentation
+    epochs: int = 10  # training epochs (in a sweep: the scheduler's max_t)
+    batch_size: int = 128  # training images per step
+    lr: float = 2e-3  # AdamW's peak learning rate
+    weight_decay: float = 1e-4  # AdamW's decoupled weight decay
     # AdamW + cosine annealing with warm restarts (as the original) or one plain cosine
     scheduler: Literal["cosine_restarts", "cosine"] = "cosine_restarts"
     restart_epochs: int = 10  # length of the first cosine cycle (T_0), in epochs
@@ -32,11 +32,11 @@ class TrainingConfig:
     min_lr_ratio: float = 0.01  # the cosine's floor, as a fraction of lr
     grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
     early_stop_patience: int = 0  # epochs without a better validation metric before stopping; 0 = off
-    val_size: int = 10_000
-    split_seed: int = 0
+    val_size: int = 10_000  # training images held out for validation (HPO decisions), stratified
+    split_seed: int = 0  # of the train/validation split
     subset: int | None = None  # stratified training subset size, for quick runs
     val_subset: int | None = None  # stratified validation subset size, for quick runs
-    device: str = "auto"
+    device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
     # training steps: auto (bf16 on CPUs with native bf16, else fp32) | fp32 | bf16
     precision: Literal["auto", "fp32", "bf16"] = "auto"
 
@@ -57,12 +57,12 @@ class TrainingConfig:
 class VAETraining(TrainingConfig):
     """The VAE's training settings: its KL-weight schedule and how pixels become targets."""
 
-    batch_size: int = 64
-    beta_schedule: Literal["constant", "linear", "cyclical"] = "linear"
-    beta_start: float = 0.1
-    beta_end: float = 1.0
-    beta_warmup: float = 0.5
-    beta_cycles: int = 4
+    batch_size: int = 64  # training images per step
+    beta_schedule: Literal["constant", "linear", "cyclical"] = "linear"  # the KL weight per epoch
+    beta_start: float = 0.1  # KL weight at the first epoch (of each cycle); constant ignores it
+    beta_end: float = 1.0  # KL weight after the warm-up, at each cycle's top, or throughout (constant)
+    beta_warmup: float = 0.5  # fraction of training (linear) or of each cycle (cyclical) the ramp takes
+    beta_cycles: int = 4  # ramps in a cyclical schedule
     # none: grey levels as Bernoulli targets | dynamic: a fresh binarization per batch
     binarize: Literal["none", "dynamic"] = "none"
 
@@ -80,11 +80,11 @@ class VAETraining(TrainingConfig):
 class CNNTraining(TrainingConfig):
     """The CNN's training settings: regularisation and batch augmentation."""
 
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.0
-    crop_pad: int = 2
-    flip: bool = True
-    erase_prob: float = 0.0
+    weight_decay: float = 5e-4  # AdamW's decoupled weight decay
+    label_smoothing: float = 0.0  # of the cross-entropy targets, in [0, 1)
+    crop_pad: int = 2  # random crops from images padded by this many pixels; 0 = off
+    flip: bool = True  # random horizontal flips
+    erase_prob: float = 0.0  # probability of random erasing per image
 
     def check(self, where: str = "") -> None:
         super().check(where)

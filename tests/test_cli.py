@@ -75,6 +75,18 @@ def test_show_config_merges_file_and_flags(tmp_path):
     assert (resolved["lr"], resolved["dropout"], resolved["epochs"], resolved["flip"]) == (0.01, 0.25, 3, False)
 
 
+@pytest.mark.parametrize("kind", ["cnn", "vae"])
+def test_show_config_says_what_each_key_means(kind):
+    from fashion_tune.config import default_config
+
+    result = cli("train", kind, "--show-config")
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout) == default_config(kind)  # the comments keep it valid YAML
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(default_config(kind)) and all("  # " in line for line in lines), lines
+    assert "early_stop_patience: 0  # epochs without a better validation metric before stopping; 0 = off" in lines
+
+
 def test_train_writes_checkpoints_and_metrics_then_resumes(tmp_path):
     out = tmp_path / "run"
     result = cli("train", "cnn", "--epochs", "1", "--out", out, *TINY_CNN)

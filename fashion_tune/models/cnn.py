@@ -24,7 +24,7 @@ class CNNConfig:
     num_classes: int = 10
     width: int = 40  # channels of the first block; 2x and 4x in the next two
     depth: int = 2  # conv layers per block
-    dropout: float = 0.3  # before the final linear layer
+    dropout: float = 0.3  # dropout rate before the final linear layer
 
     def __post_init__(self) -> None:
         for name in ("num_classes", "width", "depth"):

@@ -32,9 +32,9 @@ MIXTURE_KL_SAMPLES = 16  # z ~ q per image for the KL against a mixture prior (n
 class VAEConfig:
     """Shape of a ConditionalVAE; the defaults give about 3.48M parameters."""
 
-    latent_dim: int = 32
+    latent_dim: int = 32  # size of z
     num_classes: int = 10
-    conditional: bool = True
+    conditional: bool = True  # encoder, decoder and prior see the class label
     width: int = 32  # channels at 28x28; 2x at 14x14, 4x at 7x7
     depth: int = 3  # residual blocks per resolution, in the encoder and again in the decoder
     embed_dim: int = 32  # size of the class embedding
