@@ -7,13 +7,18 @@ from pathlib import Path
 from typing import Any
 
 
-def code_version() -> dict[str, Any]:
-    """The git commit of this code and whether tracked files were modified; None values outside a git checkout."""
-    root = Path(__file__).resolve().parent.parent
+# Tracked files the project's own commands rewrite: a promotion or a report changing them does not make the code modified.
+OUTPUTS = ("best_models",)
+
+
+def code_version(root: Path | None = None) -> dict[str, Any]:
+    """The git commit of this code and whether tracked files were modified (the outputs in OUTPUTS aside);
+    None values outside a git checkout."""
+    root = root or Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=10)
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                 *(f":(exclude){path}" for path in OUTPUTS)], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return {"git_commit": None, "dirty": None}
     if commit.returncode != 0:

@@ -108,3 +108,26 @@ def test_a_promoted_model_follows_the_umask(tmp_path, umask):
     assert mode(models / "cnn") == 0o777 & ~umask
     assert {p.name: mode(p) for p in (models / "cnn").iterdir()} == \
         dict.fromkeys(["model.pt", "config.yaml", "metrics.json", "manifest.json"], 0o666 & ~umask)
+
+
+def test_the_code_is_modified_by_edits_to_the_code_not_by_the_models_the_commands_write(tmp_path):
+    """A report written into the tracked best_models/ used to mark its own code '(modified)'."""
+    import subprocess
+
+    from fashion_tune.provenance import code_version
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    (tmp_path / "best_models").mkdir()
+    (tmp_path / "best_models" / "report.md").write_text("old\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "start")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "files")
+    assert code_version(tmp_path)["dirty"] is False
+    (tmp_path / "best_models" / "report.md").write_text("new\n")
+    assert code_version(tmp_path)["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert code_version(tmp_path)["dirty"] is True
