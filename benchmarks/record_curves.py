@@ -7,7 +7,7 @@
 
 Every configuration of a fixed, seeded sample of `benchmarks/replay_cnn_space.yaml` (scrambled
 Sobol points through the space's own parameter definitions, so the table covers the space evenly)
-is trained with the project's training loop (`fashion_tune.train.fit`, what the sweep's trainable
+is trained with the project's training loop (`fashion_tune.training.loop.fit`, what the sweep's trainable
 runs) on real Fashion-MNIST, to the space's max_t, in fp32 with one thread per run (the figures must
 not depend on which CPU recorded them). Each epoch's validation accuracy and loss, training loss and
 seconds are kept. The first `--repeats` configurations are trained again with other seeds (the
@@ -74,10 +74,10 @@ def train_one(run: dict[str, Any], space_file: str, data_dir: str | None) -> dic
     import torch
 
     torch.set_num_threads(1)
-    from fashion_tune.data import make_splits
-    from fashion_tune.datafiles import load_fashion_mnist
-    from fashion_tune.spaces import load_space
-    from fashion_tune.train import fit
+    from fashion_tune.data.datafiles import load_fashion_mnist
+    from fashion_tune.data.splits import make_splits
+    from fashion_tune.training.loop import fit
+    from fashion_tune.spaces.space import load_space
 
     space = load_space(space_file)
     config = space.trial_config({**run["params"], "seed": run["seed"], "epochs": space.max_t})
@@ -94,7 +94,7 @@ def train_one(run: dict[str, Any], space_file: str, data_dir: str | None) -> dic
 
 
 def _params(config: dict[str, Any]) -> int:
-    from fashion_tune.train import training_cost
+    from fashion_tune.training.loop import training_cost
 
     return int(training_cost("cnn", config)["params"])
 
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.configs < 1 or args.repeats < 0 or args.workers < 1:
         parser.error("--configs and --workers must be >= 1, --repeats >= 0")
 
-    from fashion_tune.spaces import load_space
+    from fashion_tune.spaces.space import load_space
 
     space = load_space(SPACE_FILE)
     args.out.mkdir(parents=True, exist_ok=True)

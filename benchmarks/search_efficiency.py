@@ -118,7 +118,7 @@ def run_one(name: str, seed: int, sizes: dict, out: Path, data_dir) -> dict:
     """One sweep; returns its best-so-far curve over cumulative epochs and its wall time."""
     from ray.tune import Stopper
 
-    from fashion_tune.sweep import run_sweep
+    from fashion_tune.search.sweep import run_sweep
 
     class Budget(EpochBudget, Stopper):
         pass

@@ -3,7 +3,7 @@
     python benchmarks/throughput.py                       # both default models: fp32, auto, bf16
     python benchmarks/throughput.py --kind vae --set width=16 --set depth=2 --precisions fp32,auto
 
-Runs the real training loop (`fashion_tune.train.fit`) for one epoch on a stratified training
+Runs the real training loop (`fashion_tune.training.loop.fit`) for one epoch on a stratified training
 subset, once per `precision` setting, and prints one line per model and setting with what it ran
 as (fp32 or bf16; default or channels-last layout), its images/s and the GFLOP/s reached (training
 FLOPs per image, forward + backward, times images/s), then each setting's ratio to fp32. `auto` is
@@ -16,10 +16,10 @@ import argparse
 
 import torch
 
+from fashion_tune.training.config import resolve_config
+from fashion_tune.training.device import pick_device, pick_memory_format
+from fashion_tune.training.loop import fit, load_splits
 from fashion_tune.cli import parse_assignment
-from fashion_tune.config import resolve_config
-from fashion_tune.device import pick_device, pick_memory_format
-from fashion_tune.train import fit, load_splits
 
 
 def measure(kind: str, overrides: dict, precision: str, splits) -> dict:

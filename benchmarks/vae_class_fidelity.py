@@ -7,7 +7,7 @@ For each VAE checkpoint, the promoted CNN judges, per class, on validation image
 - recon: the posterior mean of each validation image decoded with its own label (what the decoder
   can draw when z is the right one);
 - raw: one z from the VAE's own prior per requested label (what `evaluate` grades as raw samples);
-- prior K=k: the same noise through a class prior as promotion fits it (`fashion_tune.prior`: the
+- prior K=k: the same noise through a class prior as promotion fits it (`fashion_tune.models.prior`: the
   mixture of k Gaussians per class fitted to the training images' posteriors by EM; k = 1 is the
   moment-matched Gaussian), fitted here on training images, for each k of --components.
 Raw well below recon with the fitted priors close to raw: the prior is not the problem, the
@@ -20,12 +20,12 @@ import copy
 
 import torch
 
-from fashion_tune.datafiles import CLASSES
-from fashion_tune.judging import judge_outputs, judge_scores
-from fashion_tune.prior import fit_class_prior, posterior_moments
-from fashion_tune.promoted import load_promoted
-from fashion_tune.sampling import class_labels, raw_sample
-from fashion_tune.train import load_model, load_splits
+from fashion_tune.data.datafiles import CLASSES
+from fashion_tune.models.prior import fit_class_prior, posterior_moments
+from fashion_tune.models.sampling import class_labels, raw_sample
+from fashion_tune.training.loop import load_model, load_splits
+from fashion_tune.store.promoted import load_promoted
+from fashion_tune.evaluation.judging import judge_outputs, judge_scores
 
 SEED = 0
 

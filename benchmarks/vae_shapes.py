@@ -14,10 +14,10 @@ the default keeps the project's (the original's).
 import argparse
 import time
 
-from fashion_tune.analysis import best_trial
+from fashion_tune.training.config import resolve_config
+from fashion_tune.training.loop import fit, load_splits, training_cost
+from fashion_tune.reports.analysis import best_trial
 from fashion_tune.cli import parse_assignment
-from fashion_tune.config import resolve_config
-from fashion_tune.train import fit, load_splits, training_cost
 
 SHAPE_KEYS = ("width", "depth", "latent_dim", "embed_dim")
 

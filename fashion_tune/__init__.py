@@ -1,21 +1,26 @@
 """fashion-tune: hyperparameter search for Fashion-MNIST VAEs and CNNs with Ray Tune and Optuna.
 
-Where things live, in the order data flows through them:
+The folders are the layers data flows through; each imports only from the ones above it in this
+list (tests/test_layers.py holds the code to it):
 
-- data: `datafiles` (find and verify the official files, class names), `data` (splits, batches,
-  augmentation)
-- models: `models/vae.py`, `models/cnn.py` (the networks only); `kinds` (one `Kind` record per
-  model: its configs, task, metrics and scoring); `training_config` (typed training settings) and
-  `config` (flat config dicts as users write them); `schedules` (the VAE's beta schedule)
-- training: `train` (the loop), `tasks` (what differs per model), `scoring` (validation and test
-  numbers, shared with promotion and grading), `checkpoint`, `runs` (`fashion-tune train`'s files),
-  `device`
-- sweeps: `spaces`, `space_params`, `space_strategies` (search space files), `strategies`,
-  `searcher`, `sweep`, `retention`, `cluster`, `analysis`, `tradeoffs`
-- promotion: `promote` (champion vs challenger), `promoted` (the `best_models/` directory)
-- grading: `grading` (runs it all), `judging`, `interpolation`, `rubric`, `likelihood`,
-  `sampling`; `report`, `report_markdown`, `pictures`; `predict`
-- shared: `files` (atomic writes, JSON, JSON lines, numbers as text), `provenance`, `errors`
+- `util`: errors, atomic file writes, YAML, provenance (imports nothing of ours)
+- `data`: find and verify the official Fashion-MNIST files; splits, batches, augmentation
+- `models`: the networks (`vae`, `cnn`), the VAE's class prior and sampling
+- `training`: settings and configs, one `Kind` per model, the loop, scoring, checkpoints, device
+- `spaces`: search space files parsed into an immutable `SearchSpace` (reads no other experiment)
+- `store`: the experiment directory (local or a URI), its results, `best_models/`
+- `search`: the sweep on Ray Tune + Optuna: searchers, schedulers, the trainable, resume, clusters
+- `evaluation`: grading promoted models: the judge, the rubric, the IWAE bound; `predict`
+- `promotion`: champion against challenger into `best_models/`
+- `reports`: a sweep's analysis and pictures, the dashboard, the graded models' report
+- `cli`: `fashion-tune` and its subcommands
+
+Modules moved here from the flat layout of 0.1 (`fashion_tune.train`, `fashion_tune.analysis`, ...)
+still import from their old paths, with a DeprecationWarning naming the new one (`_moved`).
 """
 
+from fashion_tune import _moved
+
 __version__ = "0.1.0"
+
+_moved.install()

@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from fashion_tune.errors import ConfigError, FashionTuneError
+from fashion_tune.util.errors import ConfigError, FashionTuneError
 
 PROG = "fashion-tune"
-# The model kinds of `fashion_tune.kinds.KINDS` (a test keeps the two equal): that module imports torch,
+# The model kinds of `fashion_tune.training.kinds.KINDS` (a test keeps the two equal): that module imports torch,
 # seconds that parsing the command line should not wait for.
 KIND_NAMES = ("vae", "cnn")
 
@@ -30,7 +30,7 @@ class Parser(argparse.ArgumentParser):
 
 def parse_assignment(text: str) -> tuple[str, Any]:
     """`key=value` with the value read as YAML (numbers such as 1e-3, true/false, null, strings)."""
-    from fashion_tune import yaml_loader
+    from fashion_tune.util import yaml_loader
 
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
@@ -54,8 +54,8 @@ def add_data(sub) -> None:
 
 
 def run_data(args) -> int:
-    from fashion_tune.data import describe, make_splits
-    from fashion_tune.datafiles import CLASSES, load_fashion_mnist
+    from fashion_tune.data.datafiles import CLASSES, load_fashion_mnist
+    from fashion_tune.data.splits import describe, make_splits
 
     data = load_fashion_mnist(args.data_dir)
     splits = make_splits(data, val_size=args.val_size, split_seed=args.split_seed)
@@ -98,10 +98,10 @@ def add_train(sub) -> None:
 def run_train(args) -> int:
     import yaml
 
-    from fashion_tune.checkpoint import load_checkpoint
-    from fashion_tune.config import load_yaml, resolve_config
-    from fashion_tune.runs import RunDirReporter, default_run_dir
-    from fashion_tune.train import fit, load_splits
+    from fashion_tune.training.checkpoint import load_checkpoint
+    from fashion_tune.training.config import load_yaml, resolve_config
+    from fashion_tune.training.loop import fit, load_splits
+    from fashion_tune.training.runs import RunDirReporter, default_run_dir
 
     checkpoint = None
     flags = {"epochs": args.epochs, "subset": args.subset, "val_subset": args.val_subset, "seed": args.seed, "device": args.device}
@@ -119,7 +119,7 @@ def run_train(args) -> int:
         overrides.update(values)
         config = resolve_config(args.kind, overrides, source=source)
     if args.show_config:
-        from fashion_tune.config import config_descriptions
+        from fashion_tune.training.config import config_descriptions
 
         described = config_descriptions(args.kind)
         for key in sorted(config):  # valid YAML: each key's meaning as a comment beside it
@@ -131,7 +131,7 @@ def run_train(args) -> int:
 
     # The device and the data (and the subset sizes, checked against it) before anything is
     # written: a refused run leaves no directory behind.
-    from fashion_tune.device import check_device
+    from fashion_tune.training.device import check_device
 
     check_device(config.get("device", "auto"))
     splits = load_splits(config, args.data_dir)
@@ -181,20 +181,21 @@ def add_sweep(sub) -> None:
 
 def run_sweep_command(args) -> int:
     if args.dry_run:
-        from fashion_tune.spaces import load_space
+        from fashion_tune.spaces.space import load_space
+        from fashion_tune.search.sources import resolve_sources
 
         if args.space is None:
             raise ConfigError("--dry-run needs --space FILE")
-        space = load_space(args.space, kind=args.kind).with_overrides(args.num_samples, args.max_concurrent)
+        space = resolve_sources(load_space(args.space, kind=args.kind)).with_overrides(args.num_samples, args.max_concurrent)
         if not (args.address or os.environ.get("RAY_ADDRESS")):
-            from fashion_tune.spaces import check_resources, local_capacity
+            from fashion_tune.spaces.space import check_resources, local_capacity
 
             cpus, gpus = local_capacity()
             check_resources(space, cpus if args.num_cpus is None else args.num_cpus,
                             gpus if args.num_gpus is None else args.num_gpus)
         print(space.summary())
         return 0
-    from fashion_tune.sweep import run_sweep
+    from fashion_tune.search.sweep import run_sweep
 
     outcome = run_sweep(
         args.kind, args.space, num_samples=args.num_samples, max_concurrent=args.max_concurrent, name=args.name,
@@ -219,14 +220,14 @@ def add_analyze(sub) -> None:
 
 
 def run_analyze(args) -> int:
-    from fashion_tune.analysis import analyze
+    from fashion_tune.reports.analysis import analyze
 
     analyze(args.experiment, top=args.top, out=args.out)
     return 0
 
 
 def add_dashboard(sub) -> None:
-    from fashion_tune.dashboard import DEFAULT_HOST, DEFAULT_PORT, REFRESH_S
+    from fashion_tune.reports.dashboard import DEFAULT_HOST, DEFAULT_PORT, REFRESH_S
 
     p = sub.add_parser("dashboard", help="watch a sweep's Optuna study live in optuna-dashboard",
                        description="Serve optuna-dashboard on the sweep's Optuna journal (trials, intermediate values, "
@@ -242,12 +243,12 @@ def add_dashboard(sub) -> None:
 
 
 def run_dashboard(args) -> int:
-    from fashion_tune.cluster import is_uri
-    from fashion_tune.dashboard import serve
+    from fashion_tune.util.files import is_uri
+    from fashion_tune.reports.dashboard import serve
 
     experiment = args.experiment
     if not is_uri(experiment) and not Path(experiment).exists():
-        from fashion_tune.experiment import Experiment
+        from fashion_tune.store.experiment import Experiment
 
         named = Experiment.by_name(experiment)  # a bare NAME in the default storage
         experiment = named.location if named else experiment
@@ -262,7 +263,7 @@ def device_name(text: str) -> str:
     """--device: checked as the arguments are read, so a device this machine lacks stops before any work."""
     if text in ("auto", "cpu"):
         return text  # without importing torch
-    from fashion_tune.device import check_device
+    from fashion_tune.training.device import check_device
 
     try:
         return check_device(text)
@@ -313,8 +314,8 @@ def add_promote(sub) -> None:
 
 
 def run_promote(args) -> int:
-    from fashion_tune.promote import promote_best_trial
-    from fashion_tune.promoted import models_dir_to_write
+    from fashion_tune.store.promoted import models_dir_to_write
+    from fashion_tune.promotion.promote import promote_best_trial
 
     limits = {key: value for key, value in (("params", args.max_params), ("flops", args.max_flops)) if value is not None}
     if any(value <= 0 for value in limits.values()):
@@ -344,11 +345,11 @@ def add_evaluate(sub) -> None:
 
 
 def run_evaluate(args) -> int:
-    from fashion_tune import grading
-    from fashion_tune.likelihood import IWAE_SAMPLES
-    from fashion_tune.promoted import find_models_dir
-    from fashion_tune.report import IWAE_IMAGES, REPORT_JSON, REPORT_MD, evaluate
-    from fashion_tune.sampling import CANDIDATES
+    from fashion_tune.models.sampling import CANDIDATES
+    from fashion_tune.store.promoted import find_models_dir
+    from fashion_tune.evaluation import grading
+    from fashion_tune.evaluation.likelihood import IWAE_SAMPLES
+    from fashion_tune.reports.grading_report import IWAE_IMAGES, REPORT_JSON, REPORT_MD, evaluate
 
     command = " ".join([PROG, *sys.argv[1:]]) if sys.argv and sys.argv[0] else None
     models_dir = find_models_dir(args.models_dir, KIND_NAMES if args.kind == "all" else (args.kind,))
@@ -397,9 +398,9 @@ def add_sample(sub) -> None:
 
 
 def run_sample(args) -> int:
-    from fashion_tune.datafiles import class_index
-    from fashion_tune.pictures import sample_picture
-    from fashion_tune.promoted import find_models_dir
+    from fashion_tune.data.datafiles import class_index
+    from fashion_tune.store.promoted import find_models_dir
+    from fashion_tune.reports.pictures import sample_picture
 
     class_index(args.item_class)  # a wrong class is the first thing to hear about, before any model
     out, confidences, seed = sample_picture(args.item_class, args.n, candidates=args.candidates, out=args.out, seed=args.seed,
@@ -437,8 +438,8 @@ def add_predict(sub) -> None:
 def run_predict(args) -> int:
     import json
 
-    from fashion_tune.predict import Unreadable, predict_each
-    from fashion_tune.promoted import find_models_dir
+    from fashion_tune.store.promoted import find_models_dir
+    from fashion_tune.evaluation.predict import Unreadable, predict_each
 
     results = predict_each(args.images, models_dir=find_models_dir(args.models_dir, ("cnn",)), invert=args.invert,
                            device=args.device)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fashion_tune.analysis import analyze, best_trial, load_history, load_results, read_sweep_info
-from fashion_tune.errors import FashionTuneError
+from fashion_tune.util.errors import FashionTuneError
+from fashion_tune.reports.analysis import analyze, best_trial, load_history, load_results, read_sweep_info
 from tiny_sweeps import tiny_cnn_sweep
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -46,8 +46,8 @@ def test_analyze_writes_plots_importances_and_summary(sweep, tmp_path):
 
 @pytest.mark.ray
 def test_importances_come_from_a_rebuilt_optuna_study(sweep):
-    from fashion_tune.analysis import param_importances
-    from fashion_tune.spaces import load_space
+    from fashion_tune.spaces.space import load_space
+    from fashion_tune.reports.analysis import param_importances
 
     outcome, _ = sweep
     results = load_results(outcome.experiment_dir)
@@ -61,8 +61,8 @@ def test_importances_come_from_a_rebuilt_optuna_study(sweep):
 
 @pytest.mark.ray
 def test_importances_come_from_the_sweeps_journal_else_from_a_rebuilt_study(sweep, tmp_path):
-    from fashion_tune.analysis import study_importances
-    from fashion_tune.study import JOURNAL_FILE, importance_study, open_study
+    from fashion_tune.search.study import JOURNAL_FILE, importance_study, open_study
+    from fashion_tune.reports.analysis import study_importances
 
     outcome, _ = sweep
     study = open_study(outcome.experiment_dir)
@@ -155,7 +155,7 @@ def test_a_log_axis_is_labelled_however_short_its_range(low, high):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fashion_tune.analysis import log_x_axis
+    from fashion_tune.reports.analysis import log_x_axis
 
     fig, ax = plt.subplots()
     ax.scatter([low, high], [0, 1])
@@ -173,7 +173,7 @@ def test_curves_name_the_best_trials_and_the_legend_markers_are_black(tmp_path):
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    from fashion_tune import analysis
+    from fashion_tune.reports import analysis
 
     history = pd.DataFrame([{"trial_id": t, "epoch": e, "val_acc": v * e}
                             for t, v in (("a", 0.1), ("b", 0.2), ("c", 0.15), ("d", 0.05)) for e in (1, 2, 3)])

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from fashion_tune.checkpoint import load_checkpoint
-from fashion_tune.datafiles import SYSTEM_DATA_DIR
+from fashion_tune.data.datafiles import SYSTEM_DATA_DIR
+from fashion_tune.training.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_CNN = ["--set", "width=8", "--set", "depth=1", "--subset", "500", "--val-subset", "200", "--device", "cpu"]
@@ -77,7 +77,7 @@ def test_show_config_merges_file_and_flags(tmp_path):
 
 @pytest.mark.parametrize("kind", ["cnn", "vae"])
 def test_show_config_says_what_each_key_means(kind):
-    from fashion_tune.config import default_config
+    from fashion_tune.training.config import default_config
 
     result = cli("train", kind, "--show-config")
     assert result.returncode == 0, result.stderr
@@ -104,8 +104,8 @@ def test_train_writes_checkpoints_and_metrics_then_resumes(tmp_path):
 
 
 def test_the_kind_choices_are_the_registry():
+    from fashion_tune.training.kinds import KINDS
     from fashion_tune.cli import KIND_NAMES
-    from fashion_tune.kinds import KINDS
 
     assert KIND_NAMES == tuple(KINDS)
 
@@ -184,7 +184,8 @@ def test_the_models_variable_chooses_the_models_and_is_named_when_it_holds_none(
 
 
 def test_without_models_anywhere_the_error_lists_where_it_looked(tmp_path, monkeypatch, capsys):
-    from fashion_tune import cli as cli_module, promoted
+    from fashion_tune import cli as cli_module
+    from fashion_tune.store import promoted
 
     checkout = tmp_path / "checkout"
     (checkout / "best_models").mkdir(parents=True)

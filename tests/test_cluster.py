@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from fashion_tune.datafiles import locate_data
+from fashion_tune.data.datafiles import locate_data
 
 pytestmark = pytest.mark.cluster
 
@@ -205,7 +205,7 @@ def test_sweep_with_address_runs_trials_on_both_nodes(cluster, tmp_path):
 
 def test_a_driver_without_token_mode_is_told_how_to_connect(cluster):
     env = {k: v for k, v in ENV.items() if k != "RAY_AUTH_MODE"}
-    code = "import sys; from fashion_tune.cluster import connect; connect(sys.argv[1])"
+    code = "import sys; from fashion_tune.search.cluster import connect; connect(sys.argv[1])"
     result = subprocess.run([sys.executable, "-c", code, cluster.address], capture_output=True, text=True,
                             timeout=300, env=env)
     assert result.returncode != 0

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from fashion_tune.analysis import load_history, load_results, read_sweep_info
+from fashion_tune.search.study import JOURNAL_FILE, TUNE_TRIAL_ID, open_study
+from fashion_tune.reports.analysis import load_history, load_results, read_sweep_info
 from fashion_tune.cli import main
-from fashion_tune.study import JOURNAL_FILE, TUNE_TRIAL_ID, open_study
 from tiny_sweeps import tiny_cnn_sweep
 
 pytestmark = pytest.mark.ray  # the tiny sweep starts Ray

@@ -1,4 +1,4 @@
-"""Tests for fashion_tune.datafiles (finding and verifying the files) and fashion_tune.data (splits, batches), on the real Fashion-MNIST files."""
+"""Tests for fashion_tune.data.datafiles (finding and verifying the files) and fashion_tune.data.splits (splits, batches), on the real Fashion-MNIST files."""
 
 import dataclasses
 import gzip
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fashion_tune import data as fd
-from fashion_tune import datafiles as files
-from fashion_tune.errors import ConfigError, DataError
+from fashion_tune.util.errors import ConfigError, DataError
+from fashion_tune.data import splits as fd
+from fashion_tune.data import datafiles as files
 
 pytestmark = pytest.mark.skipif(
     not files.SYSTEM_DATA_DIR.is_dir(),

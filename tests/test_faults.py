@@ -22,10 +22,10 @@ import pytest
 import ray  # noqa: F401 - puts the psutil Ray ships on the path
 import yaml
 
-from fashion_tune.analysis import best_trial, load_results
-from fashion_tune.cluster import RECORDS_ENV, session_processes
-from fashion_tune.retention import snapshot_on_storage
-from fashion_tune.study import TUNE_TRIAL_ID, open_study
+from fashion_tune.search.cluster import RECORDS_ENV, session_processes
+from fashion_tune.search.retention import snapshot_on_storage
+from fashion_tune.search.study import TUNE_TRIAL_ID, open_study
+from fashion_tune.reports.analysis import best_trial, load_results
 
 import psutil  # noqa: E402 - after ray
 
@@ -297,8 +297,8 @@ def tiny_experiments(root: Path, lrs_epochs: dict[str, tuple[float, int]]) -> di
     """One experiment per name, each one trial trained in-process (as a sweep leaves it)."""
     from test_promote import tiny, write_experiment
 
-    from fashion_tune.config import resolve_config
-    from fashion_tune.train import fit, load_splits
+    from fashion_tune.training.config import resolve_config
+    from fashion_tune.training.loop import fit, load_splits
 
     splits = load_splits(resolve_config("cnn", tiny("cnn")))
     experiments = {}
@@ -322,9 +322,9 @@ def promote_command(experiment, models, *extra):
 
 def check_models(models: Path) -> list[str]:
     """Champion and history: each loads and matches its manifest's SHA-256; returns their trial ids, champion first."""
-    from fashion_tune.files import file_sha256
-    from fashion_tune.promoted import load_promoted
-    from fashion_tune.train import load_model
+    from fashion_tune.util.files import file_sha256
+    from fashion_tune.training.loop import load_model
+    from fashion_tune.store.promoted import load_promoted
 
     _, manifest, _ = load_promoted("cnn", models)
     ids = [manifest["trial_id"]]
@@ -465,7 +465,7 @@ def test_a_running_driver_stays_alive_across_a_step_of_the_system_clock(tmp_path
     the wall clock steps (NTP, a VM's resync), which moves every process's wall-clock start time."""
     import psutil
 
-    from fashion_tune import cluster
+    from fashion_tune.search import cluster
 
     monkeypatch.setenv(RECORDS_ENV, str(tmp_path / "run"))
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

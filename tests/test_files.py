@@ -1,4 +1,4 @@
-"""Tests for fashion_tune.files: atomic writes, the JSON policy, JSON lines and number formatting."""
+"""Tests for fashion_tune.util.files: atomic writes, the JSON policy, JSON lines and number formatting."""
 
 import json
 import math
@@ -7,9 +7,9 @@ import os
 import pytest
 import torch
 
-from fashion_tune import yaml_loader
-from fashion_tune.files import (append_jsonl, atomic_write, format_number, format_short, json_text, read_json_object,
-                                read_jsonl, write_json, write_text)
+from fashion_tune.util import yaml_loader
+from fashion_tune.util.files import (append_jsonl, atomic_write, format_number, format_short, json_text, read_json_object,
+                                     read_jsonl, write_json, write_text)
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
@@ -91,14 +91,14 @@ def test_written_files_follow_the_umask(tmp_path, umask):
 
 
 def test_new_directories_follow_the_umask(tmp_path, umask):
-    from fashion_tune.files import make_temp_dir
+    from fashion_tune.util.files import make_temp_dir
 
     assert mode(make_temp_dir(".tmp-cnn-", dir=tmp_path)) == 0o777 & ~umask
 
 
 def test_a_promoted_model_follows_the_umask(tmp_path, umask):
-    from fashion_tune.kinds import get_kind
-    from fashion_tune.promote import _install
+    from fashion_tune.training.kinds import get_kind
+    from fashion_tune.promotion.promote import _install
 
     models = tmp_path / "best_models"
     models.mkdir()
@@ -114,7 +114,7 @@ def test_the_code_is_modified_by_edits_to_the_code_not_by_the_models_the_command
     """A report written into the tracked best_models/ used to mark its own code '(modified)'."""
     import subprocess
 
-    from fashion_tune.provenance import code_version
+    from fashion_tune.util.provenance import code_version
 
     def git(*args):
         subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)

@@ -7,10 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from fashion_tune import grading, interpolation, judging, rubric, scoring
-from fashion_tune.config import resolve_config
-from fashion_tune.datafiles import CLASSES
-from fashion_tune.train import build_model, load_splits
+from fashion_tune.data.datafiles import CLASSES
+from fashion_tune.training import scoring
+from fashion_tune.training.config import resolve_config
+from fashion_tune.training.loop import build_model, load_splits
+from fashion_tune.evaluation import grading
+from fashion_tune.evaluation import interpolation
+from fashion_tune.evaluation import judging
+from fashion_tune.evaluation import rubric
 
 TINY_VAE = {"width": 8, "depth": 1, "latent_dim": 8, "embed_dim": 8}
 TINY_CNN = {"width": 8, "depth": 1}

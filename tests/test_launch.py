@@ -11,10 +11,11 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
+from fashion_tune.util.errors import ConfigError
+from fashion_tune.util.files import is_uri
+from fashion_tune.spaces.space import load_space
+from fashion_tune.search.cluster import Node, check_storage, describe_cluster, filesystem_type, node_capacity
 from fashion_tune.cli import build_parser, run_sweep_command
-from fashion_tune.cluster import Node, check_storage, describe_cluster, filesystem_type, is_uri, node_capacity
-from fashion_tune.errors import ConfigError
-from fashion_tune.spaces import load_space
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch"
@@ -261,8 +262,8 @@ def test_connecting_to_an_address_where_nothing_listens_fails_at_once():
     import socket
     import time
 
-    from fashion_tune.cluster import connect
-    from fashion_tune.errors import FashionTuneError
+    from fashion_tune.util.errors import FashionTuneError
+    from fashion_tune.search.cluster import connect
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -276,8 +277,9 @@ def test_connecting_to_an_address_where_nothing_listens_fails_at_once():
 
 @pytest.mark.parametrize("final", [True, False])
 def test_a_trial_too_big_for_every_node_is_refused_only_when_no_larger_node_can_join(monkeypatch, final):
-    from fashion_tune import cluster, sweep
-    from fashion_tune.spaces import parse_space
+    from fashion_tune.spaces.space import parse_space
+    from fashion_tune.search import cluster
+    from fashion_tune.search import sweep
 
     space = parse_space({"kind": "cnn", "num_samples": 4, "scheduler": {"max_t": 2},
                          "resources_per_trial": {"cpu": 2, "gpu": 0.25},
@@ -296,7 +298,7 @@ def test_a_trial_too_big_for_every_node_is_refused_only_when_no_larger_node_can_
 
 
 def test_storage_defaults_to_the_clusters_setting(monkeypatch, tmp_path):
-    from fashion_tune.sweep import storage_root
+    from fashion_tune.search.sweep import storage_root
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("FASHION_TUNE_STORAGE", raising=False)

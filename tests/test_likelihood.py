@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fashion_tune.likelihood import binarize, iwae_log_likelihood, iwae_scores
 from fashion_tune.models import ConditionalVAE, VAEConfig
+from fashion_tune.evaluation.likelihood import binarize, iwae_log_likelihood, iwae_scores
 
 
 def tiny_vae(latent_dim: int = 1) -> ConditionalVAE:

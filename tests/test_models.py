@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fashion_tune.errors import ConfigError
+from fashion_tune.util.errors import ConfigError
 from fashion_tune.models import CNNConfig, ConditionalVAE, FashionCNN, VAEConfig, count_parameters
-from fashion_tune.schedules import BETA_SCHEDULES, BetaSchedule
+from fashion_tune.training.schedules import BETA_SCHEDULES, BetaSchedule
 
 # Parameter counts of the original project's models; the defaults must land within 3%.
 ORIGINAL_VAE_PARAMETERS = 3_477_328

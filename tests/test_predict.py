@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from fashion_tune.config import resolve_config
-from fashion_tune.datafiles import CLASSES, load_fashion_mnist
-from fashion_tune.predict import load_image, predict_files
-from fashion_tune.promote import promote_best_trial
-from fashion_tune.train import load_splits
+from fashion_tune.data.datafiles import CLASSES, load_fashion_mnist
+from fashion_tune.training.config import resolve_config
+from fashion_tune.training.loop import load_splits
+from fashion_tune.evaluation.predict import load_image, predict_files
+from fashion_tune.promotion.promote import promote_best_trial
 from test_promote import assert_one_line_error, quiet, run_cli, tiny, train, write_experiment
 
 REPO = Path(__file__).resolve().parent.parent

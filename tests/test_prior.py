@@ -9,7 +9,7 @@ from torch.distributions import Categorical, MixtureSameFamily, MultivariateNorm
 
 from fashion_tune.models import ConditionalVAE, VAEConfig
 from fashion_tune.models import vae as vae_module
-from fashion_tune.prior import fit_class_prior, fit_prior_if_better, mixture_em, moment_matched, posterior_moments
+from fashion_tune.models.prior import fit_class_prior, fit_prior_if_better, mixture_em, moment_matched, posterior_moments
 
 D = 3
 

@@ -13,15 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from fashion_tune import cli, promote
-from fashion_tune.checkpoint import save_checkpoint
-from fashion_tune.config import resolve_config
-from fashion_tune.kinds import get_kind
-from fashion_tune.datafiles import load_fashion_mnist
-from fashion_tune.scoring import cnn_scores
-from fashion_tune.promote import promote_best_trial
-from fashion_tune.promoted import load_promoted
-from fashion_tune.train import fit, load_splits
+from fashion_tune import cli
+from fashion_tune.data.datafiles import load_fashion_mnist
+from fashion_tune.training.checkpoint import save_checkpoint
+from fashion_tune.training.config import resolve_config
+from fashion_tune.training.kinds import get_kind
+from fashion_tune.training.loop import fit, load_splits
+from fashion_tune.training.scoring import cnn_scores
+from fashion_tune.store.promoted import load_promoted
+from fashion_tune.promotion import promote
+from fashion_tune.promotion.promote import promote_best_trial
 
 TINY = {
     "vae": {"width": 8, "depth": 1, "latent_dim": 8, "embed_dim": 8, "batch_size": 50, "lr": 3e-3},
@@ -117,7 +118,7 @@ def quiet(*_):
 def test_promotes_the_best_trial_of_a_real_sweep(tmp_path_factory, tmp_path):
     import ray
 
-    from fashion_tune.analysis import load_results
+    from fashion_tune.reports.analysis import load_results
     from tiny_sweeps import tiny_cnn_sweep
 
     try:

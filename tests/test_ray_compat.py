@@ -1,10 +1,10 @@
-"""What fashion_tune.ray_compat relies on in Ray's private modules and files: fails loudly when an upgrade changes it."""
+"""What fashion_tune.search.ray_compat relies on in Ray's private modules and files: fails loudly when an upgrade changes it."""
 
 import inspect
 
 
 def test_the_autoscaler_cluster_config_is_where_ray_compat_reads_it():
-    from ray._private.state import state  # moved or renamed: update fashion_tune/ray_compat.py
+    from ray._private.state import state  # moved or renamed: update fashion_tune/search/ray_compat.py
     from ray.core.generated import autoscaler_pb2
 
     assert callable(state.get_cluster_config), "ray._private.state.state.get_cluster_config is gone"
@@ -20,7 +20,7 @@ def test_autoscaler_node_types_reads_the_published_groups(monkeypatch):
     from ray._private.state import state
     from ray.core.generated import autoscaler_pb2
 
-    from fashion_tune.ray_compat import autoscaler_node_types
+    from fashion_tune.search.ray_compat import autoscaler_node_types
 
     config = autoscaler_pb2.ClusterConfig()
     for cpus, max_count in ((8, 2), (64, 0)):
@@ -38,13 +38,13 @@ def test_experiment_snapshot_reads_the_newest_file_tune_writes(tmp_path):
     import json
 
     import pyarrow.fs
-    from ray.tune.execution.tune_controller import TuneController  # moved: update fashion_tune/ray_compat.py
+    from ray.tune.execution.tune_controller import TuneController  # moved: update fashion_tune/search/ray_compat.py
     from ray.train import Checkpoint
-    from ray.train._internal.session import _TrainingResult  # moved: update fashion_tune/ray_compat.py
+    from ray.train._internal.session import _TrainingResult  # moved: update fashion_tune/search/ray_compat.py
     from ray.tune.experiment import Trial
 
-    from fashion_tune.ray_compat import STATE_PREFIX
-    from fashion_tune.retention import snapshot_on_storage
+    from fashion_tune.search.ray_compat import STATE_PREFIX
+    from fashion_tune.search.retention import snapshot_on_storage
 
     assert TuneController.CKPT_FILE_TMPL.format("S") == f"{STATE_PREFIX}S.json"
 
@@ -87,7 +87,7 @@ def test_retention_keeps_the_checkpoint_a_pbt_clone_restores_from_in_the_trial_i
     from ray.tune.execution.tune_controller import TuneController
     from ray.tune.experiment import Trial
 
-    from fashion_tune.retention import prune_experiment, snapshot_and_borrowed
+    from fashion_tune.search.retention import prune_experiment, snapshot_and_borrowed
 
     rows = {"src": [0.5, 0.6, 0.7, 0.72, 0.74, 0.9], "cln": [0.4, 0.45, 0.5]}
     for name, values in rows.items():

@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from fashion_tune.datafiles import locate_data
-from fashion_tune.study import JOURNAL_FILE, TUNE_TRIAL_ID, open_study
+from fashion_tune.data.datafiles import locate_data
+from fashion_tune.search.study import JOURNAL_FILE, TUNE_TRIAL_ID, open_study
 from s3_server import BUCKET, s3_server
 from test_dashboard import dashboard, get_json, shown_states
 from test_cluster import ENV, LOCAL_CLUSTER, ROOT, LocalCluster, sweep_command, write_space

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from fashion_tune.config import resolve_config
-from fashion_tune.sampling import class_labels, guided_sample, raw_sample
-from fashion_tune.train import build_model, fit, load_splits
+from fashion_tune.models.sampling import class_labels, guided_sample, raw_sample
+from fashion_tune.training.config import resolve_config
+from fashion_tune.training.loop import build_model, fit, load_splits
 
 TINY = {
     "vae": {"width": 8, "depth": 1, "latent_dim": 8, "embed_dim": 8, "batch_size": 50, "lr": 3e-3},

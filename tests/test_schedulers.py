@@ -1,4 +1,4 @@
-"""The Ray internals fashion_tune.schedulers (and .searcher) rely on, checked so a Ray upgrade fails here, loudly.
+"""The Ray internals fashion_tune.search.schedulers (and .searcher) rely on, checked so a Ray upgrade fails here, loudly.
 
 Each test names the private field or method, checks it still exists with the same shape, and that a
 subclass using it still does its job (restored results replayed, restored trials kept out of
@@ -14,9 +14,9 @@ from types import SimpleNamespace
 import pyarrow.fs
 import pytest
 
-from fashion_tune.schedulers import WORST_REWARD, SweepASHA, SweepHyperBand, SweepMedian, SweepPBT
+from fashion_tune.search.schedulers import WORST_REWARD, SweepASHA, SweepHyperBand, SweepMedian, SweepPBT
 
-UPGRADE = "a Ray upgrade changed what fashion_tune.schedulers relies on (see its docstring): "
+UPGRADE = "a Ray upgrade changed what fashion_tune.search.schedulers relies on (see its docstring): "
 
 
 class FakeTrial(SimpleNamespace):
@@ -182,9 +182,9 @@ def test_optuna_search_fields_the_searcher_relies_on():
     public state with its "counter"; ConcurrencyLimiter's `live_trials` and `num_unfinished_live_trials`."""
     import optuna
 
-    from fashion_tune.searcher import optuna_searcher, reconcile
-    from fashion_tune.spaces import parse_space
-    from fashion_tune.strategies import make_searcher
+    from fashion_tune.spaces.space import parse_space
+    from fashion_tune.search.searcher import optuna_searcher, reconcile
+    from fashion_tune.search.strategies import make_searcher
 
     space = parse_space({"kind": "cnn", "num_samples": 3, "max_concurrent_trials": 2, "scheduler": {"max_t": 2},
                          "params": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}}, "s.yaml")
@@ -203,7 +203,7 @@ def test_optuna_search_fields_the_searcher_relies_on():
 
 @pytest.mark.parametrize("name", ["SweepASHA", "SweepMedian", "SweepHyperBand", "SweepPBT"])
 def test_each_subclass_overrides_methods_ray_still_calls(name):
-    import fashion_tune.schedulers as schedulers
+    import fashion_tune.search.schedulers as schedulers
 
     cls = getattr(schedulers, name)
     for method, body in vars(cls).items():
@@ -285,7 +285,7 @@ def test_pbt_lineage_written_before_a_resume_survives_the_first_exploit_in_a_new
     resumed driver has a fresh staging folder, so they are first copied back from the experiment."""
     from ray.tune.schedulers.pbt import _PBTTrialState
 
-    from fashion_tune.schedulers import LINEAGE_FILE
+    from fashion_tune.search.schedulers import LINEAGE_FILE
 
     experiment, staging = tmp_path / "experiment", tmp_path / "staging-of-the-new-driver"
     experiment.mkdir()

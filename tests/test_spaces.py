@@ -12,9 +12,9 @@ import optuna
 import pytest
 import yaml
 
-from fashion_tune.config import resolve_config
-from fashion_tune.errors import ConfigError
-from fashion_tune.spaces import check_resources, load_space, parse_space
+from fashion_tune.util.errors import ConfigError
+from fashion_tune.training.config import resolve_config
+from fashion_tune.spaces.space import check_resources, load_space, parse_space
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 
@@ -262,6 +262,23 @@ def test_a_trial_config_is_resolved_like_a_training_config(tmp_path):
     assert config == resolve_config("vae", {**VALID["fixed"], "epochs": 4, "lr": 3e-3, "embed_dim": 16})
 
 
+def started(path):
+    """The space as a sweep starts from it: parsed, then its start_from:/warm_start: read."""
+    from fashion_tune.search.sources import resolve_sources
+
+    return resolve_sources(load_space(path))
+
+
+def test_parsing_a_space_reads_no_other_experiment(tmp_path):
+    """start_from: and warm_start: stay references until a sweep starts: a missing source is no parse error."""
+    data = {**VALID, "start_from": str(tmp_path / "missing"), "warm_start": str(tmp_path / "gone")}
+    space = load_space(write(tmp_path, data))
+    assert (space.start_from, space.warm_start) == (str(tmp_path / "missing"), str(tmp_path / "gone"))
+    assert space.start_point is None and space.warm_trials == ()
+    with pytest.raises(ConfigError, match="start_from"):
+        started(write(tmp_path, data))
+
+
 def test_start_from_makes_the_best_trial_of_a_finished_sweep_the_first_point(tmp_path):
     from test_promote import write_experiment
 
@@ -275,17 +292,17 @@ def test_start_from_makes_the_best_trial_of_a_finished_sweep_the_first_point(tmp
                        "width": {"type": "choice", "values": [16, 32]},
                        "erase_prob": {"type": "uniform", "low": 0.0, "high": 0.5}},
             "points_to_evaluate": [{"lr": 2e-3}], "start_from": str(experiment)}
-    space = load_space(write(tmp_path, data))
+    space = started(write(tmp_path, data))
     # Only the searched keys, in the new space's terms; erase_prob was not searched there but is in its config.
     assert space.points_to_evaluate == ({"lr": 4e-3, "width": 32, "erase_prob": 0.0}, {"lr": 2e-3})
 
     data["params"]["lr"]["high"] = 3e-3
     with pytest.raises(ConfigError, match=r"start_from\.lr: 0\.004 is outside"):
-        load_space(write(tmp_path, data))
+        started(write(tmp_path, data))
     with pytest.raises(ConfigError, match="is a cnn sweep and this space is for vae"):
-        load_space(write(tmp_path, {**VALID, "start_from": str(experiment)}))
+        started(write(tmp_path, {**VALID, "start_from": str(experiment)}))
     with pytest.raises(ConfigError, match="start_from"):
-        load_space(write(tmp_path, {**data, "start_from": str(tmp_path / "missing")}))
+        started(write(tmp_path, {**data, "start_from": str(tmp_path / "missing")}))
 
 
 def test_start_from_a_promoted_model_takes_its_config(tmp_path):
@@ -298,16 +315,16 @@ def test_start_from_a_promoted_model_takes_its_config(tmp_path):
             "params": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
                        "width": {"type": "choice", "values": [16, 32]}},
             "start_from": str(model_dir)}
-    assert load_space(write(tmp_path, data)).points_to_evaluate == ({"lr": 4e-3, "width": 32},)
+    assert started(write(tmp_path, data)).points_to_evaluate == ({"lr": 4e-3, "width": 32},)
 
     with pytest.raises(ConfigError, match="is a cnn sweep and this space is for vae"):
-        load_space(write(tmp_path, {**VALID, "start_from": str(model_dir)}))
+        started(write(tmp_path, {**VALID, "start_from": str(model_dir)}))
     (model_dir / "config.yaml").write_text("lr: [unclosed")
     with pytest.raises(ConfigError, match=r"start_from: .* is not a readable promoted model \((ScannerError|ParserError)"):
-        load_space(write(tmp_path, data))
+        started(write(tmp_path, data))
     (model_dir / "config.yaml").unlink()
     with pytest.raises(ConfigError, match=r"start_from: .* is not a readable promoted model \(FileNotFoundError"):
-        load_space(write(tmp_path, data))
+        started(write(tmp_path, data))
 
 
 def test_every_missing_required_key_is_named_in_one_error(tmp_path):

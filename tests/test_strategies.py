@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fashion_tune.errors import ConfigError, FashionTuneError
-from fashion_tune.searcher import optuna_searcher
-from fashion_tune.space_strategies import resolve_sources
-from fashion_tune.spaces import parse_space
+from fashion_tune.util.errors import ConfigError, FashionTuneError
+from fashion_tune.spaces.space import parse_space
+from fashion_tune.search.searcher import optuna_searcher
+from fashion_tune.search.sources import resolve_sources
 
 FIXED = {"depth": 1, "batch_size": 50, "subset": 200, "val_subset": 100, "device": "cpu", "precision": "fp32"}
 BASE = {
@@ -104,7 +104,7 @@ def test_defaults_are_tpe_and_asha_and_old_files_keep_their_meaning():
 
 
 def test_every_searcher_proposes_configs_inside_the_space_without_ray():
-    from fashion_tune.strategies import make_searcher
+    from fashion_tune.search.strategies import make_searcher
 
     grid_params = {"flip": {"type": "choice", "values": [True, False]},
                    "dropout": {"type": "quniform", "low": 0.0, "high": 0.4, "q": 0.2}}
@@ -128,7 +128,7 @@ def test_every_searcher_pickles_as_tune_saves_it_and_the_copy_goes_on(kind, tmp_
     again; Optuna 5.1's NSGA-II held a thread lock that refused that (the Tuner never started)."""
     import ray.cloudpickle
 
-    from fashion_tune.strategies import make_searcher
+    from fashion_tune.search.strategies import make_searcher
 
     params = {"flip": {"type": "choice", "values": [True, False]},
               "dropout": {"type": "quniform", "low": 0.0, "high": 0.4, "q": 0.2}} if kind == "grid" else (
@@ -239,7 +239,7 @@ def assert_one_study_entry_per_trial(directory: Path, info: dict, results) -> No
     once, as COMPLETE or (stopped early) PRUNED, and nothing left running."""
     from optuna.trial import TrialState
 
-    from fashion_tune.study import JOURNAL_FILE, TUNE_TRIAL_ID, open_study
+    from fashion_tune.search.study import JOURNAL_FILE, TUNE_TRIAL_ID, open_study
 
     assert info["journal"] == str(directory / JOURNAL_FILE)
     study = open_study(directory)
@@ -256,8 +256,8 @@ def assert_one_study_entry_per_trial(directory: Path, info: dict, results) -> No
 @pytest.mark.ray
 @pytest.mark.parametrize("name", list(SWEEPS))
 def test_every_strategy_sweeps_and_resumes_after_an_interruption(name, local_ray, tmp_path_factory):
-    from fashion_tune.analysis import load_results, read_sweep_info
-    from fashion_tune.sweep import run_sweep
+    from fashion_tune.search.sweep import run_sweep
+    from fashion_tune.reports.analysis import load_results, read_sweep_info
 
     data = SWEEPS[name]
     root = tmp_path_factory.mktemp("strategy")
@@ -304,7 +304,7 @@ def test_every_strategy_sweeps_and_resumes_after_an_interruption(name, local_ray
 def test_a_mutated_lr_and_weight_decay_apply_on_continuing_and_the_weights_do_not_change():
     import torch
 
-    from fashion_tune.train import fit
+    from fashion_tune.training.loop import fit
 
     config = {**FIXED, "width": 8, "epochs": 3, "lr": 2e-3, "weight_decay": 1e-4, "dropout": 0.3}
     states = []
@@ -329,7 +329,7 @@ def test_a_mutated_lr_and_weight_decay_apply_on_continuing_and_the_weights_do_no
 def test_pareto_front_keeps_the_trials_no_other_beats_on_both():
     import pandas as pd
 
-    from fashion_tune.tradeoffs import pareto_front
+    from fashion_tune.reports.tradeoffs import pareto_front
 
     history = pd.DataFrame([
         {"trial_id": "a", "epoch": 1, "val_acc": 0.70, "params": 100},
@@ -356,8 +356,8 @@ def finished(name: str) -> Path:
 
 @pytest.mark.ray
 def test_multi_objective_sweep_draws_its_pareto_front_and_promotes_under_a_parameter_budget(tmp_path):
-    from fashion_tune.analysis import analyze, load_results, read_sweep_info
-    from fashion_tune.promote import promote_best_trial
+    from fashion_tune.promotion.promote import promote_best_trial
+    from fashion_tune.reports.analysis import analyze, load_results, read_sweep_info
 
     directory = finished("nsga2+asha, accuracy vs parameters")
     info = read_sweep_info(directory)
@@ -383,8 +383,8 @@ def test_multi_objective_sweep_draws_its_pareto_front_and_promotes_under_a_param
 
 @pytest.mark.ray
 def test_warm_start_tells_the_searcher_every_finished_trial_and_refuses_what_does_not_fit(tmp_path):
-    from fashion_tune.analysis import load_results
-    from fashion_tune.strategies import make_searcher
+    from fashion_tune.search.strategies import make_searcher
+    from fashion_tune.reports.analysis import load_results
 
     directory = finished("random+fifo")
     results = load_results(directory)
@@ -416,8 +416,8 @@ def test_warm_start_tells_the_searcher_every_finished_trial_and_refuses_what_doe
 
 @pytest.mark.ray
 def test_pbt_mutates_running_trials_and_analyze_shows_their_lineage(tmp_path):
-    from fashion_tune.analysis import analyze, load_results
-    from fashion_tune.tradeoffs import lineage
+    from fashion_tune.reports.analysis import analyze, load_results
+    from fashion_tune.reports.tradeoffs import lineage
 
     directory = finished("tpe+pbt")
     steps = lineage(directory)

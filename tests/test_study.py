@@ -1,4 +1,4 @@
-"""The study on disk (fashion_tune.study): where the journal lives, opening it, what importances read.
+"""The study on disk (fashion_tune.search.study): where the journal lives, opening it, what importances read.
 
 No Ray: journals written through Optuna's public API, as the sweep's searcher writes them.
 """
@@ -14,9 +14,9 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from fashion_tune.errors import FashionTuneError
-from fashion_tune.study import (JOURNAL_FILE, TUNE_TRIAL_ID, check_journal, importance_study, journal_location,
-                                journal_storage, open_study)
+from fashion_tune.util.errors import FashionTuneError
+from fashion_tune.search.study import (JOURNAL_FILE, TUNE_TRIAL_ID, check_journal, importance_study, journal_location,
+                                       journal_storage, open_study)
 
 LR = {"lr": FloatDistribution(1e-4, 1e-1, log=True)}
 

@@ -16,9 +16,9 @@ import pyarrow.fs
 import pytest
 import yaml
 
-from fashion_tune.analysis import best_trial, load_history, load_results, read_sweep_info
-from fashion_tune.checkpoint import load_checkpoint
-from fashion_tune.errors import FashionTuneError
+from fashion_tune.util.errors import FashionTuneError
+from fashion_tune.training.checkpoint import load_checkpoint
+from fashion_tune.reports.analysis import best_trial, load_history, load_results, read_sweep_info
 from tiny_sweeps import TINY_CNN_SPACE, interrupt_when_ready, tiny_cnn_sweep
 
 
@@ -212,7 +212,7 @@ def test_interrupted_sweep_resumes_to_exactly_num_samples_and_a_nan_trial_does_n
 
 
 def test_asha_replays_the_results_a_restored_trial_stored(tmp_path):
-    from fashion_tune.schedulers import SweepASHA
+    from fashion_tune.search.schedulers import SweepASHA
 
     def fake_trial(trial_id, values):
         folder = tmp_path / trial_id
@@ -244,7 +244,7 @@ def test_asha_replays_the_results_a_restored_trial_stored(tmp_path):
 
 
 def test_asha_ranks_a_diverged_trial_last_when_higher_is_better():
-    from fashion_tune.schedulers import SweepASHA
+    from fashion_tune.search.schedulers import SweepASHA
 
     asha = SweepASHA(time_attr="epoch", max_t=8, grace_period=1, reduction_factor=2)
     asha.set_search_properties("val_acc", "max")
@@ -259,8 +259,8 @@ def test_asha_ranks_a_diverged_trial_last_when_higher_is_better():
 
 
 def test_resume_refuses_flags_it_would_ignore(tmp_path):
-    from fashion_tune.errors import ConfigError
-    from fashion_tune.sweep import run_sweep
+    from fashion_tune.util.errors import ConfigError
+    from fashion_tune.search.sweep import run_sweep
 
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump(RESUME_SPACE, sort_keys=False))
@@ -279,8 +279,8 @@ def test_resume_refuses_flags_it_would_ignore(tmp_path):
 
 
 def test_sweep_refuses_to_overwrite_or_to_resume_what_is_not_there(tmp_path):
-    from fashion_tune.errors import ConfigError
-    from fashion_tune.sweep import run_sweep
+    from fashion_tune.util.errors import ConfigError
+    from fashion_tune.search.sweep import run_sweep
 
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump(RESUME_SPACE, sort_keys=False))
@@ -298,7 +298,7 @@ def test_sweep_refuses_to_overwrite_or_to_resume_what_is_not_there(tmp_path):
 
 
 def test_resume_refuses_a_sweep_whose_optuna_journal_is_gone(tmp_path):
-    from fashion_tune.sweep import run_sweep
+    from fashion_tune.search.sweep import run_sweep
 
     (tmp_path / "results" / "moved").mkdir(parents=True)
     (tmp_path / "results" / "moved" / "sweep.json").write_text(json.dumps(
@@ -314,9 +314,9 @@ def test_resume_refuses_a_sweep_whose_optuna_journal_is_gone(tmp_path):
 
 def lr_searcher(max_t: int, concurrency: int):
     """The sweep's searcher (ConcurrencyLimiter over SweepOptuna) for a one-parameter CNN space, maximizing val_acc."""
-    from fashion_tune.searcher import optuna_searcher
-    from fashion_tune.spaces import parse_space
-    from fashion_tune.sweep import make_searcher
+    from fashion_tune.spaces.space import parse_space
+    from fashion_tune.search.searcher import optuna_searcher
+    from fashion_tune.search.sweep import make_searcher
 
     space = parse_space({"kind": "cnn", "num_samples": 4, "max_concurrent_trials": concurrency, "scheduler": {"max_t": max_t},
                          "params": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}}, "space.yaml")
@@ -328,7 +328,7 @@ def lr_searcher(max_t: int, concurrency: int):
 def test_restored_searcher_agrees_with_the_trials_tune_restored():
     """Retried and restarted trials are adopted and count against max_concurrent; a RUNNING Optuna
     trial no Tune trial stands for becomes FAIL; ASHA's stops are PRUNED, finished trials told their best."""
-    from fashion_tune.searcher import reconcile
+    from fashion_tune.search.searcher import reconcile
 
     generator, limiter, optuna_search = lr_searcher(max_t=3, concurrency=2)
     configs = {t: limiter.suggest(t) for t in ("a", "b")}
@@ -356,9 +356,9 @@ def test_restored_searcher_agrees_with_the_trials_tune_restored():
 def test_a_paused_trial_the_scheduler_stops_is_told_pruned():
     """Tune's stop_trial on a PAUSED trial (HyperBand's cut) tells the searcher no result: it is judged at
     the last epoch it reported, PRUNED before max_t; one that reached max_t is COMPLETE at its best."""
-    from fashion_tune.searcher import optuna_searcher
-    from fashion_tune.spaces import parse_space
-    from fashion_tune.sweep import make_searcher
+    from fashion_tune.spaces.space import parse_space
+    from fashion_tune.search.searcher import optuna_searcher
+    from fashion_tune.search.sweep import make_searcher
 
     space = parse_space({"kind": "cnn", "num_samples": 2, "max_concurrent_trials": 2, "scheduler": {"max_t": 3},
                          "params": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}}, "space.yaml")
@@ -381,7 +381,7 @@ def test_a_trial_folder_discarded_twice_is_kept_both_times_and_the_resume_goes_o
     """A trial the snapshot holds as PENDING ran before a kill: its folder goes to .discarded/. Killed
     again before a snapshot records its restart, the next resume discards the same folder name again;
     that rename onto a non-empty folder used to raise in the callback and end the resumed driver."""
-    from fashion_tune.callbacks import DISCARDED, _move_aside_unknown_trials
+    from fashion_tune.search.callbacks import DISCARDED, _move_aside_unknown_trials
 
     root = tmp_path / "exp"
     for run in (1, 2, 3):
@@ -399,8 +399,8 @@ def test_a_trial_folder_discarded_twice_is_kept_both_times_and_the_resume_goes_o
 
 
 def test_resume_without_name_lists_the_unfinished_sweeps_and_a_finished_one_is_not_run_again(tmp_path, capsys):
-    from fashion_tune.errors import ConfigError
-    from fashion_tune.sweep import run_sweep
+    from fashion_tune.util.errors import ConfigError
+    from fashion_tune.search.sweep import run_sweep
 
     root = tmp_path / "results"
     sweeps = {"old-cut": ("cnn", "interrupted", "2026-01-01T00:00:00+00:00"),
@@ -428,7 +428,7 @@ def test_resume_without_name_lists_the_unfinished_sweeps_and_a_finished_one_is_n
 
 
 def test_an_experiment_is_found_by_its_name_in_the_default_storage(tmp_path, monkeypatch):
-    from fashion_tune.experiment import Experiment
+    from fashion_tune.store.experiment import Experiment
 
     (tmp_path / "ray_results" / "mine").mkdir(parents=True)
     (tmp_path / "ray_results" / "mine" / "sweep.json").write_text("{}")
@@ -486,7 +486,7 @@ def test_an_exploited_pbt_trial_is_told_its_best_over_the_epochs_as_they_last_st
 def test_experiment_files_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     """sweep.json, results and history are written beside the old file and renamed over it: a write that
     fails midway (a full disk, a kill) leaves the previous file as it was, and no partial file behind."""
-    from fashion_tune.experiment import Experiment
+    from fashion_tune.store.experiment import Experiment
 
     store = Experiment(tmp_path)
     store.write_info({"status": "running", "trials": {"TERMINATED": 3}})
@@ -520,7 +520,7 @@ def test_rays_own_resume_hint_is_left_out_while_a_sweep_runs():
     """After Ctrl-C Ray logs "Resume experiment with: Tuner.restore(...)"; the sweep prints its own command."""
     import logging
 
-    from fashion_tune.sweep import without_rays_resume_hint
+    from fashion_tune.search.sweep import without_rays_resume_hint
 
     class Kept(logging.Handler):
         def __init__(self):

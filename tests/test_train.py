@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from fashion_tune.checkpoint import load_checkpoint, save_checkpoint
-from fashion_tune.config import resolve_config
-from fashion_tune.errors import CheckpointError, ConfigError
-from fashion_tune.train import build_model, fit, load_model, load_splits
+from fashion_tune.util.errors import CheckpointError, ConfigError
+from fashion_tune.training.checkpoint import load_checkpoint, save_checkpoint
+from fashion_tune.training.config import resolve_config
+from fashion_tune.training.loop import build_model, fit, load_model, load_splits
 
 TINY = {
     "vae": {"width": 8, "depth": 1, "latent_dim": 8, "batch_size": 50},
@@ -127,7 +127,7 @@ def test_checkpoint_reloads_the_model(tmp_path, splits):
 
 
 def test_precision_auto_is_bf16_only_on_cpus_with_native_bf16(monkeypatch, capsys):
-    from fashion_tune import device as dev
+    from fashion_tune.training import device as dev
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: True)
@@ -142,8 +142,8 @@ def test_precision_auto_is_bf16_only_on_cpus_with_native_bf16(monkeypatch, capsy
 
 
 def test_training_steps_are_channels_last_for_bf16_on_the_cpu_only(splits, monkeypatch):
-    from fashion_tune import device as dev
-    from fashion_tune import train
+    from fashion_tune.training import device as dev
+    from fashion_tune.training import loop as train
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert dev.pick_memory_format("bf16", cpu) == torch.channels_last
@@ -169,7 +169,7 @@ def test_bad_precision_is_refused_by_name():
 
 @pytest.mark.parametrize("kind", ["vae", "cnn"])
 def test_validation_runs_in_fp32_whatever_training_used(kind, splits):
-    from fashion_tune.kinds import get_kind
+    from fashion_tune.training.kinds import get_kind
 
     recorder = Recorder()
     config = resolve_config(kind, tiny(kind, epochs=1, precision="bf16"))
@@ -184,7 +184,7 @@ def test_validation_runs_in_fp32_whatever_training_used(kind, splits):
 
 def test_results_carry_params_and_flops_per_training_image(splits):
     from fashion_tune.models import count_parameters
-    from fashion_tune.train import training_cost
+    from fashion_tune.training.loop import training_cost
 
     recorder = Recorder()
     fit("cnn", tiny("cnn", epochs=1), splits=splits, reporter=recorder)
@@ -222,8 +222,8 @@ def test_dynamic_binarization_trains_on_binary_pixels(splits, monkeypatch):
 
 @pytest.mark.parametrize("kind", ["vae", "cnn"])
 def test_promotion_rescores_exactly_what_training_reported(kind, splits):
-    from fashion_tune.kinds import get_kind
-    from fashion_tune.promote import validation_scores
+    from fashion_tune.training.kinds import get_kind
+    from fashion_tune.promotion.promote import validation_scores
 
     recorder = Recorder()
     config = resolve_config(kind, tiny(kind, epochs=1, seed=3, precision="fp32"))

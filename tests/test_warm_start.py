@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fashion_tune.spaces import load_space, parse_space
+from fashion_tune.search.sources import resolve_sources
+from fashion_tune.spaces.space import load_space, parse_space
 from tiny_sweeps import TINY_CNN_SPACE
 
 SPACE = {  # the tiny sweep's, smaller, with an early-stop patience of 1
@@ -62,16 +63,16 @@ def write_promoted_model(directory: Path) -> Path:
 def test_a_warm_trial_its_own_patience_stopped_is_complete_and_only_a_scheduler_stop_is_pruned(tmp_path):
     from optuna.trial import TrialState
 
-    from fashion_tune.analysis import load_results
-    from fashion_tune.searcher import optuna_searcher
-    from fashion_tune.strategies import make_searcher
+    from fashion_tune.search.searcher import optuna_searcher
+    from fashion_tune.search.strategies import make_searcher
+    from fashion_tune.reports.analysis import load_results
 
     earlier = write_earlier_sweep(tmp_path / "earlier")
     reasons = load_results(earlier).set_index("trial_id")["stop_reason"].to_dict()
     assert reasons == {"done": "completed", "patient": "early_stop", "cut": "asha"}  # as results.csv says
     path = tmp_path / "w.yaml"
     path.write_text(yaml.safe_dump({**SPACE, "warm_start": str(earlier)}))
-    study = optuna_searcher(make_searcher(load_space(path))).study
+    study = optuna_searcher(make_searcher(resolve_sources(load_space(path)))).study
     told = {t.user_attrs["warm_start_trial_id"]: (t.state, t.value) for t in study.trials}
     assert told == {"done": (TrialState.COMPLETE, 0.70), "patient": (TrialState.COMPLETE, 0.55),
                     "cut": (TrialState.PRUNED, None)}
@@ -81,9 +82,9 @@ def test_a_warm_trial_its_own_patience_stopped_is_complete_and_only_a_scheduler_
 def test_a_resume_from_another_folder_after_the_sources_moved_keeps_each_warm_trial_once(tmp_path, monkeypatch):
     from test_strategies import interrupt_after
 
-    from fashion_tune.analysis import load_results, read_sweep_info
-    from fashion_tune.study import open_study
-    from fashion_tune.sweep import run_sweep
+    from fashion_tune.search.study import open_study
+    from fashion_tune.search.sweep import run_sweep
+    from fashion_tune.reports.analysis import load_results, read_sweep_info
 
     started, elsewhere, storage = tmp_path / "started", tmp_path / "elsewhere", tmp_path / "results"
     write_earlier_sweep(started / "ray_results" / "earlier")
@@ -115,8 +116,8 @@ def test_a_resume_from_another_folder_after_the_sources_moved_keeps_each_warm_tr
 
 
 def test_the_resumed_space_is_the_started_one_rebuilt_from_what_the_experiment_stored(tmp_path, monkeypatch):
-    from fashion_tune.experiment import SPACE_COPY, Experiment
-    from fashion_tune.sweep_info import record_sources, space_copy, stored_sources
+    from fashion_tune.store.experiment import SPACE_COPY, Experiment
+    from fashion_tune.search.sweep_info import record_sources, space_copy, stored_sources
 
     monkeypatch.chdir(tmp_path)
     write_earlier_sweep(tmp_path / "earlier")
@@ -125,7 +126,7 @@ def test_the_resumed_space_is_the_started_one_rebuilt_from_what_the_experiment_s
     path = tmp_path / "w.yaml"
     path.write_text("# widened\n" + yaml.safe_dump({**SPACE, "warm_start": "earlier", "start_from": "model",
                                                      "points_to_evaluate": [EARLIER["done"][0], other]}))
-    started = load_space(path)
+    started = resolve_sources(load_space(path))
     assert started.points_to_evaluate == (PROMOTED, other)  # start_from's first; the earlier sweep ran "done"
     store = Experiment(tmp_path / "experiment")
     store.write_bytes(SPACE_COPY, space_copy(path, started))

@@ -31,7 +31,7 @@ def tiny_cnn_sweep(tmp_path_factory):
     if "cnn" not in _RUNS:
         import ray
 
-        from fashion_tune.sweep import run_sweep
+        from fashion_tune.search.sweep import run_sweep
 
         root = tmp_path_factory.mktemp("tiny-sweep")
         space = root / "tiny_cnn.yaml"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from fashion_tune.errors import ConfigError
+from fashion_tune.util.errors import ConfigError
 
 # Fashion-MNIST training-set pixel statistics, for inputs in [0, 1].
 FASHION_MEAN, FASHION_STD = 0.2860, 0.3530

@@ -7,7 +7,7 @@ with `depth` residual blocks at each of the three resolutions on both sides.
 The prior p(z | y) is a mixture of K full-covariance Gaussians per class (one row for an
 unconditional VAE): weights softmax(prior_logits[y]), means prior_loc[y, k], scale_tril
 prior_scale_tril[y, k]. It is the standard normal (K = 1) while the model trains; promotion fits
-it to the training images' posteriors with the encoder and decoder fixed (`fashion_tune.prior`).
+it to the training images' posteriors with the encoder and decoder fixed (`fashion_tune.models.prior`).
 Sampling, the KL term and the likelihood bound all use it.
 """
 
@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fashion_tune.errors import ConfigError
+from fashion_tune.util.errors import ConfigError
 
 IMAGE_SIZE = 28
 # exp(-30) and exp(20) bound the posterior variance away from 0 and inf, so the KL stays finite.

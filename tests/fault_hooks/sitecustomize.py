@@ -2,7 +2,7 @@
 Ray's workers, a promotion) runs this at start-up. Without the variables below it does nothing.
 
 FASHION_TUNE_TEST_RAISE="LR:MARKER": the first trial whose config has lr == LR raises in
-`fashion_tune.train.fit` and creates the file MARKER; later attempts (MARKER exists) train normally.
+`fashion_tune.training.loop.fit` and creates the file MARKER; later attempts (MARKER exists) train normally.
 
 FASHION_TUNE_TEST_PAUSE="POINT:MARKER": a promotion that reaches POINT creates MARKER and stops
 there (sleeps) until the test kills it. POINTs: challenger, champion, metrics, history, swap,
@@ -83,9 +83,9 @@ def _wrap_promote(module):
 
 _WRAPPERS = {}
 if _RAISE:
-    _WRAPPERS["fashion_tune.train"] = _wrap_train
+    _WRAPPERS["fashion_tune.training.loop"] = _wrap_train
 if _PAUSE:
-    _WRAPPERS["fashion_tune.promote"] = _wrap_promote
+    _WRAPPERS["fashion_tune.promotion.promote"] = _wrap_promote
 
 
 class _Finder(importlib.abc.MetaPathFinder):

@@ -1,0 +1,2 @@
+"""Promoting a sweep's best trial into `best_models/`: champion against challenger on validation
+(`promote`)."""

@@ -1,0 +1,406 @@
+"""Search spaces: one YAML file per sweep, parsed and validated before Ray starts.
+
+A space file holds the sweep settings and the parameter distributions::
+
+    kind: vae                     # vae | cnn: which trainable the sweep runs
+    metric: val_neg_elbo          # a validation metric the trainable reports (default: its monitor)
+    mode: min                     # min | max; must match the metric (default: the metric's own)
+    num_samples: 40               # trials in the sweep (--num-samples overrides)
+    max_concurrent_trials: 4      # trials running at once (--max-concurrent overrides; default 2)
+    seed: 0                       # seed of Optuna's TPE sampler (default 0)
+    scheduler:                    # ASHA on `metric`; its time unit is the trainable's `epoch`
+      max_t: 30                   # epochs a trial may reach; every trial's `epochs` config is this
+      grace_period: 3             # epochs before ASHA may stop a trial (default 1)
+      reduction_factor: 3         # ASHA keeps the top 1/reduction_factor at each rung (default 2)
+    resources_per_trial:
+      cpu: 2                      # > 0, fractions allowed (default 1)
+      gpu: 0.25                   # >= 0; a fraction < 1 packs several trials on one GPU (default 0)
+    reuse_actors: true            # a finished trial's process takes the next trial (skips starting one
+                                  # and importing torch); false: each trial gets its own, placed on
+                                  # the nodes as its resources fit (default true)
+    fixed:                        # config values shared by every trial (see `train KIND --show-config`)
+      subset: null
+      batch_size: 64
+    params:                       # searched config keys, each one distribution:
+      lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}      # low > 0
+      dropout: {type: uniform, low: 0.0, high: 0.5}
+      width: {type: quniform, low: 16, high: 64, q: 16}      # low, low+q, ..., high
+      depth: {type: randint, low: 1, high: 4}                # integers low..high-1, as tune.randint
+      latent_dim: {type: choice, values: [16, 32, 64]}
+      beta_schedule:                                         # a choice whose options carry sub-params
+        type: choice
+        values:
+          - value: constant
+            params: {beta_end: {type: uniform, low: 0.1, high: 1.0}}
+          - value: linear
+            params:
+              beta_start: {type: loguniform, low: 0.01, high: 0.5}
+              beta_end: {type: uniform, low: 0.5, high: 2.0}
+    points_to_evaluate:           # tried first, in order (e.g. the known-good settings)
+      - {lr: 2.0e-3, latent_dim: 32, beta_schedule: linear, beta_start: 0.1, beta_end: 1.0}
+    start_from: ray_results/NAME  # optional: the best trial of that finished sweep (same kind), or a
+                                  # promoted model (best_models/KIND), is the first point, e.g. to
+                                  # train a champion longer in a follow-up sweep (read once, see below)
+    searcher: {type: tpe}         # tpe | gp | cmaes | random | qmc | nsga2 | grid (SEARCHER_TYPES: options)
+    objectives:                   # instead of metric/mode: several; the first is a validation metric and
+      - {metric: val_neg_elbo, mode: min}   # the only one schedulers stop on
+      - {metric: flops, mode: min}
+    warm_start: ray_results/NAME  # tell the searcher every finished trial of that sweep (not run again)
+
+`scheduler` may name its type: `{type: asha | hyperband | median | pbt | fifo, ...}`, each with its
+own keys (SCHEDULER_TYPES); without `type` it is ASHA. PBT needs `mutate: [lr, ...]`, searched
+top-level parameters among MUTABLE, and takes `perturbation_interval` (epochs), `quantile_fraction`
+and `resample_probability`. A sampler that cannot handle the space (cmaes and a choice, grid and a
+continuous range, cmaes and several objectives) is refused with what to use instead.
+
+`epochs` is not set in `fixed` or `params`: it is `scheduler.max_t` (a `fixed.epochs` equal to it
+is accepted, and gives `max_t` when the scheduler omits it). The data split (`subset`, `val_subset`,
+`val_size`, `split_seed`, `seed`) and `device` are fixed: the data goes into Ray's object store once
+and every trial trains on it. A parameter name may appear in several options of a choice if its
+distribution type agrees (Optuna's rule), and a point may leave parameters out (TPE samples them).
+
+`load_space` and `parse_space` read no file of another experiment: `start_from` and `warm_start`
+stay references (paths as written). A sweep (and `--dry-run`) then resolves them with
+`fashion_tune.search.sources.resolve_sources`: it reads the start point and the warm trials once,
+relative to the current directory, and makes the paths absolute. The sweep stores what was read in its
+experiment directory, and `--resume` rebuilds the space from that, never from the sources.
+
+Every mistake is one `ConfigError` line that names the file, the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from fashion_tune.util.errors import ConfigError
+from fashion_tune.util.files import format_short
+from fashion_tune.training.config import load_yaml, resolve_config
+from fashion_tune.training.kinds import KINDS, get_kind
+from fashion_tune.spaces.params import (Checker, Param, check_names, check_point, describe_param, grid_values, is_integer,
+                                        is_number, parse_params, show, suggest_all, walk)
+from fashion_tune.spaces.strategies import SCHEDULER_TYPES, check_sources, parse_objectives, parse_strategies
+
+# Param and grid_values are imported from here by fashion_tune.search.strategies.
+__all__ = ["SearchSpace", "Param", "grid_values", "load_space", "parse_space", "check_resources", "local_capacity"]
+
+TOP_KEYS = ("kind", "metric", "mode", "num_samples", "max_concurrent_trials", "seed", "scheduler",
+            "resources_per_trial", "fixed", "params", "points_to_evaluate", "start_from",
+            "searcher", "objectives", "warm_start", "reuse_actors")
+RESOURCE_KEYS = ("cpu", "gpu")
+DEFAULT_MAX_CONCURRENT = 2
+DEFAULT_GRACE_PERIOD = 1
+DEFAULT_REDUCTION_FACTOR = 2
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A validated search space file: sweep settings plus the distributions to search."""
+
+    path: Path
+    kind: str
+    metric: str
+    mode: str
+    num_samples: int
+    max_concurrent_trials: int
+    seed: int
+    max_t: int
+    grace_period: int
+    reduction_factor: float
+    cpu: float
+    gpu: float
+    fixed: dict[str, Any] = field(default_factory=dict)
+    params: tuple[Param, ...] = ()
+    points_to_evaluate: tuple[dict[str, Any], ...] = ()
+    searcher: str = "tpe"  # an Optuna sampler, see SEARCHER_TYPES
+    searcher_options: dict[str, Any] = field(default_factory=dict)
+    scheduler: str = "asha"  # a Ray scheduler, see SCHEDULER_TYPES
+    scheduler_options: dict[str, Any] = field(default_factory=dict)  # the type's keys besides max_t
+    objectives: tuple[tuple[str, str], ...] = ()  # (metric, mode) pairs; empty: the one metric
+    # start_from: and warm_start: as written; once resolved (resolve_sources, or a resumed sweep's
+    # stored sources), absolute, with what was read there.
+    start_from: str | None = None
+    start_point: dict[str, Any] | None = None  # the start_from point, first in points_to_evaluate
+    warm_start: str | None = None
+    warm_trials: tuple[Any, ...] = ()  # strategies.WarmTrial: finished trials of the warm_start sweep
+    reuse_actors: bool = True  # Tune's reuse_actors: a finished trial's actor runs the next one
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    # --- what the sweep uses ------------------------------------------------------------
+
+    def base_config(self) -> dict[str, Any]:
+        """The config values every trial shares: `fixed` plus `epochs` = ASHA's max_t."""
+        return {**self.fixed, "epochs": self.max_t}
+
+    def data_config(self) -> dict[str, Any]:
+        """The resolved base config, which says which data split every trial trains on."""
+        return resolve_config(self.kind, self.base_config())
+
+    def suggest(self, trial) -> None:
+        """Optuna define-by-run search space: asks `trial` for every parameter that applies."""
+        suggest_all(trial, self.params)
+
+    def all_params(self) -> list[Param]:
+        """Every parameter, nested ones included, each name once (first definition)."""
+        seen: dict[str, Param] = {}
+        for param in walk(self.params):
+            seen.setdefault(param.name, param)
+        return list(seen.values())
+
+    def param_names(self) -> list[str]:
+        return [param.name for param in self.all_params()]
+
+    def active_params(self, config: Mapping[str, Any]) -> dict[str, Param]:
+        """The parameters that apply to a trial's config (choices pick their options' sub-params)."""
+        active: dict[str, Param] = {}
+
+        def visit(params):
+            for param in params:
+                active[param.name] = param
+                if param.type == "choice" and param.name in config:
+                    option = param.option(config[param.name])
+                    if option is not None:
+                        visit(option.params)
+
+        visit(self.params)
+        return active
+
+    def trial_config(self, sampled: Mapping[str, Any]) -> dict[str, Any]:
+        """The resolved training config of a trial with the `sampled` parameter values."""
+        return resolve_config(self.kind, {**self.base_config(), **sampled}, source=str(self.path))
+
+    def with_overrides(self, num_samples: int | None = None, max_concurrent_trials: int | None = None,
+                       seed: int | None = None) -> "SearchSpace":
+        """The same space with command-line overrides of its sweep settings, checked like the file's."""
+        changes = {}
+        for key, flag, value in (("num_samples", "--num-samples", num_samples),
+                                 ("max_concurrent_trials", "--max-concurrent", max_concurrent_trials)):
+            if value is not None:
+                if not is_integer(value) or value < 1:
+                    raise ConfigError(f"{flag}={value!r} is not allowed; use an integer >= 1")
+                changes[key] = value
+        if seed is not None:
+            changes["seed"] = seed
+        return dataclasses.replace(self, **changes)
+
+    def strategy_line(self) -> str:
+        """The searcher and the scheduler with its settings, in one line."""
+        options = {"max_t": self.max_t, **self.scheduler_options}
+        if self.scheduler == "asha":
+            options.update(grace_period=self.grace_period, reduction_factor=self.reduction_factor)
+        shown = ", ".join(f"{k} {'/'.join(v) if isinstance(v, (list, tuple)) else v}" for k, v in options.items())
+        return f"searcher {self.searcher}, scheduler {self.scheduler}: {shown}"
+
+    def summary(self) -> str:
+        """A few lines describing the sweep, for --dry-run and logs."""
+        lines = [
+            f"{self.path}: {self.kind} sweep, {self.num_samples} trials ({self.max_concurrent_trials} at a time), "
+            f"{self.mode} {self.metric}",
+            f"  {self.strategy_line()}",
+            f"  per trial: {self.cpu:g} CPU, {self.gpu:g} GPU; {self.searcher} seed {self.seed}; "
+            f"{len(self.points_to_evaluate)} starting point(s)"
+            + (f"; warm start: {len(self.warm_trials)} trials of {self.warm_start}" if self.warm_start else ""),
+        ]
+        # The values every trial shares (the rest are `train KIND --show-config`'s defaults); epochs is max_t.
+        lines.append("  fixed: " + ", ".join(f"{key}={format_short(value) if value is not None else 'null'}"
+                                             for key, value in self.base_config().items()))
+        if self.multi_objective:
+            lines.insert(1, "  objectives: " + ", ".join(f"{mode} {metric}" for metric, mode in self.objectives)
+                         + f" (the scheduler stops on {self.metric} only)")
+
+        def describe(params, indent):
+            for param in params:
+                lines.append(f"{indent}{param.name}: {describe_param(param)}")
+                for option in param.options:
+                    if option.params:
+                        lines.append(f"{indent}  when {param.name} = {option.value!r}:")
+                        describe(option.params, indent + "    ")
+
+        describe(self.params, "  ")
+        return "\n".join(lines)
+
+
+
+def load_space(path: str | Path, kind: str | None = None) -> SearchSpace:
+    """Read and validate a search space file; `kind`, when given, must match the file's.
+
+    Its `start_from:` and `warm_start:` stay references: a sweep reads them as it starts
+    (`fashion_tune.search.sources.resolve_sources`).
+    """
+    path = Path(path)
+    data = load_yaml(path)
+    return parse_space(data, path, kind=kind)
+
+
+def parse_space(data: Mapping[str, Any], path: str | Path = "<space>", kind: str | None = None) -> SearchSpace:
+    """Validate a search space mapping (as read from `path`) and build a SearchSpace.
+
+    Reads no other file: `start_from` and `warm_start` are kept as written, unresolved (see `load_space`).
+    """
+    path = Path(path)
+    c = Checker(path)
+    if not isinstance(data, Mapping):
+        raise c.fail("(top level)", f"expected a mapping of sweep settings, got {show(data)}")
+    data = c.mapping(dict(data), "", TOP_KEYS)
+    _all_required_keys(c, data)
+    kind = _parse_kind(c, data.get("kind"), kind)
+    objectives, metric, mode = _parse_metric(c, kind, data)
+    if "num_samples" not in data:
+        raise c.fail("num_samples", "missing; give the number of trials, an integer >= 1")
+    fixed = dict(c.mapping(data.get("fixed") or {}, "fixed"))
+    scheduler = c.mapping(data.get("scheduler") or {}, "scheduler")
+    scheduler_type, max_t, grace, rf = _parse_scheduler(c, scheduler, fixed)
+    fixed.pop("epochs", None)
+    cpu, gpu = _parse_resources(c, data.get("resources_per_trial"))
+    reuse_actors = data.get("reuse_actors", True)
+    if not isinstance(reuse_actors, bool):
+        raise c.fail("reuse_actors", f"{show(reuse_actors)} is not allowed; use true or false")
+    try:
+        resolve_config(kind, {**fixed, "epochs": max_t})
+    except ConfigError as exc:
+        raise c.fail("fixed", str(exc)) from None
+    if "params" not in data or not data["params"]:
+        raise c.fail("params", "missing or empty; give at least one searched config key, e.g. lr: "
+                               "{type: loguniform, low: 1.0e-4, high: 1.0e-2}")
+    params = parse_params(c, kind, data["params"], "params", fixed, {})
+    check_names(c, params, fixed)
+    if any(p.name == "binarize" for p in params) and metric != "val_neg_elbo_bin":
+        # Grey-level and binarized training are only comparable on one likelihood: the binarized one.
+        raise c.fail("params.binarize", f"searching binarize needs metric: val_neg_elbo_bin (the negative ELBO on "
+                                        f"binarized validation images), not {metric}; or fix binarize under fixed:")
+    space = SearchSpace(
+        path=path, kind=kind, metric=metric, mode=mode, num_samples=c.integer(data["num_samples"], "num_samples", 1),
+        max_concurrent_trials=c.integer(data.get("max_concurrent_trials", DEFAULT_MAX_CONCURRENT), "max_concurrent_trials", 1),
+        seed=c.integer(data.get("seed", 0), "seed", 0), max_t=max_t, grace_period=grace,
+        reduction_factor=float(rf) if not is_integer(rf) else rf, cpu=float(cpu), gpu=float(gpu),
+        fixed=fixed, params=tuple(params), scheduler=scheduler_type, objectives=objectives, reuse_actors=reuse_actors,
+    )
+    space = parse_strategies(c, space, data.get("searcher"), scheduler)
+    return _with_points(c, space, data)
+
+
+REQUIRED = {  # key -> what to give; each is also checked (and explained) where it is parsed
+    "kind": "vae or cnn",
+    "num_samples": "the number of trials",
+    "scheduler.max_t": "the most epochs a trial may train",
+    "params": "the searched config keys, e.g. lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}",
+}
+
+
+def _all_required_keys(c: Checker, data: dict[str, Any]) -> None:
+    """Several required keys missing are named in one error (one alone gets its own message later)."""
+    scheduler = data.get("scheduler") if isinstance(data.get("scheduler"), Mapping) else {}
+    fixed = data.get("fixed") if isinstance(data.get("fixed"), Mapping) else {}
+    present = {"kind": "kind" in data, "num_samples": "num_samples" in data,
+               "scheduler.max_t": "max_t" in scheduler or "epochs" in fixed, "params": bool(data.get("params"))}
+    missing = [key for key, there in present.items() if not there]
+    if len(missing) > 1:
+        raise c.fail(", ".join(missing), "missing; give " + "; ".join(f"{key}: {REQUIRED[key]}" for key in missing))
+
+
+def _parse_kind(c: Checker, file_kind: Any, kind: str | None) -> str:
+    if file_kind is None:
+        raise c.fail("kind", f"missing; give kind: {kind or 'vae or cnn'}")
+    if not isinstance(file_kind, str) or file_kind not in KINDS:
+        raise c.fail("kind", f"{show(file_kind)} is not allowed; choose one of: {', '.join(KINDS)}")
+    if kind is not None and kind != file_kind:
+        raise c.fail("kind", f"this is a {file_kind} space but the sweep is for {kind}; pass a {kind} space file")
+    return file_kind
+
+
+def _parse_metric(c: Checker, kind: str, data: dict[str, Any]) -> tuple[tuple[tuple[str, str], ...], str, str]:
+    """The objectives (if several), the metric the scheduler stops on, and its mode."""
+    metrics = get_kind(kind).metrics
+    validation = [m for m in metrics if m.startswith("val_")]
+    objectives = parse_objectives(c, kind, data.get("objectives"), data.get("metric"))
+    metric = data.get("metric", objectives[0][0] if objectives else get_kind(kind).monitor)
+    if metric not in validation:
+        raise c.fail("metric", f"{show(metric)} is not a validation metric the {kind} trainable reports; "
+                               f"choose one of: {', '.join(validation)}")
+    mode = data.get("mode", metrics[metric])
+    if mode not in ("min", "max"):
+        raise c.fail("mode", f"{show(mode)} is not allowed; choose min or max")
+    if mode != metrics[metric]:
+        raise c.fail("mode", f"{metric} is better when {'lower' if metrics[metric] == 'min' else 'higher'}; "
+                             f"use mode: {metrics[metric]}")
+    return objectives, metric, mode
+
+
+def _parse_scheduler(c: Checker, scheduler: dict[str, Any], fixed: dict[str, Any]) -> tuple[str, int, int, float]:
+    """The scheduler's type, max_t (= every trial's epochs), grace period and reduction factor."""
+    scheduler_type = scheduler.get("type", "asha")
+    if scheduler_type not in SCHEDULER_TYPES:
+        raise c.fail("scheduler.type", f"{show(scheduler_type)} is not allowed; choose one of: {', '.join(SCHEDULER_TYPES)}")
+    c.mapping(scheduler, "scheduler", SCHEDULER_TYPES[scheduler_type])
+    max_t = scheduler.get("max_t", fixed.get("epochs"))
+    if max_t is None:
+        raise c.fail("scheduler.max_t", "missing; give the most epochs a trial may train, an integer >= 1")
+    max_t = c.integer(max_t, "scheduler.max_t", 1)
+    if "epochs" in fixed and fixed["epochs"] != max_t:
+        raise c.fail("fixed.epochs", f"{show(fixed['epochs'])} differs from scheduler.max_t={max_t}; "
+                                     "a trial's epochs are ASHA's max_t, so drop fixed.epochs or make them equal")
+    grace = c.integer(scheduler.get("grace_period", DEFAULT_GRACE_PERIOD), "scheduler.grace_period", 1)
+    if grace > max_t:
+        raise c.fail("scheduler.grace_period", f"{grace} is more than max_t={max_t}; use 1..{max_t}")
+    rf = scheduler.get("reduction_factor", DEFAULT_REDUCTION_FACTOR)
+    if not is_number(rf) or rf <= 1:
+        raise c.fail("scheduler.reduction_factor", f"{show(rf)} is not allowed; use a number > 1 (2, 3 or 4 are usual)")
+    return scheduler_type, max_t, grace, rf
+
+
+def _parse_resources(c: Checker, raw: Any) -> tuple[float, float]:
+    resources = c.mapping(raw or {}, "resources_per_trial", RESOURCE_KEYS)
+    cpu = resources.get("cpu", 1)
+    if not is_number(cpu) or cpu <= 0:
+        raise c.fail("resources_per_trial.cpu", f"{show(cpu)} is not allowed; use a number > 0")
+    gpu = resources.get("gpu", 0)
+    if not is_number(gpu) or gpu < 0 or (gpu > 1 and not float(gpu).is_integer()):
+        raise c.fail("resources_per_trial.gpu", f"{show(gpu)} is not allowed; use 0, a fraction in (0, 1), "
+                                                "or a whole number of GPUs")
+    return cpu, gpu
+
+
+def _with_points(c: Checker, space: SearchSpace, data: dict[str, Any]) -> SearchSpace:
+    """The space with its checked starting points and its start_from and warm_start sources, unread."""
+    points = data.get("points_to_evaluate") or []
+    if not isinstance(points, list):
+        raise c.fail("points_to_evaluate", f"expected a list of mappings of parameter values, got {show(points)}")
+    checked = tuple(check_point(c, space, point, f"points_to_evaluate[{i}]") for i, point in enumerate(points))
+    start_from, warm_start = check_sources(c, data)
+    return dataclasses.replace(space, points_to_evaluate=checked, start_from=start_from, warm_start=warm_start)
+
+
+# --- resources ----------------------------------------------------------------------------
+
+
+def local_capacity() -> tuple[float, float]:
+    """CPUs and GPUs this machine can give a local Ray."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        cpus = os.cpu_count() or 1
+    try:
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001 - a broken CUDA install means no GPUs for us
+        gpus = 0
+    return float(cpus), float(gpus)
+
+
+def check_resources(space: SearchSpace, cpus: float, gpus: float, where: str = "this machine") -> None:
+    """A trial's CPUs and GPUs must fit on one node, or Ray would wait for it forever."""
+    c = Checker(space.path)
+    if space.cpu > cpus:
+        raise c.fail("resources_per_trial.cpu", f"{space.cpu:g} CPUs per trial can never be placed: {where} has "
+                                                f"{cpus:g}; use cpu <= {cpus:g}")
+    if space.gpu > gpus:
+        raise c.fail("resources_per_trial.gpu", f"{space.gpu:g} GPUs per trial can never be placed: {where} has "
+                                                f"{gpus:g}; use gpu <= {gpus:g}"
+                                                + (" (gpu: 0 trains on CPUs)" if gpus == 0 else ""))

@@ -1,0 +1,59 @@
+"""What differs between training the two models: the loss, the augmentation, the per-epoch state.
+
+`fashion_tune.training.loop.fit` runs the same loop for both and asks its task for these; the validation
+numbers come from `fashion_tune.training.scoring`, like promotion's and grading's.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fashion_tune.data.splits import Augment
+from fashion_tune.models import ConditionalVAE, FashionCNN
+from fashion_tune.training.scoring import cnn_validation, vae_validation
+from fashion_tune.training.settings import CNNTraining, VAETraining
+
+
+class VAETask:
+    """Trains the conditional beta-VAE; the HPO metric is the validation negative ELBO (nats)."""
+
+    def __init__(self, settings: VAETraining):
+        self.settings = settings
+        self.beta_schedule = settings.beta()
+        self.beta = self.beta_schedule(0, settings.epochs)
+
+    def start_epoch(self, epoch: int) -> None:
+        self.beta = self.beta_schedule(epoch, self.settings.epochs)
+
+    def augment(self) -> Augment | None:
+        return None
+
+    def loss(self, model: ConditionalVAE, x, y) -> torch.Tensor:
+        if self.settings.binarize == "dynamic":
+            x = torch.bernoulli(x)  # a fresh binarization every step (from the training RNG)
+        return model.loss_terms(x, y, self.beta)["loss"]
+
+    def evaluate(self, model: ConditionalVAE, x, y) -> dict[str, float]:
+        """Validation metrics at this epoch's beta (see `scoring.vae_validation`)."""
+        return vae_validation(model, x, y, self.beta)
+
+
+class CNNTask:
+    """Trains the CNN classifier; the HPO metric is validation accuracy."""
+
+    def __init__(self, settings: CNNTraining):
+        self.settings = settings
+
+    def start_epoch(self, epoch: int) -> None:
+        pass
+
+    def augment(self) -> Augment | None:
+        s = self.settings
+        return Augment(crop_pad=s.crop_pad, flip=s.flip, erase_prob=s.erase_prob)
+
+    def loss(self, model: FashionCNN, x, y) -> torch.Tensor:
+        return F.cross_entropy(model(x), y, label_smoothing=self.settings.label_smoothing)
+
+    def evaluate(self, model: FashionCNN, x, y) -> dict[str, float]:
+        return cnn_validation(model, x, y)
