@@ -195,15 +195,18 @@ def run_sweep_command(args) -> int:
                             gpus if args.num_gpus is None else args.num_gpus)
         print(space.summary())
         return 0
-    from fashion_tune.search.sweep import run_sweep
+    from fashion_tune.search.request import SweepRequest
 
-    outcome = run_sweep(
+    request = SweepRequest(  # checked here, before Ray, torch and pandas are imported
         args.kind, args.space, num_samples=args.num_samples, max_concurrent=args.max_concurrent, name=args.name,
-        storage=args.storage, address=args.address, resume=args.resume, restart_errored=args.restart_errored,
-        data_dir=args.data_dir, num_cpus=args.num_cpus, num_gpus=args.num_gpus, max_failures=args.max_failures,
+        storage=args.storage, resume=args.resume, restart_errored=args.restart_errored, data_dir=args.data_dir,
+        address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus, max_failures=args.max_failures,
         keep_checkpoints=args.keep_checkpoints, allow_local_storage=args.allow_local_storage,
         dashboard=args.dashboard, dashboard_host=args.dashboard_host,
     )
+    from fashion_tune.search.sweep import run_sweep
+
+    outcome = run_sweep(request)
     return {"finished": 0, "errored": 1}.get(outcome.status, 130)
 
 
@@ -399,10 +402,11 @@ def add_sample(sub) -> None:
 
 def run_sample(args) -> int:
     from fashion_tune.data.datafiles import class_index
-    from fashion_tune.store.promoted import find_models_dir
-    from fashion_tune.reports.pictures import sample_picture
 
-    class_index(args.item_class)  # a wrong class is the first thing to hear about, before any model
+    class_index(args.item_class)  # a wrong class is the first thing to hear about, before torch is imported
+    from fashion_tune.reports.pictures import sample_picture
+    from fashion_tune.store.promoted import find_models_dir
+
     out, confidences, seed = sample_picture(args.item_class, args.n, candidates=args.candidates, out=args.out, seed=args.seed,
                                             models_dir=find_models_dir(args.models_dir, ("vae",)), device=args.device)
     print(f"wrote {out} ({args.n} image{'s' if args.n > 1 else ''}, seed {seed}; judge confidence {confidence_text(confidences)})")

@@ -98,3 +98,14 @@ def test_the_public_names_of_the_old_data_and_spaces_modules_still_import():
                                                                          loader_of_spaces)
     with pytest.raises(ImportError, match="cannot import name .nothing."):
         from fashion_tune.data import nothing  # noqa: F401
+
+
+def test_the_readme_python_api_imports():
+    """Every import line of the README's Python API section works as written."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    section = readme.split("## Python API", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```python\n", 1)[1].split("```", 1)[0]
+    imports = [line.split("#")[0].rstrip() for line in block.splitlines() if line.startswith("from ")]
+    assert len(imports) >= 10, block
+    for line in imports:
+        exec(line, {})

@@ -9,6 +9,7 @@ training images, width 8, 3-4 epochs.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ import yaml
 
 from fashion_tune.util.errors import ConfigError, FashionTuneError
 from fashion_tune.spaces.space import parse_space
+from fashion_tune.search.request import SweepRequest
 from fashion_tune.search.searcher import optuna_searcher
 from fashion_tune.search.sources import resolve_sources
 
@@ -264,15 +266,16 @@ def test_every_strategy_sweeps_and_resumes_after_an_interruption(name, local_ray
     path = root / "space.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     printed: list[str] = []
-    first = run_sweep("cnn", path, name="s", storage=root / "results", verbose=0, echo=printed.append,
-                      stop=interrupt_after(root / "interrupted", 3))
+    request = SweepRequest("cnn", path, name="s", storage=root / "results", verbose=0,
+                           stop=interrupt_after(root / "interrupted", 3))
+    first = run_sweep(request, echo=printed.append)
     assert first.status == "interrupted", printed
     directory = Path(first.experiment_dir)
     before = load_results(directory)
     finished = ray_terminated(directory)
     texts = result_texts(directory, finished)
 
-    again = run_sweep("cnn", name="s", storage=root / "results", resume=True, verbose=0, echo=printed.append)
+    again = run_sweep(dataclasses.replace(request, space_file=None, stop=None, resume=True), echo=printed.append)
     assert again.status == "finished", "\n".join(printed)
     results = load_results(directory)
     assert len(results) == data["num_samples"] and set(results["status"]) == {"TERMINATED"}, results

@@ -19,10 +19,12 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from fashion_tune.util.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # torch is imported where a file is read, so class names and paths answer at once
+    from torch import Tensor
 
 CLASSES: tuple[str, ...] = (
     "T-shirt/top",
@@ -295,6 +297,8 @@ def _read_idx(path: Path, spec: IdxFile) -> tuple[Tensor, str]:
             f"the file is corrupt or not the official Fashion-MNIST",
         )
     # bytearray makes the buffer writable, so torch shares it instead of warning.
+    import torch
+
     values = torch.frombuffer(bytearray(raw), dtype=torch.uint8, offset=spec.header_size)
     values = values.reshape(spec.shape)
     if spec.magic == LABELS_MAGIC:

@@ -26,6 +26,7 @@ from fashion_tune.spaces.space import SearchSpace, check_resources, load_space, 
 from fashion_tune.store.experiment import HISTORY, RESULTS, Experiment
 from fashion_tune.search import strategies
 from fashion_tune.search.callbacks import SweepCallback  # also imported here by the tuner.pkl of older sweeps
+from fashion_tune.search.request import PreparedSweep, SweepRequest
 from fashion_tune.search.searcher import optuna_searcher, study_record
 from fashion_tune.search.sources import resolve_sources
 from fashion_tune.search.study import JOURNAL_FILE
@@ -54,14 +55,13 @@ def make_searcher(space: SearchSpace, experiment_dir: str | None = None, name: s
     return strategies.make_searcher(space, experiment_dir, name)
 
 
-def _make_tuner(space: SearchSpace, trainable, store: Experiment, root: str, stop, verbose: int, max_failures: int,
-                keep_checkpoints: int):
-    """A new Tuner for `space` (its study in the experiment's journal); returns it and its search algorithm."""
+def _make_tuner(run: PreparedSweep, trainable):
+    """A new Tuner for the prepared sweep (its study in the experiment's journal); returns it and its search algorithm."""
     from ray import tune
 
-    name = store.name
-    searcher = make_searcher(space, store.location, name)
-    callback = SweepCallback(searcher, space.metric, space.mode, keep_checkpoints)
+    space, name = run.space, run.store.name
+    searcher = make_searcher(space, run.store.location, name)
+    callback = SweepCallback(searcher, space.metric, space.mode, run.keep_checkpoints)
     tuner = tune.Tuner(
         trainable,
         param_space=space.base_config(),
@@ -72,11 +72,11 @@ def _make_tuner(space: SearchSpace, trainable, store: Experiment, root: str, sto
             reuse_actors=space.reuse_actors,  # a new trial skips starting a process and importing torch
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=root, stop=stop, verbose=verbose,
+            name=name, storage_path=run.root, stop=run.request.stop, verbose=run.request.verbose,
             progress_reporter=make_reporter(space), callbacks=[callback],
             # Every checkpoint stays for Ray; SweepCallback keeps the best N and what a resume needs.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-            failure_config=tune.FailureConfig(max_failures=max_failures),
+            failure_config=tune.FailureConfig(max_failures=run.max_failures),
         ),
     )
     return tuner, searcher
@@ -124,121 +124,79 @@ def _check_cluster_resources(space: SearchSpace, address: str | None, echo: Call
              "`ray start --address ...` adds one")
 
 
-def run_sweep(
-    kind: str,
-    space_file: str | os.PathLike | None = None,
-    *,
-    num_samples: int | None = None,
-    max_concurrent: int | None = None,
-    name: str | None = None,
-    storage: str | os.PathLike | None = None,
-    address: str | None = None,
-    resume: bool = False,
-    restart_errored: bool = False,
-    data_dir: str | os.PathLike | None = None,
-    num_cpus: float | None = None,
-    num_gpus: float | None = None,
-    max_failures: int | None = None,
-    keep_checkpoints: int | None = None,
-    allow_local_storage: bool = False,
-    dashboard: bool = False,
-    dashboard_host: str = "127.0.0.1",
-    verbose: int = 1,
-    stop: Any = None,
-    echo: Callable[[str], None] = print,
-) -> SweepOutcome:
-    """Run (or with `resume`, continue) a sweep. The space, the resources and the data are checked
-    before Ray starts; an attached cluster's nodes and storage right after connecting.
+def run_sweep(request: SweepRequest | str, space_file: str | os.PathLike | None = None, *,
+              echo: Callable[[str], None] = print, **options) -> SweepOutcome:
+    """Run (or with `request.resume`, continue) a sweep. The space, the resources and the data are
+    checked before Ray starts; an attached cluster's nodes and storage right after connecting.
 
-    `stop` goes to Ray's RunConfig (a dict or a Stopper); a sweep it ends early can be resumed.
+    `run_sweep(SweepRequest(...))`, or as a shorthand `run_sweep(kind, space_file, **options)` with
+    the request's fields as options.
     """
-    from fashion_tune.training.config import check_kind
-
-    check_kind(kind)
-    _check_flags(max_failures, keep_checkpoints, restart_errored, resume)
-    root = storage_root(storage)
-    if resume:
-        store, info = to_resume(kind, name, root, space_file, num_samples, max_concurrent, max_failures,
-                                keep_checkpoints)
+    if not isinstance(request, SweepRequest):
+        request = SweepRequest(request, space_file, **options)
+    elif space_file is not None or options:
+        raise TypeError("run_sweep takes a SweepRequest alone, or kind, space_file and options")
+    root = storage_root(request.storage)
+    if request.resume:
+        store, info = to_resume(request, root)
         if info.get("status") == "finished":
             return _already_finished(store, info, echo)
-        space = resumed_space(store, info, kind)
+        space = resumed_space(store, info, request.kind)
         name, max_failures, keep_checkpoints = store.name, info.get("max_failures"), info.get("keep_checkpoints")
     else:
-        if space_file is None:
-            raise ConfigError(f"--space FILE is required; e.g. search_spaces/{kind}_quick.yaml")
-        space = resolve_sources(load_space(space_file, kind=kind)).with_overrides(num_samples, max_concurrent)
-        name = name or default_name(kind)
+        if request.space_file is None:
+            raise ConfigError(f"--space FILE is required; e.g. search_spaces/{request.kind}_quick.yaml")
+        space = resolve_sources(load_space(request.space_file, kind=request.kind))
+        space = space.with_overrides(request.num_samples, request.max_concurrent)
+        name = request.name or default_name(request.kind)
         store, info = new_store(root, name), None
-        max_failures = DEFAULT_MAX_FAILURES if max_failures is None else max_failures
-        keep_checkpoints = DEFAULT_KEEP_CHECKPOINTS if keep_checkpoints is None else keep_checkpoints
-    attach = bool(address or os.environ.get("RAY_ADDRESS"))
-    if not attach:
+        max_failures = DEFAULT_MAX_FAILURES if request.max_failures is None else request.max_failures
+        keep_checkpoints = DEFAULT_KEEP_CHECKPOINTS if request.keep_checkpoints is None else request.keep_checkpoints
+    num_cpus, num_gpus = request.num_cpus, request.num_gpus
+    if not request.attach:
         cpus, gpus = local_capacity()
         where = "this machine" if num_cpus is None and num_gpus is None else "the local Ray (--num-cpus/--num-gpus)"
         num_cpus = cpus if num_cpus is None else num_cpus
         num_gpus = gpus if num_gpus is None else num_gpus
         check_resources(space, num_cpus, num_gpus, where)
-    run = _Run(kind, space, store, info, space_file, _shared_splits(space, data_dir), data_dir, root, address,
-               max_failures, keep_checkpoints, resume_command(kind, name, storage, address, data_dir))
-    return _run_on_ray(run, attach, num_cpus=num_cpus, num_gpus=num_gpus, dashboard=dashboard,
-                       dashboard_host=dashboard_host, allow_local_storage=allow_local_storage,
-                       restart_errored=restart_errored, stop=stop, verbose=verbose, echo=echo)
+    command = resume_command(request.kind, name, request.storage, request.address, request.data_dir)
+    run = PreparedSweep(request, space, store, info, _shared_splits(space, request.data_dir), root, max_failures,
+                        keep_checkpoints, command, num_cpus, num_gpus)
+    return _run_on_ray(run, echo)
 
 
-@dataclass
-class _Run:
-    """What a sweep run was prepared with, before Ray starts."""
-
-    kind: str
-    space: SearchSpace
-    store: Experiment
-    info: dict[str, Any] | None  # sweep.json of a sweep being resumed
-    space_file: Any
-    splits: Any
-    data_dir: Any
-    root: str
-    address: str | None
-    max_failures: int | None
-    keep_checkpoints: int | None
-    command: str  # the command that resumes it
-
-
-def _run_on_ray(run: _Run, attach: bool, *, num_cpus, num_gpus, dashboard: bool, dashboard_host: str,
-                allow_local_storage: bool, restart_errored: bool, stop, verbose: int, echo) -> SweepOutcome:
+def _run_on_ray(run: PreparedSweep, echo: Callable[[str], None]) -> SweepOutcome:
     """Connect to (or start) Ray, run the Tuner to its end or a Ctrl-C, and export what the store holds."""
     from fashion_tune.search import cluster
 
-    space, store, info = run.space, run.store, run.info
+    request, space, store, info = run.request, run.space, run.store, run.info
     # The classic reporter prints the trial table with the searched parameters and the metric.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Ray keeps every checkpoint (SweepCallback prunes them); its per-trial list of them then needs
     # no metrics, which would otherwise stay in the driver's memory for every epoch of every trial.
     os.environ.setdefault("TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE", "1")
-    if not attach:
+    if not request.attach:
         cluster.stop_leftovers(echo)
-    started = cluster.connect(run.address, num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard,
-                              dashboard_host=dashboard_host)
+    started = cluster.connect(request.address, num_cpus=run.num_cpus, num_gpus=run.num_gpus,
+                              include_dashboard=request.dashboard, dashboard_host=request.dashboard_host)
     searcher = None
     interrupted = False
     try:
-        if attach:
-            echo(f"attached to the Ray cluster at {run.address or os.environ.get('RAY_ADDRESS')}: "
+        if request.attach:
+            echo(f"attached to the Ray cluster at {request.address or os.environ.get('RAY_ADDRESS')}: "
                  f"{cluster.describe_cluster()}")
-            _check_cluster_resources(space, run.address, echo)
-            cluster.check_storage(run.root, allow_node_local=allow_local_storage)
-        info = record_start(store, info, space, run.kind, run.space_file, run.splits, run.data_dir, run.root,
-                             run.address, run.max_failures, run.keep_checkpoints)
+            _check_cluster_resources(space, request.address, echo)
+            cluster.check_storage(run.root, allow_node_local=request.allow_local_storage)
+        info = record_start(run)
         trainable = make_trainable(space, run.splits)
         if run.info is not None:
-            tuner = _restored_tuner(store, trainable, restart_errored)
+            tuner = _restored_tuner(store, trainable, request.restart_errored)
         else:
-            tuner, searcher = _make_tuner(space, trainable, store, run.root, stop, verbose, run.max_failures,
-                                          run.keep_checkpoints)
+            tuner, searcher = _make_tuner(run, trainable)
             info.update(study_record(searcher))  # the study's name and journal
             store.write_info(info)
-        echo(f"sweep {store.name}: {space.num_samples} {run.kind} trials, {space.max_concurrent_trials} at a time, "
-             f"{space.strategy_line()} -> {store.location}")
+        echo(f"sweep {store.name}: {space.num_samples} {request.kind} trials, {space.max_concurrent_trials} at a "
+             f"time, {space.strategy_line()} -> {store.location}")
         with without_rays_resume_hint():
             tuner.fit()  # the results come from the store, in one schema on any storage
     except KeyboardInterrupt:
@@ -271,16 +229,6 @@ def without_rays_resume_hint():
         yield
     finally:
         ray_log.removeFilter(hint)
-
-
-def _check_flags(max_failures, keep_checkpoints, restart_errored: bool, resume: bool) -> None:
-    if max_failures is not None and max_failures < 0:
-        raise ConfigError(f"--max-failures={max_failures} is not allowed; use an integer >= 0")
-    if keep_checkpoints is not None and keep_checkpoints < 1:
-        raise ConfigError(f"--keep-checkpoints={keep_checkpoints} is not allowed; use an integer >= 1")
-    if restart_errored and not resume:
-        raise ConfigError("--restart-errored only applies with --resume (it restarts the failed trials of a sweep "
-                          "being continued)")
 
 
 def _restored_tuner(store: Experiment, trainable, restart_errored: bool):

@@ -1,6 +1,6 @@
 """sweep.json: what a sweep records as it starts, and the checks that let `--resume` continue it unchanged.
 
-A space's `start_from:` and `warm_start:` are read once, when the sweep starts (`spaces.load_space`);
+A space's `start_from:` and `warm_start:` are read once, when the sweep starts (`sources.resolve_sources`);
 `record_start` stores what they gave in `sources.json` and the space copy names them by absolute
 path. `resumed_space` rebuilds the space from the copy and `sources.json` alone: a resume from another
 directory, or after the source sweep moved or was deleted, continues unchanged.
@@ -26,6 +26,7 @@ from fashion_tune.spaces.space import SearchSpace, parse_space
 from fashion_tune.spaces.strategies import with_sources
 from fashion_tune.store.experiment import DEFAULT_STORAGE, SOURCES, SPACE_COPY, STORAGE_ENV, SWEEP_INFO, Experiment, filesystem
 from fashion_tune.search import strategies
+from fashion_tune.search.request import PreparedSweep, SweepRequest
 from fashion_tune.search.study import JOURNAL_FILE, check_journal
 
 
@@ -62,9 +63,9 @@ def new_store(root: str, name: str) -> Experiment:
     return store
 
 
-def to_resume(kind: str, name: str | None, root: str, space_file, num_samples, max_concurrent, max_failures,
-              keep_checkpoints) -> tuple[Experiment, dict[str, Any]]:
+def to_resume(request: SweepRequest, root: str) -> tuple[Experiment, dict[str, Any]]:
     """The store and sweep.json of the sweep to continue, checked against the flags given."""
+    kind, name = request.kind, request.name
     if not name:
         found = resumable(root, kind)
         listed = "; resumable here: " + ", ".join(found[:10]) + (f" and {len(found) - 10} more" if len(found) > 10 else "") \
@@ -77,8 +78,7 @@ def to_resume(kind: str, name: str | None, root: str, space_file, num_samples, m
                                "--storage, or start it without --resume")
     if info["kind"] != kind:
         raise ConfigError(f"{store.location} is a {info['kind']} sweep; resume it with `fashion-tune sweep {info['kind']} ...`")
-    refuse_changes_on_resume(info, store.location, space_file, num_samples, max_concurrent, max_failures,
-                              keep_checkpoints)
+    refuse_changes_on_resume(info, store.location, request)
     return store, info
 
 
@@ -129,14 +129,13 @@ def fetch_journal(store: Experiment, info: dict[str, Any]) -> None:
                                    "again") from None
 
 
-def record_start(store: Experiment, info: dict[str, Any] | None, space: SearchSpace, kind: str, space_file, splits,
-                  data_dir, root: str, address: str | None, max_failures, keep_checkpoints) -> dict[str, Any]:
+def record_start(run: PreparedSweep) -> dict[str, Any]:
     """Write sweep.json (and space.yaml for a new sweep) as the sweep starts or resumes."""
+    store, info = run.store, run.info
     if info is None:
-        info = new_info(space, store.name, kind, space_file, splits, data_dir, store.location, root, address)
-        info.update(max_failures=max_failures, keep_checkpoints=keep_checkpoints)
-        store.write_bytes(SPACE_COPY, space_copy(space_file, space))
-        record_sources(store, space)
+        info = new_info(run)
+        store.write_bytes(SPACE_COPY, space_copy(run.request.space_file, run.space))
+        record_sources(store, run.space)
     else:
         info.update(status="running", finished=None)
         info["resumed"] = [*info.get("resumed", []), now()]
@@ -196,42 +195,42 @@ def stored_sources(store: Experiment, space: SearchSpace) -> SearchSpace:
                                "experiment directory is damaged") from None
 
 
-def refuse_changes_on_resume(info: dict[str, Any], location: str, space_file, num_samples, max_concurrent,
-                              max_failures, keep_checkpoints) -> None:
+def refuse_changes_on_resume(info: dict[str, Any], location: str, request: SweepRequest) -> None:
     """A resumed sweep continues with what it was started with; a flag that would change that is refused."""
-    for flag, value in (("--num-samples", num_samples), ("--max-concurrent", max_concurrent)):
+    for flag, value in (("--num-samples", request.num_samples), ("--max-concurrent", request.max_concurrent)):
         if value is not None:
             raise ConfigError(f"{flag} cannot change on --resume: the searcher continues as saved "
                               f"({info['num_samples']} trials, {info['max_concurrent_trials']} at a time)")
-    if space_file is not None:
+    if request.space_file is not None:
         raise ConfigError(f"--space cannot be given with --resume: the sweep continues with its own copy "
                           f"{location}/{SPACE_COPY}; drop --space")
-    saved = {"--max-failures": (max_failures, info.get("max_failures")),
-             "--keep-checkpoints": (keep_checkpoints, info.get("keep_checkpoints"))}
+    saved = {"--max-failures": (request.max_failures, info.get("max_failures")),
+             "--keep-checkpoints": (request.keep_checkpoints, info.get("keep_checkpoints"))}
     for flag, (value, was) in saved.items():
         if value is not None and value != was:
             shown = f"it was started with {flag} {was}" if was is not None else "its value is saved with it"
             raise ConfigError(f"{flag} cannot change on --resume ({shown}); drop {flag}")
 
 
-def new_info(space: SearchSpace, name: str, kind: str, space_file, splits, data_dir, location: str, root: str,
-              address: str | None) -> dict[str, Any]:
+def new_info(run: PreparedSweep) -> dict[str, Any]:
     """What sweep.json records about a new sweep."""
     import optuna
     import ray
 
     from fashion_tune import __version__
 
+    space, request, data_dir = run.space, run.request, run.request.data_dir
     return {
-        "name": name, "kind": kind, "metric": space.metric, "mode": space.mode,
+        "name": run.store.name, "kind": request.kind, "metric": space.metric, "mode": space.mode,
         "num_samples": space.num_samples, "max_concurrent_trials": space.max_concurrent_trials,
         "seed": space.seed, "max_t": space.max_t, "grace_period": space.grace_period,
         "reduction_factor": space.reduction_factor,
         "resources_per_trial": {"cpu": space.cpu, "gpu": space.gpu},
         "params": space.param_names(), "fixed": space.fixed,
-        "space_file": str(Path(space_file).resolve()), "space_copy": SPACE_COPY,
-        "data": {"sizes": splits.sizes(), "data_dir": str(data_dir) if data_dir else None},
-        "experiment_dir": location, "storage": root, "address": address,
+        "space_file": str(Path(request.space_file).resolve()), "space_copy": SPACE_COPY,
+        "data": {"sizes": run.splits.sizes(), "data_dir": str(data_dir) if data_dir else None},
+        "experiment_dir": run.store.location, "storage": run.root, "address": request.address,
+        "max_failures": run.max_failures, "keep_checkpoints": run.keep_checkpoints,
         "created": now(), "finished": None, "status": "running", "resumed": [],
         "command": shlex.join(["fashion-tune", *sys.argv[1:]]) if Path(sys.argv[0]).name == "fashion-tune" else None,
         "versions": {"fashion_tune": __version__, "ray": ray.__version__, "optuna": optuna.__version__},
