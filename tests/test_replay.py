@@ -230,3 +230,25 @@ def test_a_replay_sweep_reports_the_table_and_asha_stops_trials_early(tmp_path, 
     # a replayed trial has no model to promote
     assert main(["promote", str(experiment), "--kind", "cnn", "--models-dir", str(tmp_path / "models")]) == 2
     assert "is a replay sweep" in capsys.readouterr().err
+
+
+def test_the_replay_benchmark_counts_epochs_and_ranks_strategies(tmp_path):
+    """benchmarks/search_efficiency.py --replay: Optuna alone (no Ray) on three real recorded configs spends
+    exactly the budget on recorded values, and the summary ranks and normalizes against the table."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("search_efficiency", Path(__file__).parent.parent / "benchmarks" / "search_efficiency.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    run = bench.run_optuna_alone(0, str(SAMPLE), 40, SimpleNamespace(), tmp_path)
+    curve = run["curve"]
+    assert len(curve) == 40 and all(a <= b for a, b in zip(curve, curve[1:]))
+    recorded = {e["val_acc"] for line in SAMPLE.read_text().splitlines() for e in json.loads(line)["epochs"]}
+    assert curve[-1] in recorded and curve[-1] <= load_table(SAMPLE).best()
+    runs = [{"strategy": "random+fifo", "seed": 0, "curve": [0.5, 0.7, 0.7, 0.8], "wall_s": 1.0, "epochs": 4},
+            {"strategy": "optuna-alone", "seed": 0, "curve": [0.7, 0.8, 0.8, 0.8], "wall_s": 1.0, "epochs": 4}]
+    summary = bench.replay_summary(runs, ["random+fifo", "optuna-alone"], 4, table_best=0.9, table_median=0.5)
+    table = summary["table"]
+    assert summary["target"] == 0.8 and table["random+fifo"]["median_epochs"] == 4 and table["optuna-alone"]["ratio"] == 2.0
+    assert table["optuna-alone"]["regret"] == [pytest.approx(0.25)] and table["optuna-alone"]["rank"] == 1.5

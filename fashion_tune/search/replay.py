@@ -17,7 +17,8 @@ Each trial reports, epoch by epoch, the recorded curve of the configuration near
   names the configuration it replays (`replay_config_id`) and how far it was (`replay_distance`).
 - **What it reports.** The recorded `val_acc`, `val_loss`, `train_loss`, `epoch_time_s` and
   `diverged` of each epoch (a recorded run that diverged ends there, as training would), `params`,
-  and `sim_time_s`: the trial's simulated seconds so far (the recorded epoch times summed).
+  `sim_time_s`: the trial's simulated seconds so far (the recorded epoch times summed), and
+  `reported_at` (the wall clock, finer than Ray's `timestamp`, to order reports across trials).
 - **The simulated clock.** Before each report the trial sleeps `time_scale` x the recorded seconds
   of that epoch (`time_scale:` in the space file, default `DEFAULT_TIME_SCALE`), so trials running
   at once report in the order their recorded epochs would have finished, as far as the sleep
@@ -388,7 +389,8 @@ def replay_trial(config: dict[str, Any], table: ReplayTable, params: tuple, metr
             time.sleep(time_scale * (row["epoch_time_s"] or 0.0))
         with tempfile.TemporaryDirectory(prefix="fashion-tune-replay-") as directory:
             (Path(directory) / CHECKPOINT).write_text(json.dumps({"epoch": row["epoch"]}))
-            tune.report(worst_if_missing(row, metric, mode), checkpoint=tune.Checkpoint.from_directory(directory))
+            row = worst_if_missing({**row, "reported_at": time.time()}, metric, mode)  # orders reports across trials
+            tune.report(row, checkpoint=tune.Checkpoint.from_directory(directory))
 
 
 def make_trainable(space: SearchSpace):
