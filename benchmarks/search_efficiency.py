@@ -315,8 +315,8 @@ replay trainable; and `optuna-alone`, Optuna's `study.optimize` with TPESampler 
 (min resource 1, max resource 16), one trial at a time, the curve read from the table in-process.
 
 One run per (strategy, seed) at the largest budget; each smaller budget is a prefix of it (no
-strategy's settings depend on the budget: num_samples is the largest budget / max_t x 4 for every
-strategy that stops trials early). For each budget B and seed: the best validation accuracy after B
+strategy's settings depend on the budget: num_samples is the largest budget for every strategy
+that stops trials early, so none runs out of trials before its budget). For each budget B and seed: the best validation accuracy after B
 epochs; the target is random+fifo's median (lower) final best at B; reported per strategy: the epochs
 to reach the target (median, range, seeds that reached it; ratio = random+fifo's median / the
 strategy's), normalized regret (table best - found) / (table best - the table's median
@@ -367,7 +367,9 @@ def replay_space_for(name: str, seed: int, table_path: str, budget: int, max_con
         data.update(num_samples=max(4, max_concurrent * 2), scheduler={
             "type": "pbt", "max_t": MAX_T_REPLAY, "perturbation_interval": 4, "mutate": ["lr", "weight_decay", "dropout"]})
     else:
-        data["num_samples"] = trials * MAX_TRIALS_FACTOR
+        # ASHA with reduction 3 stops most trials after 1 epoch: as many trials as epochs lets any strategy
+        # spend the whole budget (TPE's start-up trials stay 10: default_startup caps them)
+        data["num_samples"] = budget
         data["scheduler"] = {"type": scheduler, "max_t": MAX_T_REPLAY}
         if scheduler in ("asha", "median"):
             data["scheduler"]["grace_period"] = 1
