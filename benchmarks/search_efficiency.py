@@ -364,7 +364,7 @@ def replay_space_for(name: str, seed: int, table_path: str, budget: int, max_con
     if scheduler == "fifo":
         data.update(num_samples=trials, scheduler={"type": "fifo", "max_t": MAX_T_REPLAY})
     elif scheduler == "pbt":
-        data.update(num_samples=max(4, max_concurrent * 2), scheduler={
+        data.update(num_samples=max(4, trials), scheduler={  # a population that can spend the budget
             "type": "pbt", "max_t": MAX_T_REPLAY, "perturbation_interval": 4, "mutate": ["lr", "weight_decay", "dropout"]})
     else:
         # ASHA with reduction 3 stops most trials after 1 epoch: as many trials as epochs lets any strategy

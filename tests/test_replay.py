@@ -252,3 +252,43 @@ def test_the_replay_benchmark_counts_epochs_and_ranks_strategies(tmp_path):
     table = summary["table"]
     assert summary["target"] == 0.8 and table["random+fifo"]["median_epochs"] == 4 and table["optuna-alone"]["ratio"] == 2.0
     assert table["optuna-alone"]["regret"] == [pytest.approx(0.25)] and table["optuna-alone"]["rank"] == 1.5
+
+
+
+@pytest.mark.ray
+def test_an_interrupted_replay_sweep_resumes_from_another_directory_to_exactly_num_samples(tmp_path):
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from tiny_sweeps import interrupt_when_ready
+
+    write_table(tmp_path)
+    data = replay_space(Path("runs.jsonl"), num_samples=8, max_concurrent_trials=2, time_scale=0.3,  # 0.3-0.6 s an epoch
+                        scheduler={"type": "fifo", "max_t": EPOCHS})  # the table's path is read from the current directory
+    space_file = write_space(tmp_path, data)
+    experiment = tmp_path / "results" / "r"
+    sweep = [sys.executable, "-m", "fashion_tune", "sweep", "replay", "--name", "r", "--storage", str(tmp_path / "results"),
+             "--num-cpus", "1"]
+    log = (tmp_path / "first.log").open("w")
+    driver = subprocess.Popen([*sweep, "--space", str(space_file)], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    assert interrupt_when_ready(driver, lambda: len(list(experiment.glob("trial_*/result.json"))) >= 3, log) == 130
+    first = pd.read_csv(experiment / "results.csv")
+    assert len(first) < 8, first
+    (tmp_path / "elsewhere").mkdir()
+    resumed = subprocess.run([*sweep, "--resume"], cwd=tmp_path / "elsewhere", capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    results, history = pd.read_csv(experiment / "results.csv"), pd.read_csv(experiment / "history.csv")
+    assert len(results) == 8 and set(results["status"]) == {"TERMINATED"}
+    table, space = load_table(tmp_path / "runs.jsonl"), load_space(experiment / "space.yaml")
+    for _, trial in results.iterrows():
+        config = {k: trial[f"config/{k}"] for k in ("lr", "width", "dropout")}
+        expected = replay_curve({**config, "epochs": EPOCHS}, table, space_params(space))
+        rows = history[history["trial_id"] == trial["trial_id"]].sort_values("epoch")
+        assert rows["epoch"].tolist() == [r["epoch"] for r in expected], "every epoch replayed, none lost"
+        assert rows["val_acc"].tolist() == pytest.approx([-math.inf if r["val_acc"] is None else r["val_acc"]
+                                                          for r in expected])
+    for path in experiment.glob("trial_*/result.json"):
+        epochs = [json.loads(line)["epoch"] for line in path.read_text().splitlines()]
+        assert epochs == list(range(1, len(epochs) + 1)), (path, epochs)
