@@ -195,7 +195,10 @@ def run_workers(args) -> int:
         to = sorted(r["sim_to_target_s"] for r in mine)
         med = statistics.median_low(to)
         base = base or med
-        lines.append(f"| {workers} | {med / 60:.1f} min [{to[0] / 60:.1f}-{to[-1] / 60:.1f}] | {base / med:.1f}x | "
+        shown = (f"{med / 60:.1f} min [{to[0] / 60:.1f}-{to[-1] / 60:.1f}]" if math.isfinite(med)
+                 else f"not reached ({sum(map(math.isfinite, to))}/{len(to)} seeds did)")
+        ratio = f"{base / med:.1f}x" if math.isfinite(med) and math.isfinite(base) else "n/a"
+        lines.append(f"| {workers} | {shown} | {ratio} | "
                      f"{statistics.median(r['sim_total_s'] for r in mine) / 60:.1f} min | "
                      f"{statistics.median(r['wall_s'] for r in mine):.0f} s |")
     lines.append(f"command: python benchmarks/replay_scale.py {' '.join(sys.argv[1:])}")
