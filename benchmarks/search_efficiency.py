@@ -3,6 +3,10 @@
     python benchmarks/search_efficiency.py                 # the measured run (sized for < 1 hour, 2 cores)
     python benchmarks/search_efficiency.py --quick         # minutes: proves the pipeline end to end
     python benchmarks/search_efficiency.py --seeds 5 --strategies random+fifo,tpe+asha
+    python benchmarks/search_efficiency.py --replay benchmarks/results/curves/runs.jsonl   # recorded curves
+
+`--replay TABLE` replays recorded learning curves (benchmarks/record_curves.py) instead of training:
+see REPLAY_DOC below (or `--replay TABLE --help`) for what it runs and reports.
 
 Every strategy searches the same CNN space (`SPACE` below, a variant of search_spaces/cnn_quick.yaml)
 on the same data with the same budget: training epochs summed over its trials (FIFO runs
@@ -150,7 +154,9 @@ def best_so_far(directory: Path) -> list[float]:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            rows.append((row.get("timestamp", 0), row.get("time_total_s", 0.0), row.get("val_acc", math.nan)))
+            # A replayed trial's `reported_at` orders epochs finer than Ray's whole-second timestamp.
+            rows.append((row.get("reported_at", row.get("timestamp", 0)), row.get("time_total_s", 0.0),
+                         row.get("val_acc", math.nan)))
     best, curve = -math.inf, []
     for _, _, value in sorted(rows):
         if isinstance(value, (int, float)) and math.isfinite(value):
@@ -231,6 +237,10 @@ def plot(runs: list[dict], names: list[str], target: float, target_path: Path) -
 
 
 def main(argv=None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if "--replay" in argv or any(a.startswith("--replay=") for a in argv):
+        return replay_main(argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few minutes: small data, 2 seeds, 4 trials")
     parser.add_argument("--seeds", type=int, help="seeds per strategy (default 3; --quick 2)")
@@ -278,6 +288,370 @@ def run(names: list[str], sizes: dict, out: Path, data_dir) -> int:
     (out / "summary.json").write_text(json.dumps({"sizes": sizes, "target": target, "table": table, "runs": runs,
                                                   "wall_s": total}, indent=2, default=str) + "\n")
     print(f"wrote {out / 'table.md'}, {out / 'curves.png'}, {out / 'summary.json'}")
+    return 0
+
+
+
+# --- replay: every strategy on recorded curves -------------------------------------------------
+
+REPLAY_DOC = """Search efficiency on recorded curves: every searcher x scheduler of the product, and two peers.
+
+    python benchmarks/search_efficiency.py --replay TABLE                       # the full run (hours)
+    python benchmarks/search_efficiency.py --replay TABLE --seeds 3 --budgets 100,300 \\
+        --strategies random+fifo,tpe+asha,random+asha,ray-default,optuna-alone   # minutes
+
+TABLE is what benchmarks/record_curves.py records (runs.jsonl or curves.csv). Each product strategy is
+a `fashion-tune sweep replay` (fashion_tune.search.replay: the real Tuner, SweepOptuna searcher and
+scheduler; each trial replays the recorded curve nearest its config) on the recorded space
+(benchmarks/replay_cnn_space.yaml's parameters, max_t 16), `--max-concurrent` trials at once; the
+sweep is stopped once its trials have reported the largest budget's epochs. Searchers: every one
+the space allows (cmaes refuses its choice parameters, grid its ranges); schedulers: asha (grace 1,
+reduction 3), hyperband (reduction 3), median (grace 1), pbt (lr, weight_decay and dropout
+mutated every 4 epochs; a clone continues the recorded curve of its new config from the epoch it
+cloned) and fifo. The searchers' start-up trials are the product's default (10 for these sizes).
+Peers on the same table: `ray-default`, Ray Tune with its own default searcher (random search,
+BasicVariantGenerator) and ASHAScheduler with its defaults (grace 1, reduction 4), through the same
+replay trainable; and `optuna-alone`, Optuna's `study.optimize` with TPESampler and HyperbandPruner
+(min resource 1, max resource 16), one trial at a time, the curve read from the table in-process.
+
+One run per (strategy, seed) at the largest budget; each smaller budget is a prefix of it (no
+strategy's settings depend on the budget: num_samples is the largest budget for every strategy
+that stops trials early, so none runs out of trials before its budget). For each budget B and seed: the best validation accuracy after B
+epochs; the target is random+fifo's median (lower) final best at B; reported per strategy: the epochs
+to reach the target (median, range, seeds that reached it; ratio = random+fifo's median / the
+strategy's), normalized regret (table best - found) / (table best - the table's median
+configuration's best), median and interquartile range, and the average rank of the found best
+across strategies (per seed index; ties share the mean rank). OUT/curves.png: best so far against
+epochs, median and interquartile band per strategy; OUT/table.md, OUT/summary.json.
+"""
+MAX_T_REPLAY = 16
+REPLAY_SPACE = Path(__file__).resolve().parent / "replay_cnn_space.yaml"
+SEARCHERS = ("tpe", "gp", "random", "qmc", "nsga2", "cmaes", "grid")
+SCHEDULERS = ("asha", "hyperband", "median", "pbt", "fifo")
+PEERS = ("ray-default", "optuna-alone")
+REPLAY_DEFAULT = {"seeds": 20, "budgets": (100, 300, 1000), "max_concurrent": 4, "time_scale": 0.01}
+
+
+def replay_strategies(table_path: str) -> tuple[list[str], dict[str, str]]:
+    """Every searcher+scheduler pair the replay space accepts, then the peers; and the refused ones with why."""
+    from fashion_tune.util.errors import ConfigError
+
+    names, refused = [], {}
+    for searcher in SEARCHERS:
+        for scheduler in SCHEDULERS:
+            name = f"{searcher}+{scheduler}"
+            try:
+                _replay_space_obj(name, 0, table_path, 1000, 4, 0.0)
+            except ConfigError as exc:
+                refused[name] = str(exc).split(": ", 2)[-1]
+                continue
+            names.append(name)
+    return names + list(PEERS), refused
+
+
+def replay_space_for(name: str, seed: int, table_path: str, budget: int, max_concurrent: int,
+                     time_scale: float) -> dict:
+    """The replay space of one product strategy (`searcher+scheduler`)."""
+    searcher, scheduler = name.split("+")
+    recorded = yaml.safe_load(REPLAY_SPACE.read_text())
+    trials = math.ceil(budget / MAX_T_REPLAY)
+    data = {"kind": "replay", "table": str(Path(table_path).resolve()), "time_scale": time_scale,
+            "metric": "val_acc", "mode": "max", "seed": seed, "max_concurrent_trials": max_concurrent,
+            # every strategy runs at most max_concurrent trials at once (HyperBand and PBT are not capped by
+            # the searcher, so the resources do it), on the 2 CPUs the benchmark's Ray has
+            "resources_per_trial": {"cpu": round(2 / max_concurrent, 4)},
+            "searcher": {"type": searcher}, "params": recorded["params"]}
+    if scheduler == "fifo":
+        data.update(num_samples=trials, scheduler={"type": "fifo", "max_t": MAX_T_REPLAY})
+    elif scheduler == "pbt":
+        data.update(num_samples=max(4, trials), scheduler={  # a population that can spend the budget
+            "type": "pbt", "max_t": MAX_T_REPLAY, "perturbation_interval": 4, "mutate": ["lr", "weight_decay", "dropout"]})
+    else:
+        # ASHA with reduction 3 stops most trials after 1 epoch: as many trials as epochs lets any strategy
+        # spend the whole budget (TPE's start-up trials stay 10: default_startup caps them)
+        data["num_samples"] = budget
+        data["scheduler"] = {"type": scheduler, "max_t": MAX_T_REPLAY}
+        if scheduler in ("asha", "median"):
+            data["scheduler"]["grace_period"] = 1
+        if scheduler in ("asha", "hyperband"):
+            data["scheduler"]["reduction_factor"] = 3
+    return data
+
+
+def _replay_space_obj(name, seed, table_path, budget, max_concurrent, time_scale):
+    from fashion_tune.spaces.space import parse_space
+
+    return parse_space(replay_space_for(name, seed, table_path, budget, max_concurrent, time_scale), f"<{name}>")
+
+
+def run_replay_product(name: str, seed: int, table_path: str, budget: int, args, out: Path) -> dict:
+    """One replay sweep of a product strategy, stopped after `budget` reported epochs."""
+    from ray.tune import Stopper
+
+    from fashion_tune.search.sweep import run_sweep
+
+    class Budget(EpochBudget, Stopper):
+        pass
+
+    folder = out / "runs"
+    folder.mkdir(parents=True, exist_ok=True)
+    space = folder / f"{name}-seed{seed}.yaml"
+    space.write_text(yaml.safe_dump(replay_space_for(name, seed, table_path, budget, args.max_concurrent,
+                                                     args.time_scale), sort_keys=False))
+    started = time.perf_counter()
+    outcome = run_sweep("replay", space, name=f"{name}-seed{seed}", storage=folder, verbose=0, stop=Budget(budget),
+                        echo=lambda line: None)
+    return {"wall_s": time.perf_counter() - started, "curve": best_so_far(Path(outcome.experiment_dir))[:budget],
+            "trials": outcome.num_trials}
+
+
+def run_ray_default(seed: int, table_path: str, budget: int, args, out: Path) -> dict:
+    """Ray Tune's own defaults on the same replay trainable: random search (BasicVariantGenerator) + ASHA."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from fashion_tune.search.replay import make_trainable
+    from fashion_tune.spaces.space import parse_space
+
+    class Budget(EpochBudget, tune.Stopper):
+        pass
+
+    data = replay_space_for("random+asha", seed, table_path, budget, args.max_concurrent, args.time_scale)
+    space = parse_space(data, "<ray-default>")
+    domains = {p.name: _tune_domain(p) for p in space.params}
+    folder = out / "runs"
+    started = time.perf_counter()
+    tuner = tune.Tuner(
+        make_trainable(space), param_space={**domains, "epochs": MAX_T_REPLAY},
+        tune_config=tune.TuneConfig(metric="val_acc", mode="max", num_samples=data["num_samples"],
+                                    scheduler=ASHAScheduler(time_attr="epoch", max_t=MAX_T_REPLAY),
+                                    search_alg=tune.search.BasicVariantGenerator(random_state=seed),
+                                    max_concurrent_trials=args.max_concurrent, reuse_actors=True),
+        run_config=tune.RunConfig(name=f"ray-default-seed{seed}", storage_path=str(folder.resolve()),
+                                  stop=Budget(budget), verbose=0),
+    )
+    tuner.fit()
+    return {"wall_s": time.perf_counter() - started, "trials": len(tuner.get_results()),
+            "curve": _curve_of_ray_experiment(folder / f"ray-default-seed{seed}")[:budget]}
+
+
+def _tune_domain(param):
+    from ray import tune
+
+    if param.type == "choice":
+        return tune.choice(param.values)
+    if param.type == "loguniform":
+        return tune.loguniform(param.low, param.high)
+    return tune.uniform(param.low, param.high)
+
+
+def _curve_of_ray_experiment(directory: Path) -> list[float]:
+    """best_so_far over Ray's own trial folders (named by Ray, not trial_<id>)."""
+    rows = []
+    for path in directory.glob("*/result.json"):
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            rows.append((row.get("reported_at", 0), row.get("val_acc", math.nan)))
+    best, curve = -math.inf, []
+    for _, value in sorted(rows):
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            best = max(best, value)
+        curve.append(best if math.isfinite(best) else math.nan)
+    return curve
+
+
+def run_optuna_alone(seed: int, table_path: str, budget: int, args, out: Path) -> dict:
+    """Optuna by itself: study.optimize with TPE + HyperbandPruner, one trial at a time, the table read in-process."""
+    import optuna
+
+    from fashion_tune.search.replay import load_table, replay_curve, space_params
+    from fashion_tune.spaces.space import parse_space
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = parse_space(replay_space_for("tpe+asha", seed, table_path, budget, 1, 0.0), "<optuna-alone>")
+    table, params = load_table(table_path), space_params(space)
+    curve: list[float] = []
+    best = -math.inf
+
+    def objective(trial):
+        nonlocal best
+        space.suggest(trial)
+        value = -math.inf
+        for row in replay_curve({**trial.params, "epochs": MAX_T_REPLAY}, table, params):
+            if len(curve) >= budget:
+                trial.study.stop()
+                break
+            acc = row["val_acc"] if row["val_acc"] is not None else -math.inf
+            best, value = max(best, acc), max(value, acc)
+            curve.append(best if math.isfinite(best) else math.nan)
+            trial.report(acc, row["epoch"])
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return value
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
+                                pruner=optuna.pruners.HyperbandPruner(min_resource=1, max_resource=MAX_T_REPLAY))
+    started = time.perf_counter()
+    study.optimize(objective, n_trials=budget)  # stops itself at the budget
+    return {"wall_s": time.perf_counter() - started, "curve": curve[:budget], "trials": len(study.trials)}
+
+
+def replay_summary(runs: list[dict], names: list[str], budget: int, table_best: float, table_median: float) -> dict:
+    """Per strategy at one budget: finals, epochs to random+fifo's median final, ratio, normalized regret, rank."""
+    at = [{**r, "curve": r["curve"][:budget], "final": _final(r["curve"][:budget])} for r in runs]
+    table, target = summarize(at, names)
+    seeds = sorted({r["seed"] for r in at})
+    ranks: dict[str, list[float]] = {n: [] for n in names}
+    for seed in seeds:
+        finals = {r["strategy"]: r["final"] for r in at if r["seed"] == seed}
+        for name, value in finals.items():
+            better = sum(1 for v in finals.values() if v > value)
+            ties = sum(1 for v in finals.values() if v == value)
+            ranks[name].append(better + (ties + 1) / 2)
+    for name in names:
+        regrets = [(table_best - f) / (table_best - table_median) for f in table[name]["finals"]]
+        table[name]["regret"] = regrets
+        table[name]["rank"] = statistics.mean(ranks[name]) if ranks[name] else math.nan
+    return {"budget": budget, "target": target, "table": table}
+
+
+def _final(curve: list[float]) -> float:
+    finite = [v for v in curve if isinstance(v, float) and math.isfinite(v)]
+    return finite[-1] if finite else -math.inf
+
+
+def _quartiles(values: list[float]) -> tuple[float, float, float]:
+    q = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else [values[0]] * 3
+    return q[0], statistics.median(values), q[2]
+
+
+def format_replay(summary: dict) -> list[str]:
+    budget, target, table = summary["budget"], summary["target"], summary["table"]
+    lines = [f"### budget {budget} epochs: target {target:.4f} (median final best of {BASELINE})", "",
+             "| strategy | final best: median [IQR] | epochs to target: median [range], reached | "
+             f"ratio vs {BASELINE} | normalized regret: median [IQR] | average rank | wall s per run |",
+             "|---|---|---|---|---|---|---|"]
+    order = sorted(table, key=lambda n: table[n]["rank"])
+    for name in order:
+        row = table[name]
+        lo, mid, hi = _quartiles(row["finals"])
+        rlo, rmid, rhi = _quartiles(row["regret"])
+        spread = f"[{row['range'][0]}-{row['range'][1]}]" if row["range"] else "[-]"
+        median = f"{row['median_epochs']:g}" if math.isfinite(row["median_epochs"]) else "not reached"
+        ratio = "n/a" if math.isnan(row["ratio"]) else f"{row['ratio']:.2f}x"
+        lines.append(f"| {name} | {mid:.4f} [{lo:.4f}-{hi:.4f}] | {median} {spread}, {row['reached']}/{row['seeds']} | "
+                     f"{ratio} | {rmid:.3f} [{rlo:.3f}-{rhi:.3f}] | {row['rank']:.2f} | "
+                     f"{statistics.median(row['wall_s']):.1f} |")
+    return lines
+
+
+def plot_replay(runs: list[dict], names: list[str], budgets: list[int], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for name in names:
+        curves = [r["curve"] for r in runs if r["strategy"] == name and r["curve"]]
+        if not curves:
+            continue
+        length = max(budgets)
+        grid = [[c[min(i, len(c) - 1)] for c in curves] for i in range(length)]
+        x = list(range(1, length + 1))
+        quart = [_quartiles([v if math.isfinite(v) else 0.0 for v in values]) for values in grid]
+        style = "--" if name in PEERS else "-"
+        line, = ax.plot(x, [q[1] for q in quart], style, label=name, drawstyle="steps-post", linewidth=1.2)
+        ax.fill_between(x, [q[0] for q in quart], [q[2] for q in quart], step="post", alpha=0.08, color=line.get_color())
+    for b in budgets:
+        ax.axvline(b, color="grey", linestyle=":", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_ylim(bottom=0.6)
+    ax.set_xlabel("epochs reported, summed over trials (log)")
+    ax.set_ylabel("best validation accuracy so far")
+    ax.set_title("Replay of recorded curves: median and interquartile band over seeds")
+    ax.legend(loc="lower right", fontsize="x-small", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def replay_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=REPLAY_DOC.splitlines()[0], epilog=REPLAY_DOC,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--replay", required=True, metavar="TABLE", help="recorded curves: runs.jsonl or curves.csv")
+    parser.add_argument("--seeds", type=int, default=REPLAY_DEFAULT["seeds"], help="seeds per strategy (default 20)")
+    parser.add_argument("--budgets", default=",".join(map(str, REPLAY_DEFAULT["budgets"])),
+                        help="epoch budgets, comma-separated (default 100,300,1000)")
+    parser.add_argument("--strategies", help="comma-separated (default: every searcher+scheduler the space allows, "
+                                             f"and {', '.join(PEERS)}; {BASELINE} is always run)")
+    parser.add_argument("--max-concurrent", type=int, default=REPLAY_DEFAULT["max_concurrent"],
+                        help="trials at once in every Ray run (default 4)")
+    parser.add_argument("--time-scale", type=float, default=REPLAY_DEFAULT["time_scale"],
+                        help="real seconds slept per recorded second (default 0.01)")
+    parser.add_argument("--out", type=Path, default=Path("ray_results/search-efficiency-replay"))
+    args = parser.parse_args(argv)
+    from fashion_tune.search.replay import load_table
+
+    table = load_table(args.replay)  # one line naming the problem if it is unreadable
+    budgets = sorted(int(b) for b in args.budgets.split(","))
+    every, refused = replay_strategies(args.replay)
+    names = [BASELINE] + [n for n in (args.strategies.split(",") if args.strategies else every) if n != BASELINE]
+    unknown = [n for n in names if n not in every]
+    if unknown:
+        parser.error(f"unknown or refused strategy {unknown[0]!r}"
+                     + (f" ({refused[unknown[0]]})" if unknown[0] in refused else "") + f"; choose from {', '.join(every)}")
+    if args.out.exists() and any(args.out.iterdir()):
+        parser.error(f"{args.out} is not empty; pass another --out")
+    args.out.mkdir(parents=True)
+    import ray
+
+    os_started = time.perf_counter()
+    # log_to_driver off: Ray's workers print a SIGTERM trace as each sweep's actors are stopped
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    runs = []
+    try:
+        for name in names:
+            for seed in range(args.seeds):
+                if name == "ray-default":
+                    run = run_ray_default(seed, args.replay, budgets[-1], args, args.out)
+                elif name == "optuna-alone":
+                    run = run_optuna_alone(seed, args.replay, budgets[-1], args, args.out)
+                else:
+                    run = run_replay_product(name, seed, args.replay, budgets[-1], args, args.out)
+                run.update(strategy=name, seed=seed, epochs=len(run["curve"]), final=_final(run["curve"]))
+                runs.append(run)
+                print(f"{name} seed {seed}: best {run['final']:.4f} after {run['epochs']} epochs, {run['trials']} trials, "
+                      f"{run['wall_s']:.1f} s", flush=True)
+    finally:
+        ray.shutdown()
+    total = time.perf_counter() - os_started
+    finals = sorted(max((v for v in r.epochs["val_acc"][:MAX_T_REPLAY] if math.isfinite(v)), default=0.1)
+                    for r in table.configs)
+    best, median = finals[-1], statistics.median(finals)
+    summaries = [replay_summary(runs, names, b, best, median) for b in budgets]
+    lines = [f"table: {table.path} ({len(table.configs)} configurations, {len(table.runs)} runs); best {best:.4f}, "
+             f"median configuration {median:.4f}; seed-to-seed sd {table.noise()['sd']:.4f} "
+             f"({table.noise()['pairs']} repeated configurations)", ""]
+    for summary in summaries:
+        lines += format_replay(summary) + [""]
+    if refused:
+        why = {n.split("+")[0]: reason for n, reason in refused.items()}
+        lines += ["not run (the space refuses them, with every scheduler): "
+                  + "; ".join(f"{searcher}: {reason.split(';')[0]}" for searcher, reason in why.items()), ""]
+    lines += [f"{args.seeds} seeds, {args.max_concurrent} trials at once, time scale {args.time_scale:g}; "
+              f"benchmark wall time {total / 60:.1f} min", f"command: {' '.join(['python', 'benchmarks/search_efficiency.py', *argv])}"]
+    print("\n".join(lines))
+    (args.out / "table.md").write_text("\n".join(lines) + "\n")
+    plot_replay(runs, names, budgets, args.out / "curves.png")
+    (args.out / "summary.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                       "summaries": summaries, "runs": runs, "wall_s": total},
+                                                      indent=1, default=str) + "\n")
+    print(f"wrote {args.out / 'table.md'}, {args.out / 'curves.png'}, {args.out / 'summary.json'}")
     return 0
 
 

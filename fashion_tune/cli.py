@@ -157,7 +157,7 @@ def add_sweep(sub) -> None:
                                    "weak trials early, every epoch is checkpointed. Writes sweep.json, results.csv/.parquet and "
                                    "history.csv/.parquet into the experiment directory (STORAGE/NAME). Ctrl-C stops it "
                                    "resumably; --resume continues it.")
-    p.add_argument("kind", choices=KIND_NAMES, help="which model")
+    p.add_argument("kind", choices=(*KIND_NAMES, "replay"), help="which model (replay: recorded curves, a space with kind: replay)")
     p.add_argument("--space", type=Path, metavar="FILE", help="search space YAML, e.g. search_spaces/vae_quick.yaml (not needed with --resume)")
     p.add_argument("--num-samples", type=positive_int, metavar="N", help="number of trials (default: the space's num_samples)")
     p.add_argument("--max-concurrent", type=positive_int, metavar="N", help="trials running at once (default: the space's max_concurrent_trials)")

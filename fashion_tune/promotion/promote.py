@@ -49,7 +49,7 @@ from fashion_tune.training.kinds import get_kind
 from fashion_tune.training.loop import load_model
 from fashion_tune.store.promoted import (CONFIG_FILE, DEFAULT_MODELS_DIR, HISTORY_DIR, MANIFEST_FILE, METRICS_FILE, MODEL_FILE,
                                          is_promoted, models_lock, recover)
-from fashion_tune.store.reading import best_trial
+from fashion_tune.store.reading import best_trial, read_sweep_info
 
 LABELS = {"neg_elbo": "val neg. ELBO (nats)", "recon": "val recon (nats)", "kl": "val KL (nats)",
           "accuracy": "val accuracy", "loss": "val loss"}
@@ -194,6 +194,9 @@ def promote_best_trial(
     """
     experiment_dir = str(experiment_dir) if is_uri(str(experiment_dir)) else Path(experiment_dir).resolve()
     # Checks the directory, picks by validation (within the cost limits), finds the checkpoint.
+    if read_sweep_info(experiment_dir).get("replay"):
+        raise FashionTuneError(f"{experiment_dir} is a replay sweep: its trials replayed recorded curves and trained no "
+                               "model; promote a sweep that trained (fashion-tune sweep cnn|vae)")
     pick = best_trial(experiment_dir, limits=limits)
     if kind is not None and pick.kind != kind:
         raise FashionTuneError(f"{experiment_dir} is a {pick.kind} sweep, not {kind}; pass --kind {pick.kind} or another experiment")

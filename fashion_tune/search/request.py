@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # a request is made (and its flags checked) before torch, pan
 class SweepRequest:
     """Every choice a sweep is run with; None means the default (or, on resume, what it was started with)."""
 
-    kind: str  # vae | cnn
+    kind: str  # vae | cnn | replay
     space_file: str | os.PathLike | None = None  # the search space; required unless `resume`
     # the space file's own settings, overridden
     num_samples: int | None = None
@@ -60,7 +60,8 @@ class SweepRequest:
                               "sweep being continued)")
         from fashion_tune.training.config import check_kind
 
-        check_kind(self.kind)
+        if self.kind != "replay":  # spaces.space.REPLAY (not imported here: it imports torch); see search.replay
+            check_kind(self.kind)
 
     @property
     def attach(self) -> bool:

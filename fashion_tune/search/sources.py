@@ -8,6 +8,7 @@ them again.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ from fashion_tune.search.strategies import warm_trials
 
 def resolve_sources(space: SearchSpace) -> SearchSpace:
     """The space with what its `start_from:` and `warm_start:` name read in: the start point (the first
-    point to evaluate) and the warm trials, and the sources as absolute paths (a URI as given).
+    point to evaluate) and the warm trials, and the sources as absolute paths (a URI as given); a
+    replay space's `table:` read, checked against the space and made absolute.
 
     This is the one place that reads another experiment's files for a space; a sweep calls it once,
     as it starts. Errors are one line naming the space file and the key.
@@ -33,7 +35,12 @@ def resolve_sources(space: SearchSpace) -> SearchSpace:
     c = Checker(space.path)
     point = start_point(c, space, space.start_from) if space.start_from is not None else None
     trials = _warm_trials(c, space, space.warm_start) if space.warm_start is not None else ()
-    return with_sources(space, _absolute(space.start_from), point, _absolute(space.warm_start), trials)
+    space = with_sources(space, _absolute(space.start_from), point, _absolute(space.warm_start), trials)
+    if space.table is not None:  # a replay space: its table read and checked now, before Ray starts
+        from fashion_tune.search.replay import check_space
+
+        space = dataclasses.replace(space, table=check_space(space).path)
+    return space
 
 
 def _absolute(source: str | None) -> str | None:

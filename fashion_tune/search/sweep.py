@@ -99,8 +99,12 @@ class SweepOutcome:
 
 
 def _shared_splits(space: SearchSpace, data_dir):
-    """The training and validation data every trial shares; the test split stays out of the sweep."""
+    """The training and validation data every trial shares; the test split stays out of the sweep.
+    A replay trains nothing: None."""
     from fashion_tune.training.loop import load_splits
+
+    if space.table is not None:
+        return None
 
     splits = load_splits(space.data_config(), data_dir)
     return dataclasses.replace(splits, test_x=splits.test_x[:0], test_y=splits.test_y[:0])

@@ -22,7 +22,7 @@ import yaml
 from fashion_tune.util import yaml_loader
 from fashion_tune.util.errors import ConfigError, FashionTuneError
 from fashion_tune.util.files import is_uri, json_text
-from fashion_tune.spaces.space import SearchSpace, parse_space
+from fashion_tune.spaces.space import REPLAY, SearchSpace, parse_space
 from fashion_tune.spaces.strategies import with_sources
 from fashion_tune.store.experiment import DEFAULT_STORAGE, SOURCES, SPACE_COPY, STORAGE_ENV, SWEEP_INFO, Experiment, filesystem
 from fashion_tune.search import strategies
@@ -76,10 +76,16 @@ def to_resume(request: SweepRequest, root: str) -> tuple[Experiment, dict[str, A
     if info is None:
         raise FashionTuneError(f"no sweep to resume at {store.location} (no {SWEEP_INFO}); check --name and "
                                "--storage, or start it without --resume")
-    if info["kind"] != kind:
-        raise ConfigError(f"{store.location} is a {info['kind']} sweep; resume it with `fashion-tune sweep {info['kind']} ...`")
+    if sweep_kind(info) != kind:
+        raise ConfigError(f"{store.location} is a {sweep_kind(info)} sweep; resume it with `fashion-tune sweep "
+                          f"{sweep_kind(info)} ...`")
     refuse_changes_on_resume(info, store.location, request)
     return store, info
+
+
+def sweep_kind(info: dict[str, Any]) -> str:
+    """What `fashion-tune sweep` calls the sweep: its kind, or `replay` (whose sweep.json kind is the one replayed)."""
+    return REPLAY if info.get("replay") else info["kind"]
 
 
 def resumed_space(store: Experiment, info: dict[str, Any], kind: str) -> SearchSpace:
@@ -111,7 +117,7 @@ def resumable(root: str, kind: str) -> list[str]:
             info = Experiment(f"{root}/{folder.base_name}").read_info()
         except FashionTuneError:
             continue  # a damaged sweep.json: resuming it by name says so
-        if info and info.get("kind") == kind and info.get("status") != "finished":
+        if info and sweep_kind(info) == kind and info.get("status") != "finished":
             found.append((info.get("created") or "", folder.base_name))
     return [name for _, name in sorted(found, reverse=True)]
 
@@ -147,8 +153,8 @@ def space_copy(space_file, space: SearchSpace) -> bytes:
     """The space file as the sweep keeps it: as written, but `start_from:` and `warm_start:` name the
     sources `space` resolved (absolute paths), so the copy says what was read wherever it is read."""
     original = Path(space_file).read_bytes()
-    sources = {key: value for key, value in (("start_from", space.start_from), ("warm_start", space.warm_start))
-               if value is not None}
+    sources = {key: value for key, value in (("start_from", space.start_from), ("warm_start", space.warm_start),
+                                             ("table", space.table)) if value is not None}
     if not sources:
         return original
     text = original.decode()
@@ -213,22 +219,25 @@ def refuse_changes_on_resume(info: dict[str, Any], location: str, request: Sweep
 
 
 def new_info(run: PreparedSweep) -> dict[str, Any]:
-    """What sweep.json records about a new sweep."""
+    """What sweep.json records about a new sweep (of a replay: the kind it replays, and the table)."""
     import optuna
     import ray
+
+    from fashion_tune.search.replay import info as replay_info
 
     from fashion_tune import __version__
 
     space, request, data_dir = run.space, run.request, run.request.data_dir
     return {
-        "name": run.store.name, "kind": request.kind, "metric": space.metric, "mode": space.mode,
+        "name": run.store.name, "kind": space.kind, "metric": space.metric, "mode": space.mode,
         "num_samples": space.num_samples, "max_concurrent_trials": space.max_concurrent_trials,
         "seed": space.seed, "max_t": space.max_t, "grace_period": space.grace_period,
         "reduction_factor": space.reduction_factor,
         "resources_per_trial": {"cpu": space.cpu, "gpu": space.gpu},
         "params": space.param_names(), "fixed": space.fixed,
         "space_file": str(Path(request.space_file).resolve()), "space_copy": SPACE_COPY,
-        "data": {"sizes": run.splits.sizes(), "data_dir": str(data_dir) if data_dir else None},
+        "data": {"sizes": run.splits.sizes(), "data_dir": str(data_dir) if data_dir else None} if run.splits is not None else None,
+        **({"replay": replay_info(space)} if space.table is not None else {}),
         "experiment_dir": run.store.location, "storage": run.root, "address": request.address,
         "max_failures": run.max_failures, "keep_checkpoints": run.keep_checkpoints,
         "created": now(), "finished": None, "status": "running", "resumed": [],

@@ -3,17 +3,13 @@ and checkpointing added, its resources, its name, and the progress table the dri
 
 from __future__ import annotations
 
-import logging
-import math
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from fashion_tune.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from fashion_tune.spaces.space import SearchSpace
-
-# Ray would otherwise log every per-epoch checkpoint of every trial.
-_QUIET_LOGGERS = ("ray.train._internal.storage", "ray.tune.trainable.function_trainable")
+from fashion_tune.search.trial_reports import quiet, worst_if_missing
 
 
 def train_trial(config: dict[str, Any], kind: str, metric: str, mode: str, splits=None) -> None:
@@ -25,8 +21,7 @@ def train_trial(config: dict[str, Any], kind: str, metric: str, mode: str, split
     import torch
     from ray import tune
 
-    for name in _QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet()
     cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))
 
@@ -39,12 +34,7 @@ def train_trial(config: dict[str, Any], kind: str, metric: str, mode: str, split
     node_id = ray.get_runtime_context().get_node_id()
 
     def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
-        row = {**metrics, "node_id": node_id}  # Ray adds hostname, node_ip and pid itself
-        value = row.get(metric)
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            # Optuna rejects NaN objective values (the trial would hang as RUNNING in its study);
-            # the worst value ranks the trial last instead. `diverged` says what happened.
-            row[metric] = math.inf if mode == "min" else -math.inf
+        row = worst_if_missing({**metrics, "node_id": node_id}, metric, mode)  # Ray adds hostname, node_ip, pid
         with tempfile.TemporaryDirectory(prefix="fashion-tune-ckpt-") as directory:
             save_checkpoint(state, Path(directory) / CHECKPOINT_FILE)
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(directory))
@@ -77,8 +67,14 @@ def make_reporter(space: SearchSpace):
 
 
 def make_trainable(space: SearchSpace, splits):
-    """The trainable with the data in the object store once, and the trial's resources."""
+    """The trainable with the data in the object store once, and the trial's resources; a replay space's
+    replays its recorded curves instead (fashion_tune.search.replay)."""
     from ray import tune
+
+    if space.table is not None:
+        from fashion_tune.search.replay import make_trainable as replay_trainable
+
+        return replay_trainable(space)
 
     trainable = tune.with_parameters(train_trial, kind=space.kind, metric=space.metric, mode=space.mode,
                                      splits=splits)

@@ -47,6 +47,13 @@ A space file holds the sweep settings and the parameter distributions::
       - {metric: flops, mode: min}
     warm_start: ray_results/NAME  # tell the searcher every finished trial of that sweep (not run again)
 
+A replay space (`kind: replay`) runs the same sweep on recorded CNN learning curves instead of
+training (`fashion_tune.search.replay`): `table: PATH` names the curves benchmarks/record_curves.py
+recorded (runs.jsonl or curves.csv; a relative path is read from the current directory, as
+`start_from:`), `time_scale: 0.01` the real seconds a trial sleeps per recorded second (0: none),
+and `params:` the table's parameters (no `fixed:`: the recording fixed those). The space is a CNN
+space in everything else (its metrics, configs and results).
+
 `scheduler` may name its type: `{type: asha | hyperband | median | pbt | fifo, ...}`, each with its
 own keys (SCHEDULER_TYPES); without `type` it is ASHA. PBT needs `mutate: [lr, ...]`, searched
 top-level parameters among MUTABLE, and takes `perturbation_interval` (epochs), `quantile_fraction`
@@ -89,11 +96,13 @@ __all__ = ["SearchSpace", "Param", "grid_values", "load_space", "parse_space", "
 
 TOP_KEYS = ("kind", "metric", "mode", "num_samples", "max_concurrent_trials", "seed", "scheduler",
             "resources_per_trial", "fixed", "params", "points_to_evaluate", "start_from",
-            "searcher", "objectives", "warm_start", "reuse_actors")
+            "searcher", "objectives", "warm_start", "reuse_actors", "table", "time_scale")
 RESOURCE_KEYS = ("cpu", "gpu")
 DEFAULT_MAX_CONCURRENT = 2
 DEFAULT_GRACE_PERIOD = 1
 DEFAULT_REDUCTION_FACTOR = 2
+REPLAY, REPLAYED_KIND = "replay", "cnn"  # `kind: replay` replays recorded CNN curves
+DEFAULT_TIME_SCALE = 0.01
 
 
 @dataclass(frozen=True)
@@ -127,6 +136,8 @@ class SearchSpace:
     warm_start: str | None = None
     warm_trials: tuple[Any, ...] = ()  # strategies.WarmTrial: finished trials of the warm_start sweep
     reuse_actors: bool = True  # Tune's reuse_actors: a finished trial's actor runs the next one
+    table: str | None = None  # kind: replay: the recorded curves its trials replay (as written; absolute once resolved)
+    time_scale: float = DEFAULT_TIME_SCALE  # kind: replay: real seconds slept per recorded second
 
     @property
     def multi_objective(self) -> bool:
@@ -200,13 +211,15 @@ class SearchSpace:
     def summary(self) -> str:
         """A few lines describing the sweep, for --dry-run and logs."""
         lines = [
-            f"{self.path}: {self.kind} sweep, {self.num_samples} trials ({self.max_concurrent_trials} at a time), "
+            f"{self.path}: {'replay (of ' + self.kind + ' curves)' if self.table else self.kind} sweep, {self.num_samples} trials ({self.max_concurrent_trials} at a time), "
             f"{self.mode} {self.metric}",
             f"  {self.strategy_line()}",
             f"  per trial: {self.cpu:g} CPU, {self.gpu:g} GPU; {self.searcher} seed {self.seed}; "
             f"{len(self.points_to_evaluate)} starting point(s)"
             + (f"; warm start: {len(self.warm_trials)} trials of {self.warm_start}" if self.warm_start else ""),
         ]
+        if self.table is not None:
+            lines.insert(1, f"  replays the curves of {self.table} (time scale {self.time_scale:g})")
         # The values every trial shares (the rest are `train KIND --show-config`'s defaults); epochs is max_t.
         lines.append("  fixed: " + ", ".join(f"{key}={format_short(value) if value is not None else 'null'}"
                                              for key, value in self.base_config().items()))
@@ -250,6 +263,7 @@ def parse_space(data: Mapping[str, Any], path: str | Path = "<space>", kind: str
     data = c.mapping(dict(data), "", TOP_KEYS)
     _all_required_keys(c, data)
     kind = _parse_kind(c, data.get("kind"), kind)
+    table, time_scale = _parse_replay(c, data)
     objectives, metric, mode = _parse_metric(c, kind, data)
     if "num_samples" not in data:
         raise c.fail("num_samples", "missing; give the number of trials, an integer >= 1")
@@ -280,6 +294,7 @@ def parse_space(data: Mapping[str, Any], path: str | Path = "<space>", kind: str
         seed=c.integer(data.get("seed", 0), "seed", 0), max_t=max_t, grace_period=grace,
         reduction_factor=float(rf) if not is_integer(rf) else rf, cpu=float(cpu), gpu=float(gpu),
         fixed=fixed, params=tuple(params), scheduler=scheduler_type, objectives=objectives, reuse_actors=reuse_actors,
+        table=table, time_scale=time_scale,
     )
     space = parse_strategies(c, space, data.get("searcher"), scheduler)
     return _with_points(c, space, data)
@@ -307,11 +322,36 @@ def _all_required_keys(c: Checker, data: dict[str, Any]) -> None:
 def _parse_kind(c: Checker, file_kind: Any, kind: str | None) -> str:
     if file_kind is None:
         raise c.fail("kind", f"missing; give kind: {kind or 'vae or cnn'}")
+    if file_kind == REPLAY:  # read as the kind it replays (a stored replay sweep is read as that kind too)
+        if kind not in (None, REPLAY, REPLAYED_KIND):
+            raise c.fail("kind", f"this is a replay space but the sweep is for {kind}; run `fashion-tune sweep replay`")
+        return REPLAYED_KIND
     if not isinstance(file_kind, str) or file_kind not in KINDS:
         raise c.fail("kind", f"{show(file_kind)} is not allowed; choose one of: {', '.join(KINDS)}")
     if kind is not None and kind != file_kind:
         raise c.fail("kind", f"this is a {file_kind} space but the sweep is for {kind}; pass a {kind} space file")
     return file_kind
+
+
+def _parse_replay(c: Checker, data: dict[str, Any]) -> tuple[str | None, float]:
+    """`table:` and `time_scale:` of a `kind: replay` space (the table is read when the sweep starts)."""
+    if data.get("kind") != REPLAY:
+        for key in ("table", "time_scale"):
+            if key in data:
+                raise c.fail(key, "only a replay space has it; use kind: replay, or drop it")
+        return None, DEFAULT_TIME_SCALE
+    table = data.get("table")
+    if not isinstance(table, str) or not table:
+        raise c.fail("table", f"expected the path of recorded curves (runs.jsonl or curves.csv from "
+                              f"benchmarks/record_curves.py), got {show(table)}")
+    if data.get("fixed"):
+        raise c.fail("fixed", "a replay replays what the table recorded, whose fixed values the recording chose; "
+                              "drop fixed:")
+    scale = data.get("time_scale", DEFAULT_TIME_SCALE)
+    if not is_number(scale) or scale < 0:
+        raise c.fail("time_scale", f"{show(scale)} is not allowed; use a number >= 0 (0.01: a recorded second "
+                                   "sleeps 10 ms; 0: no sleep)")
+    return table, float(scale)
 
 
 def _parse_metric(c: Checker, kind: str, data: dict[str, Any]) -> tuple[tuple[tuple[str, str], ...], str, str]:

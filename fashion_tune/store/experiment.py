@@ -30,6 +30,9 @@ import pyarrow.fs
 from fashion_tune.util.errors import FashionTuneError
 from fashion_tune.util.files import is_uri, json_text, parse_jsonl
 from fashion_tune.training.checkpoint import CHECKPOINT_FILE
+
+# A trial's checkpoint file: a trained model's, or a replayed trial's epoch (fashion_tune.search.replay.CHECKPOINT).
+CHECKPOINT_FILES = (CHECKPOINT_FILE, "replay.json")
 from fashion_tune.training.config import resolve_config
 from fashion_tune.store.results import (STOPPED_BY, TrialPick, TrialRecord, check_metric, history_rows, is_finite, pick_best,
                                         result_row)
@@ -277,7 +280,8 @@ class Experiment:
             return None
         directory = f"{record.directory}/{row['checkpoint_dir_name']}"
         try:
-            found = self.fs.get_file_info(f"{directory}/{CHECKPOINT_FILE}").type == pyarrow.fs.FileType.File
+            infos = self.fs.get_file_info([f"{directory}/{name}" for name in CHECKPOINT_FILES])
+            found = any(info.type == pyarrow.fs.FileType.File for info in infos)
         except _ARROW_ERRORS:
             found = False
         return directory if found else None

@@ -1,0 +1,233 @@
+"""The engine at scale, made cheap by replay: a sweep of thousands of replayed trials, and how its
+simulated wall time falls with the number of trials at once.
+
+    python benchmarks/replay_scale.py sweep --replay TABLE --trials 2000       # one big sweep: driver cost
+    python benchmarks/replay_scale.py workers --replay TABLE --workers 1,4,16,64 --trials 200
+
+`sweep` runs one `fashion-tune sweep replay` (TPE + ASHA, the shipped defaults of
+search_spaces/replay_cnn.yaml, `time_scale` 0 so only the engine's own cost is timed) of `--trials`
+trials, 16 at a time, and samples the driver process every second: its RSS and how many trials have
+finished (result.json files whose last line says done, counted as Ray writes them). It reports the wall
+time, the driver time per trial, the RSS when 25%, 50% and 100% of the trials had finished (500,
+1,000, 2,000 for --trials 2000), and Optuna's TPE sampling time per trial as the study grows (the
+sweep's own trials added to a fresh study, then 5 `ask()` + suggest timed at each size).
+
+`workers` runs the same TPE + ASHA replay with 1, 4, 16 and 64 trials at once (`max_concurrent_trials`
+and `resources_per_trial.cpu` = 2 / workers, so 64 logical workers share 2 cores; `time_scale` 0.01)
+and reports the simulated wall time to a target (default: the 95th percentile of the recorded
+configurations' best accuracy): the trials are laid out on that many simulated workers in the order
+Tune started them, each as long as the recorded seconds of the epochs it ran, and the target's time is
+when the first epoch reaching it ends. ASHA's promise is that this falls nearly as 1 / workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import math
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+SPACE = HERE.parent / "search_spaces" / "replay_cnn.yaml"
+
+
+def space_file(out: Path, table: str, trials: int, workers: int, time_scale: float, seed: int = 0) -> Path:
+    data = yaml.safe_load(SPACE.read_text())
+    data.update(table=str(Path(table).resolve()), num_samples=trials, max_concurrent_trials=workers,
+                time_scale=time_scale, seed=seed, resources_per_trial={"cpu": round(2 / max(workers, 2), 4)})
+    path = out / f"space-{trials}x{workers}-seed{seed}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def finished_trials(experiment: Path) -> int:
+    done = 0
+    for path in experiment.glob("trial_*/result.json"):
+        try:
+            with open(path, "rb") as f:
+                f.seek(max(0, path.stat().st_size - 4000))
+                last = f.read().splitlines()[-1]
+            done += b'"done": true' in last
+        except (OSError, IndexError):
+            pass
+    return done
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return math.nan
+
+
+def run_big_sweep(args) -> int:
+    import ray
+
+    from fashion_tune.search.sweep import run_sweep
+
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"scale-{args.trials}"
+    space = space_file(out, args.replay, args.trials, 16, 0.0)
+    samples: list[tuple[float, float, int]] = []  # (seconds since start, driver RSS MiB, finished trials)
+    stop = threading.Event()
+    started = time.perf_counter()
+
+    def sample():
+        while not stop.wait(1.0):
+            samples.append((time.perf_counter() - started, rss_mib(), finished_trials(out / name)))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    cpu_before = time.process_time()
+    try:
+        outcome = run_sweep("replay", space, name=name, storage=out, verbose=0, num_cpus=2, echo=lambda line: None)
+    finally:
+        stop.set()
+        if ray.is_initialized():
+            ray.shutdown()
+    wall = time.perf_counter() - started
+    driver_cpu = time.process_time() - cpu_before
+    samples.append((wall, rss_mib(), outcome.num_trials))
+    epochs = int(outcome.results["epochs"].sum())
+    marks = {}
+    for fraction in (0.25, 0.5, 1.0):
+        count = int(args.trials * fraction)
+        hit = next((s for s in samples if s[2] >= count), samples[-1])
+        marks[count] = {"seconds": round(hit[0], 1), "driver_rss_mib": round(hit[1], 1)}
+    tpe = tpe_cost(Path(outcome.experiment_dir), [int(args.trials * f) for f in (0.25, 0.5, 1.0)])
+    summary = {"trials": outcome.num_trials, "status": outcome.status, "epochs": epochs, "wall_s": round(wall, 1),
+               "wall_per_trial_ms": round(1000 * wall / outcome.num_trials, 1),
+               "driver_cpu_s": round(driver_cpu, 1), "driver_cpu_per_trial_ms": round(1000 * driver_cpu / outcome.num_trials, 1),
+               "peak_driver_rss_mib": round(max(s[1] for s in samples), 1), "at": marks, "tpe_ask_ms": tpe,
+               "command": "python benchmarks/replay_scale.py " + " ".join(sys.argv[1:])}
+    print(json.dumps(summary, indent=1))
+    (out / "scale.json").write_text(json.dumps({**summary, "samples": samples}, indent=1) + "\n")
+    return 0
+
+
+def tpe_cost(experiment: Path, sizes: list[int]) -> dict[int, float]:
+    """Milliseconds per TPE `ask()` + suggest with the sweep's first n trials in the study."""
+    import optuna
+
+    from fashion_tune.search.study import open_study
+    from fashion_tune.spaces.space import load_space
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    done = [t for t in open_study(str(experiment)).trials if t.state.is_finished()]
+    space = load_space(experiment / "space.yaml")
+    cost = {}
+    for n in sizes:
+        study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=10))
+        study.add_trials(done[:n])
+        started = time.perf_counter()
+        for _ in range(5):
+            trial = study.ask()
+            space.suggest(trial)
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        cost[n] = round(1000 * (time.perf_counter() - started) / 5, 1)
+    return cost
+
+
+def simulated_time_to(experiment: Path, workers: int, target: float) -> tuple[float, float]:
+    """(simulated seconds until an epoch reaches `target`, simulated seconds until the sweep ends) with the
+    trials on `workers` simulated workers in the order Tune started them."""
+    trials = []
+    for path in experiment.glob("trial_*/result.json"):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if rows:
+            first = rows[0]["reported_at"] - rows[0]["time_this_iter_s"]
+            trials.append((first, [(r["epoch_time_s"] or 0.0, r.get("val_acc") or -math.inf) for r in rows]))
+    free = [0.0] * workers
+    reached, end = math.inf, 0.0
+    for _, epochs in sorted(trials):
+        clock = heapq.heappop(free)
+        for seconds, value in epochs:
+            clock += seconds
+            if value >= target:
+                reached = min(reached, clock)
+        heapq.heappush(free, clock)
+        end = max(end, clock)
+    return reached, end
+
+
+def run_workers(args) -> int:
+    import ray
+
+    from fashion_tune.search.replay import load_table
+    from fashion_tune.search.sweep import run_sweep
+
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    table = load_table(args.replay)
+    bests = sorted(max((v for v in r.epochs["val_acc"] if math.isfinite(v)), default=0.0) for r in table.configs)
+    target = args.target or statistics.quantiles(bests, n=20, method="inclusive")[-1]
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    rows = []
+    try:
+        for workers in [int(w) for w in args.workers.split(",")]:
+            for seed in range(args.seeds):
+                space = space_file(out, args.replay, args.trials, workers, args.time_scale, seed)
+                started = time.perf_counter()
+                outcome = run_sweep("replay", space, name=f"w{workers}-seed{seed}", storage=out, verbose=0,
+                                    echo=lambda line: None)
+                wall = time.perf_counter() - started
+                reached, end = simulated_time_to(Path(outcome.experiment_dir), workers, target)
+                rows.append({"workers": workers, "seed": seed, "sim_to_target_s": reached, "sim_total_s": end,
+                             "wall_s": wall, "trials": outcome.num_trials})
+                print(json.dumps(rows[-1]), flush=True)
+    finally:
+        ray.shutdown()
+    lines = [f"target {target:.4f} (95th percentile of the {len(bests)} recorded configurations' best accuracy); "
+             f"{args.trials} trials of TPE + ASHA per sweep, {args.seeds} seeds, time scale {args.time_scale:g}", "",
+             "| trials at once | simulated time to target: median [min-max] | speed-up vs 1 | simulated sweep time (median) | real wall per sweep |",
+             "|---|---|---|---|---|"]
+    base = None
+    for workers in sorted({r["workers"] for r in rows}):
+        mine = [r for r in rows if r["workers"] == workers]
+        to = sorted(r["sim_to_target_s"] for r in mine)
+        med = statistics.median_low(to)
+        base = base or med
+        shown = (f"{med / 60:.1f} min [{to[0] / 60:.1f}-{to[-1] / 60:.1f}]" if math.isfinite(med)
+                 else f"not reached ({sum(map(math.isfinite, to))}/{len(to)} seeds did)")
+        ratio = f"{base / med:.1f}x" if math.isfinite(med) and math.isfinite(base) else "n/a"
+        lines.append(f"| {workers} | {shown} | {ratio} | "
+                     f"{statistics.median(r['sim_total_s'] for r in mine) / 60:.1f} min | "
+                     f"{statistics.median(r['wall_s'] for r in mine):.0f} s |")
+    lines.append(f"command: python benchmarks/replay_scale.py {' '.join(sys.argv[1:])}")
+    print("\n".join(lines))
+    (out / "workers.md").write_text("\n".join(lines) + "\n")
+    (out / "workers.json").write_text(json.dumps({"target": target, "rows": rows}, indent=1) + "\n")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    big = sub.add_parser("sweep", help="one big replay sweep: wall time, driver time per trial, RSS, TPE cost")
+    big.add_argument("--replay", required=True, metavar="TABLE")
+    big.add_argument("--trials", type=int, default=2000)
+    big.add_argument("--out", type=Path, default=Path("ray_results/replay-scale"))
+    workers = sub.add_parser("workers", help="simulated time to target against trials at once")
+    workers.add_argument("--replay", required=True, metavar="TABLE")
+    workers.add_argument("--workers", default="1,4,16,64")
+    workers.add_argument("--trials", type=int, default=200)
+    workers.add_argument("--seeds", type=int, default=3)
+    workers.add_argument("--time-scale", type=float, default=0.01)
+    workers.add_argument("--target", type=float, help="validation accuracy to reach (default: see above)")
+    workers.add_argument("--out", type=Path, default=Path("ray_results/replay-workers"))
+    args = parser.parse_args(argv)
+    if args.out.exists() and any(args.out.iterdir()):
+        parser.error(f"{args.out} is not empty; pass another --out")
+    return run_big_sweep(args) if args.what == "sweep" else run_workers(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""Replay sweeps: recorded learning curves replayed through the real engine (fashion_tune/search/replay.py).
+
+Most tests use a small synthetic table written here; `tests/data/replay_runs_sample.jsonl` holds three
+lines of the real recording (benchmarks/record_curves.py), to check the format the recorder writes.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fashion_tune.cli import main
+from fashion_tune.search.replay import check_space, load_table, replay_curve, space_params
+from fashion_tune.spaces.space import load_space
+from fashion_tune.util.errors import ConfigError
+
+SAMPLE = Path(__file__).parent / "data" / "replay_runs_sample.jsonl"
+EPOCHS = 6
+LRS, WIDTHS, DROPOUTS = (1e-4, 1e-3, 1e-2, 1e-1), (8, 16), (0.1, 0.5)
+
+
+def synthetic_runs() -> list[dict]:
+    """A grid of configurations whose final accuracy peaks at lr 1e-2; lr 1e-1 diverges at epoch 2."""
+    runs, config_id = [], 0
+    for lr in LRS:
+        for width in WIDTHS:
+            for dropout in DROPOUTS:
+                final = {1e-4: 0.3, 1e-3: 0.6, 1e-2: 0.85, 1e-1: 0.1}[lr] + width / 1000 - dropout / 100
+                epochs = []
+                for epoch in range(1, EPOCHS + 1):
+                    diverged = lr == 1e-1 and epoch == 2
+                    epochs.append({"epoch": epoch, "val_acc": None if diverged else round(final * epoch / EPOCHS, 4),
+                                   "val_loss": None if diverged else round(2.0 - final * epoch / EPOCHS, 4),
+                                   "train_loss": None if diverged else 1.5, "epoch_time_s": width / 8,
+                                   "diverged": diverged})
+                    if diverged:
+                        break
+                runs.append({"config_id": config_id, "seed": 0, "params": {"lr": lr, "width": width, "dropout": dropout},
+                             "epochs": epochs, "params_count": 1000 * width, "wall_s": 1.0})
+                config_id += 1
+    runs.append({**runs[5], "seed": 1})  # a repeat: not replayed (the lowest seed is)
+    return runs
+
+
+def write_table(folder: Path, runs=None) -> Path:
+    path = folder / "runs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in (runs or synthetic_runs())))
+    return path
+
+
+def replay_space(table_path: Path, **changes) -> dict:
+    space = {
+        "kind": "replay", "table": str(table_path), "time_scale": 0, "metric": "val_acc", "mode": "max",
+        "num_samples": 16, "max_concurrent_trials": 4, "seed": 0,
+        "scheduler": {"type": "asha", "max_t": EPOCHS, "grace_period": 1, "reduction_factor": 3},
+        "resources_per_trial": {"cpu": 0.1},
+        "params": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-1},
+                   "width": {"type": "choice", "values": [8, 16]},
+                   "dropout": {"type": "uniform", "low": 0.0, "high": 0.6}},
+    }
+    space.update(changes)
+    return space
+
+
+def write_space(folder: Path, data: dict) -> Path:
+    path = folder / "replay.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def loaded(folder: Path, **changes):
+    space = load_space(write_space(folder, replay_space(write_table(folder), **changes)))
+    return space, check_space(space)
+
+
+# --- the table and the nearest configuration ----------------------------------------------------
+
+
+def test_a_recorded_config_replays_its_own_curve_and_another_the_nearest_one(tmp_path):
+    space, table = loaded(tmp_path)
+    params = space_params(space)
+    run, distance = table.nearest({"lr": 1e-2, "width": 16, "dropout": 0.5}, params)
+    assert (run.params, run.seed, distance) == ({"lr": 1e-2, "width": 16, "dropout": 0.5}, 0, 0.0)
+    # lr 4e-3 is nearer 1e-2 than 1e-3 in log space (not in linear space); the choice must match exactly.
+    run, distance = table.nearest({"lr": 4e-3, "width": 8, "dropout": 0.2}, params)
+    assert run.params == {"lr": 1e-2, "width": 8, "dropout": 0.1} and 0 < distance < 1
+    rows = replay_curve({"lr": 1e-2, "width": 16, "dropout": 0.5, "epochs": 4}, table, params)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert [r["val_acc"] for r in rows] == [round(0.861 * e / EPOCHS, 4) for e in range(1, 5)]
+    assert [r["sim_time_s"] for r in rows] == [2.0, 4.0, 6.0, 8.0] and rows[0]["params"] == 16000
+    # a diverged recording ends there, as training does
+    rows = replay_curve({"lr": 0.09, "width": 8, "dropout": 0.1, "epochs": EPOCHS}, table, params)
+    assert [(r["epoch"], r["val_acc"], r["diverged"]) for r in rows] == [(1, round(0.107 / EPOCHS, 4), False),
+                                                                        (2, None, True)]
+
+
+def test_a_real_recording_reads_the_same_from_runs_jsonl_and_curves_csv(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("record_curves", Path(__file__).parent.parent / "benchmarks" / "record_curves.py")
+    record_curves = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(record_curves)
+    jsonl = load_table(SAMPLE)
+    (tmp_path / "runs.jsonl").write_text(SAMPLE.read_text())
+    csv = load_table(record_curves.write_table(tmp_path, space=None))
+    assert jsonl.param_names == csv.param_names == ("batch_size", "depth", "dropout", "lr", "weight_decay", "width")
+    space = load_space(Path(__file__).parent.parent / "search_spaces" / "replay_cnn.yaml")
+    params = space_params(space)
+    for line in SAMPLE.read_text().splitlines():
+        recorded = json.loads(line)
+        config = {**recorded["params"], "epochs": 16}
+        for table in (jsonl, csv):
+            rows = replay_curve(config, table, params)
+            assert rows[0]["replay_config_id"] == recorded["config_id"] and rows[0]["replay_distance"] == 0
+            assert [r["val_acc"] for r in rows] == [e["val_acc"] for e in recorded["epochs"]]
+            assert [r["epoch_time_s"] for r in rows] == pytest.approx([e["epoch_time_s"] for e in recorded["epochs"]])
+
+
+def test_the_noise_comes_from_the_repeated_seeds(tmp_path):
+    _, table = loaded(tmp_path)
+    assert len(table.configs) == len(LRS) * len(WIDTHS) * len(DROPOUTS) and len(table.runs) == len(table.configs) + 1
+    assert table.noise()["pairs"] == 1
+    assert table.best() == pytest.approx(0.85 + 0.016 - 0.001)
+
+
+# --- bad input: one line, the problem and the fix, a non-zero exit --------------------------------
+
+
+def cli_error(capsys, space_file: Path) -> str:
+    status = main(["sweep", "replay", "--space", str(space_file), "--dry-run"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"params": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-1}, "width": {"type": "choice", "values": [8, 16]},
+                 "dropout": {"type": "uniform", "low": 0.0, "high": 0.6}, "depth": {"type": "choice", "values": [1, 2]}}},
+     "params.depth: not a parameter of the replay table"),
+    ({"params": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-1}, "width": {"type": "choice", "values": [8, 16]}}},
+     "varies dropout, which this space does not search; add them under params:"),
+    ({"params": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-1}, "width": {"type": "choice", "values": [8, 32]},
+                 "dropout": {"type": "uniform", "low": 0.0, "high": 0.6}}},
+     "params.width: 32 was never recorded (the table has 8, 16); choose among those"),
+    ({"scheduler": {"type": "fifo", "max_t": EPOCHS + 1}}, f"scheduler.max_t: {EPOCHS + 1} is more than the {EPOCHS} epochs"),
+    ({"fixed": {"batch_size": 64}}, "fixed: a replay replays what the table recorded"),
+    ({"time_scale": -1}, "time_scale: -1 is not allowed; use a number >= 0"),
+    ({"table": None}, "table: expected the path of recorded curves"),
+])
+def test_a_space_the_table_cannot_answer_is_refused_in_one_line(tmp_path, capsys, change, expected):
+    err = cli_error(capsys, write_space(tmp_path, replay_space(write_table(tmp_path), **change)))
+    assert expected in err
+
+
+def test_a_missing_or_malformed_table_is_refused_in_one_line(tmp_path, capsys):
+    err = cli_error(capsys, write_space(tmp_path, replay_space(tmp_path / "nowhere.jsonl")))
+    assert "replay table" in err and "nowhere.jsonl: cannot read it" in err and "record_curves.py" in err
+    table = write_table(tmp_path)
+    lines = table.read_text().splitlines()
+    table.write_text("\n".join([lines[0], "{not json", *lines[1:]]) + "\n")
+    assert "line 2 is not JSON" in cli_error(capsys, write_space(tmp_path, replay_space(table)))
+    table.write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])  # a recording cut short: its last line is left out
+    assert len(load_table(table).runs) == 1
+    bad = tmp_path / "curves.csv"
+    bad.write_text("config_id,lr\n0,0.1\n")
+    assert "lacks the column(s) seed, epoch, val_acc" in cli_error(capsys, write_space(tmp_path, replay_space(bad)))
+    table.write_text(json.dumps({"config_id": 0, "seed": 0, "params": {"lr": 0.1}}) + "\n")
+    assert "line 1 is not a recorded run" in cli_error(capsys, write_space(tmp_path, replay_space(table)))
+
+
+def test_table_belongs_to_replay_spaces_only(tmp_path):
+    data = replay_space(write_table(tmp_path), kind="cnn")
+    with pytest.raises(ConfigError, match="table: only a replay space has it; use kind: replay"):
+        load_space(write_space(tmp_path, data))
+    with pytest.raises(ConfigError, match="this is a replay space but the sweep is for vae"):
+        load_space(write_space(tmp_path, replay_space(write_table(tmp_path))), kind="vae")
+
+
+# --- through the real engine ----------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def no_ray_left_running():
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.mark.ray
+def test_a_replay_sweep_reports_the_table_and_asha_stops_trials_early(tmp_path, capsys):
+    import pandas as pd
+
+    table_path = write_table(tmp_path)
+    space_file = write_space(tmp_path, replay_space(table_path, num_samples=18, max_concurrent_trials=6))
+    status = main(["sweep", "replay", "--space", str(space_file), "--name", "r", "--storage", str(tmp_path / "results"),
+                   "--num-cpus", "1"])
+    assert status == 0, capsys.readouterr()
+    experiment = tmp_path / "results" / "r"
+    info = json.loads((experiment / "sweep.json").read_text())
+    assert info["kind"] == "cnn" and info["replay"]["table"] == str(table_path) and info["data"] is None
+    results, history = pd.read_csv(experiment / "results.csv"), pd.read_csv(experiment / "history.csv")
+    assert len(results) == 18 and set(results["status"]) == {"TERMINATED"}
+
+    # Every trial reported, epoch by epoch, the recorded curve of the configuration nearest to its own.
+    space, table = load_space(space_file), load_table(table_path)
+    for _, trial in results.iterrows():
+        config = {k: trial[f"config/{k}"] for k in ("lr", "width", "dropout")}
+        expected = replay_curve({**config, "epochs": EPOCHS}, table, space_params(space))
+        rows = history[history["trial_id"] == trial["trial_id"]].sort_values("epoch")
+        assert len(rows) == trial["epochs"] and 1 <= len(rows) <= len(expected)
+        for row, want in zip(rows.to_dict("records"), expected):
+            assert row["epoch"] == want["epoch"] and row["replay_config_id"] == want["replay_config_id"]
+            assert row["sim_time_s"] == pytest.approx(want["sim_time_s"])
+            if want["val_acc"] is None:
+                assert row["diverged"] and row["val_acc"] == -math.inf  # ranked last, as a real diverged trial
+            else:
+                assert row["val_acc"] == pytest.approx(want["val_acc"])
+
+    # ASHA stopped weak trials before max_t; the best trial ran to max_t on the table's best region.
+    stopped = results[results["stop_reason"] == "asha"]
+    assert len(stopped) >= 3 and (stopped["epochs"] < EPOCHS).all(), results[["trial_id", "epochs", "stop_reason"]]
+    assert results["epochs"].sum() < 18 * EPOCHS
+    assert info["best"]["value"] >= 0.8 and info["best"]["epoch"] == EPOCHS
+    assert (experiment / "analysis").exists() is False  # nothing but the sweep ran
+
+    # a replayed trial has no model to promote
+    assert main(["promote", str(experiment), "--kind", "cnn", "--models-dir", str(tmp_path / "models")]) == 2
+    assert "is a replay sweep" in capsys.readouterr().err
+
+
+def test_the_replay_benchmark_counts_epochs_and_ranks_strategies(tmp_path):
+    """benchmarks/search_efficiency.py --replay: Optuna alone (no Ray) on three real recorded configs spends
+    exactly the budget on recorded values, and the summary ranks and normalizes against the table."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("search_efficiency", Path(__file__).parent.parent / "benchmarks" / "search_efficiency.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    run = bench.run_optuna_alone(0, str(SAMPLE), 40, SimpleNamespace(), tmp_path)
+    curve = run["curve"]
+    assert len(curve) == 40 and all(a <= b for a, b in zip(curve, curve[1:]))
+    recorded = {e["val_acc"] for line in SAMPLE.read_text().splitlines() for e in json.loads(line)["epochs"]}
+    assert curve[-1] in recorded and curve[-1] <= load_table(SAMPLE).best()
+    runs = [{"strategy": "random+fifo", "seed": 0, "curve": [0.5, 0.7, 0.7, 0.8], "wall_s": 1.0, "epochs": 4},
+            {"strategy": "optuna-alone", "seed": 0, "curve": [0.7, 0.8, 0.8, 0.8], "wall_s": 1.0, "epochs": 4}]
+    summary = bench.replay_summary(runs, ["random+fifo", "optuna-alone"], 4, table_best=0.9, table_median=0.5)
+    table = summary["table"]
+    assert summary["target"] == 0.8 and table["random+fifo"]["median_epochs"] == 4 and table["optuna-alone"]["ratio"] == 2.0
+    assert table["optuna-alone"]["regret"] == [pytest.approx(0.25)] and table["optuna-alone"]["rank"] == 1.5
+
+
+
+@pytest.mark.ray
+def test_an_interrupted_replay_sweep_resumes_from_another_directory_to_exactly_num_samples(tmp_path):
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from tiny_sweeps import interrupt_when_ready
+
+    write_table(tmp_path)
+    data = replay_space(Path("runs.jsonl"), num_samples=8, max_concurrent_trials=2, time_scale=0.3,  # 0.3-0.6 s an epoch
+                        scheduler={"type": "fifo", "max_t": EPOCHS})  # the table's path is read from the current directory
+    space_file = write_space(tmp_path, data)
+    experiment = tmp_path / "results" / "r"
+    sweep = [sys.executable, "-m", "fashion_tune", "sweep", "replay", "--name", "r", "--storage", str(tmp_path / "results"),
+             "--num-cpus", "1"]
+    log = (tmp_path / "first.log").open("w")
+    driver = subprocess.Popen([*sweep, "--space", str(space_file)], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    assert interrupt_when_ready(driver, lambda: len(list(experiment.glob("trial_*/result.json"))) >= 3, log) == 130
+    first = pd.read_csv(experiment / "results.csv")
+    assert len(first) < 8, first
+    (tmp_path / "elsewhere").mkdir()
+    resumed = subprocess.run([*sweep, "--resume"], cwd=tmp_path / "elsewhere", capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    results, history = pd.read_csv(experiment / "results.csv"), pd.read_csv(experiment / "history.csv")
+    assert len(results) == 8 and set(results["status"]) == {"TERMINATED"}
+    table, space = load_table(tmp_path / "runs.jsonl"), load_space(experiment / "space.yaml")
+    for _, trial in results.iterrows():
+        config = {k: trial[f"config/{k}"] for k in ("lr", "width", "dropout")}
+        expected = replay_curve({**config, "epochs": EPOCHS}, table, space_params(space))
+        rows = history[history["trial_id"] == trial["trial_id"]].sort_values("epoch")
+        assert rows["epoch"].tolist() == [r["epoch"] for r in expected], "every epoch replayed, none lost"
+        assert rows["val_acc"].tolist() == pytest.approx([-math.inf if r["val_acc"] is None else r["val_acc"]
+                                                          for r in expected])
+    for path in experiment.glob("trial_*/result.json"):
+        epochs = [json.loads(line)["epoch"] for line in path.read_text().splitlines()]
+        assert epochs == list(range(1, len(epochs) + 1)), (path, epochs)
