@@ -207,7 +207,7 @@ def run_sweep_command(args) -> int:
     from fashion_tune.search.sweep import run_sweep
 
     outcome = run_sweep(request)
-    return {"finished": 0, "errored": 1}.get(outcome.status, 130)
+    return {"finished": 0, "stopped": 0, "errored": 1}.get(outcome.status, 130)
 
 
 def add_analyze(sub) -> None:

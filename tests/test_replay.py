@@ -292,3 +292,41 @@ def test_an_interrupted_replay_sweep_resumes_from_another_directory_to_exactly_n
     for path in experiment.glob("trial_*/result.json"):
         epochs = [json.loads(line)["epoch"] for line in path.read_text().splitlines()]
         assert epochs == list(range(1, len(epochs) + 1)), (path, epochs)
+
+
+@pytest.mark.ray
+def test_a_sweep_its_stopper_ends_is_stopped_not_resumable(tmp_path):
+    """A Stopper's stop_all ends the search for Ray (a resume would add no trial): the sweep says
+    "stopped", not "interrupted" with a resume command that does nothing, and --resume says so without Ray."""
+    from ray.tune import Stopper
+
+    from fashion_tune.search.request import SweepRequest
+    from fashion_tune.search.sweep import run_sweep
+
+    class AfterFiveResults(Stopper):
+        def __init__(self):
+            self.seen = 0
+
+        def __call__(self, trial_id, result):
+            self.seen += 1
+            return False
+
+        def stop_all(self):
+            return self.seen >= 5
+
+    write_table(tmp_path)
+    space_file = write_space(tmp_path, replay_space(tmp_path / "runs.jsonl", num_samples=12, max_concurrent_trials=2,
+                                                    scheduler={"type": "fifo", "max_t": EPOCHS}))
+    printed: list[str] = []
+    request = SweepRequest("replay", space_file, name="s", storage=tmp_path / "results", num_cpus=1, verbose=0,
+                           stop=AfterFiveResults())
+    outcome = run_sweep(request, echo=printed.append)
+    assert outcome.status == "stopped" and outcome.num_trials < 12, printed
+    assert "ended it before its 12 trials (stop_all)" in printed[-1] and "--resume" not in "\n".join(printed)
+    info = json.loads((tmp_path / "results" / "s" / "sweep.json").read_text())
+    assert info["status"] == "stopped" and info["finished"]
+
+    again: list[str] = []
+    resumed = run_sweep(SweepRequest("replay", name="s", storage=tmp_path / "results", resume=True), echo=again.append)
+    assert resumed.status == "stopped" and resumed.num_trials == outcome.num_trials
+    assert again[0].startswith("s was ended by its stopper already"), again

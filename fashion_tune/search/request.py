@@ -48,7 +48,9 @@ class SweepRequest:
     dashboard: bool = False  # Ray's dashboard, on `dashboard_host`
     dashboard_host: str = "127.0.0.1"
     verbose: int = 1  # Ray's progress output: 0 quiet, 1 the trial table
-    stop: Any = None  # Ray's RunConfig stop: a dict or a Stopper; a sweep it ends early can be resumed
+    # Ray's RunConfig stop: a dict (per trial) or a Stopper; a sweep its stop_all ends is "stopped", complete
+    # as it is (Ray marks the search finished, so a resume would start no new trial)
+    stop: Any = None
 
     def __post_init__(self) -> None:
         if self.max_failures is not None and self.max_failures < 0:

@@ -90,7 +90,7 @@ class SweepOutcome:
     """What `run_sweep` leaves: where the experiment is, how it ended, and its trials."""
 
     experiment_dir: str
-    status: str  # finished | interrupted | errored (some trials failed past max_failures)
+    status: str  # finished | interrupted | errored (trials failed past max_failures) | stopped (by `stop`'s stop_all)
     num_trials: int
     results: Any = None  # pandas.DataFrame, one row per trial
     best: Any = None  # analysis.TrialPick, or None
@@ -143,7 +143,7 @@ def run_sweep(request: SweepRequest | str, space_file: str | os.PathLike | None 
     root = storage_root(request.storage)
     if request.resume:
         store, info = to_resume(request, root)
-        if info.get("status") == "finished":
+        if info.get("status") in ("finished", "stopped"):
             return _already_finished(store, info, echo)
         space = resumed_space(store, info, request.kind)
         name, max_failures, keep_checkpoints = store.name, info.get("max_failures"), info.get("keep_checkpoints")
@@ -214,7 +214,8 @@ def _run_on_ray(run: PreparedSweep, echo: Callable[[str], None]) -> SweepOutcome
             cluster.disconnect()
     if info is None:  # interrupted before anything was written
         raise KeyboardInterrupt
-    return _finish(space, info, store, interrupted, run.command,
+    stopped = callable(getattr(request.stop, "stop_all", None)) and bool(request.stop.stop_all())
+    return _finish(space, info, store, "interrupted" if interrupted else "stopped" if stopped else None, run.command,
                    study=optuna_searcher(searcher).study if searcher is not None else None, echo=echo)
 
 
@@ -246,19 +247,24 @@ def _restored_tuner(store: Experiment, trainable, restart_errored: bool):
 
 
 def _already_finished(store: Experiment, info: dict[str, Any], echo) -> SweepOutcome:
-    """--resume of a sweep that ended with every trial done: nothing to run, so Ray is not started."""
+    """--resume of a sweep that ended with every trial done (or that its stopper ended): nothing to run,
+    so Ray is not started."""
     trials = info.get("trials") or {}
     best = info.get("best")
-    echo(f"{store.name} finished already ({info.get('finished')}): "
+    how = "finished" if info.get("status") == "finished" else "was ended by its stopper"
+    echo(f"{store.name} {how} already ({info.get('finished')}): "
          + ", ".join(f"{v} {k.lower()}" for k, v in sorted(trials.items()))
          + (f"; best trial {best['trial_id']}: {best['metric']} {best['value']:.4f} at epoch {best['epoch']}" if best else ""))
     echo(f"nothing to resume; see it with: fashion-tune analyze {store.location}")
-    return SweepOutcome(experiment_dir=store.location, status="finished", num_trials=int(sum(trials.values())))
+    return SweepOutcome(experiment_dir=store.location, status=info["status"], num_trials=int(sum(trials.values())))
 
 
-def _finish(space: SearchSpace, info: dict[str, Any], store: Experiment, interrupted: bool, resume_cmd: str,
+def _finish(space: SearchSpace, info: dict[str, Any], store: Experiment, ended: str | None, resume_cmd: str,
             study, echo) -> SweepOutcome:
-    """Export the results, record how the sweep ended, print the best trial (or how to resume)."""
+    """Export the results, record how the sweep ended, print the best trial (or how to resume).
+
+    `ended`: "interrupted" (Ctrl-C), "stopped" (the request's Stopper said stop_all), or None.
+    """
     _prune_checkpoints(store, space, info)
     if store.is_remote and info.get("journal") and Path(info["journal"]).is_file():
         store.upload(info["journal"], JOURNAL_FILE)  # the study as the sweep left it (see fashion_tune.search.study)
@@ -266,8 +272,10 @@ def _finish(space: SearchSpace, info: dict[str, Any], store: Experiment, interru
     statuses = {str(k): int(v) for k, v in results["status"].value_counts().items()} if len(results) else {}
     finished, errored = statuses.get("TERMINATED", 0), statuses.get("ERROR", 0)
     num_trials = int(sum(statuses.values()))
-    if interrupted or finished + errored < space.num_samples:
+    if ended == "interrupted" or (ended is None and finished + errored < space.num_samples):
         status = "interrupted"
+    elif ended == "stopped" and finished + errored < space.num_samples:
+        status = "stopped"  # Ray marks the search finished: a resume would start no new trial
     elif errored:
         status = "errored"
     else:
@@ -293,6 +301,9 @@ def _finish(space: SearchSpace, info: dict[str, Any], store: Experiment, interru
          f"{store.location}/{HISTORY}.csv")
     if status == "interrupted":
         echo(f"the sweep stopped before its {space.num_samples} trials finished; resume it with:\n  {resume_cmd}")
+    elif status == "stopped":
+        echo(f"the sweep's stopper ended it before its {space.num_samples} trials (stop_all); it is complete as it "
+             "is, and a resume would start no new trial: start another sweep (warm_start: from this one) for more")
     elif status == "errored":
         echo(f"{errored} trial(s) failed more often than --max-failures allows (see error.txt in their directories); "
              f"retry them with:\n  {resume_cmd}")

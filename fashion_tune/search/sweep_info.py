@@ -117,7 +117,7 @@ def resumable(root: str, kind: str) -> list[str]:
             info = Experiment(f"{root}/{folder.base_name}").read_info()
         except FashionTuneError:
             continue  # a damaged sweep.json: resuming it by name says so
-        if info and sweep_kind(info) == kind and info.get("status") != "finished":
+        if info and sweep_kind(info) == kind and info.get("status") not in ("finished", "stopped"):
             found.append((info.get("created") or "", folder.base_name))
     return [name for _, name in sorted(found, reverse=True)]
 
