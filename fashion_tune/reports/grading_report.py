@@ -26,7 +26,7 @@ from fashion_tune.models.sampling import CANDIDATES
 from fashion_tune.training.device import pick_device
 from fashion_tune.training.kinds import get_kind
 from fashion_tune.store.promoted import (DEFAULT_MODELS_DIR, JUDGE, MANIFEST_FILE, MODEL_FILE, is_promoted, load_judge,
-                                         load_promoted, promote_hint, train_judge_hint)
+                                         load_promoted, model_source, promote_hint, train_judge_hint)
 from fashion_tune.evaluation import grading
 from fashion_tune.evaluation.likelihood import IWAE_SAMPLES, iwae_scores
 from fashion_tune.reports.markdown import render_markdown
@@ -42,8 +42,11 @@ REPORT_MD = "report.md"
 
 
 def _model_identity(manifest: dict[str, Any]) -> dict[str, Any]:
-    keys = ("experiment", "trial_id", "epoch", "promoted_at", "validation_metric", "test_metric")
-    return {**{key: manifest.get(key) for key in keys}, "sha256": manifest.get("files", {}).get(MODEL_FILE)}
+    """A promoted model as the report names it: its experiment by name and checkpoint inside it (old manifests'
+    absolute paths read the same way), the code the sweep trained it with, and its weights' SHA-256."""
+    keys = ("trial_id", "epoch", "promoted_at", "validation_metric", "test_metric", "made_from")
+    return {**model_source(manifest), **{key: manifest.get(key) for key in keys},
+            "sha256": manifest.get("files", {}).get(MODEL_FILE)}
 
 
 def _judge_identity(manifest: dict[str, Any]) -> dict[str, Any]:

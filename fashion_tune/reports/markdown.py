@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from fashion_tune.util.files import format_number as _f
+from fashion_tune.util.provenance import describe_code
 from fashion_tune.evaluation.rubric import CNN_RUBRIC, VAE_RUBRIC, rubric_table
 from fashion_tune.reports.pictures import PICTURES
 
@@ -16,8 +17,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
 
 
 def _provenance(model: dict[str, Any]) -> str:
-    return (f"trial `{model.get('trial_id')}` of `{model.get('experiment')}`, epoch {model.get('epoch')}, "
-            f"promoted {model.get('promoted_at')}")
+    made = f", trained with code {describe_code(model['made_from'])}" if model.get("made_from") else ""
+    return (f"trial `{model.get('trial_id')}` of the sweep `{model.get('experiment')}`, epoch {model.get('epoch')}, "
+            f"promoted {model.get('promoted_at')}{made}")
 
 
 def judges_of(vae: dict[str, Any]) -> dict[str, Any]:
@@ -118,8 +120,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     out = ["# fashion-tune report", "",
            f"Made {report['generated_at']} by `{report['command']}` "
            f"({report['environment']['device']}, torch {report['environment']['torch']}, {report['elapsed_s']} s); "
-           f"code {(report['code'].get('git_commit') or 'unknown')[:12]}"
-           f"{' (modified)' if report['code'].get('dirty') else ''}. "
+           f"code {describe_code(report['code'])}. "
            f"Test set: {report['data']['test_images']:,} images, never used to choose a model.", ""]
     cnn, vae = report.get("cnn"), report.get("vae")
     out += ["## Headline", ""] + _headline(cnn, vae)
