@@ -64,7 +64,7 @@ def _ship(models_dir: Path, training: JudgeTraining, network: JudgeConfig, data_
                              echo=echo)
     test = cnn_scores(model, splits.test_x, splits.test_y)
     echo(f"judge: test accuracy {test['accuracy']:.4f} ({run['parameters']:,} parameters, "
-         f"trained in {run['train_seconds']:.0f} s on {device}, {run['threads']} threads)")
+         f"trained in {run['train_seconds']:.0f} s on {device}, {run['threads']} thread{'s' if run['threads'] > 1 else ''})")
     manifest = {
         "kind": JUDGE,
         "role": "independent judge: scores the VAE's raw and guided samples; it picks none of them "
