@@ -46,7 +46,7 @@ class JudgeTraining:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"judge {name}={value!r} must be a positive integer")
         if self.subset is not None and self.subset < 10:
-            raise ConfigError(f"judge subset={self.subset!r} must be at least 10 (one image per class)")
+            raise ConfigError(f"judge subset={self.subset!r} must be at least 10 (one image per class); pass --subset 10 or more, or none for all the training images")
         if not self.lr > 0 or self.weight_decay < 0:
             raise ConfigError(f"judge lr={self.lr!r} must be > 0 and weight_decay={self.weight_decay!r} >= 0")
 
