@@ -131,3 +131,28 @@ def test_the_code_is_modified_by_edits_to_the_code_not_by_the_models_the_command
     assert code_version(tmp_path)["dirty"] is False
     (tmp_path / "code.py").write_text("x = 2\n")
     assert code_version(tmp_path)["dirty"] is True
+
+
+def test_a_modified_code_record_names_the_files(tmp_path):
+    """'code ... (modified)' alone did not say what differed from the commit; the record lists the files."""
+    import subprocess
+
+    from fashion_tune.util.provenance import code_version, describe_code
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "b.py").write_text("y = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "files")
+    clean = code_version(tmp_path)
+    assert clean["modified"] == [] and describe_code(clean) == clean["git_commit"][:12]
+    (tmp_path / "b.py").write_text("y = 2\n")
+    git("mv", "a.py", "c.py")
+    dirty = code_version(tmp_path)
+    assert dirty["dirty"] is True and dirty["modified"] == ["b.py", "c.py"]
+    assert describe_code(dirty) == f"{dirty['git_commit'][:12]} (modified: b.py, c.py)"
+    assert describe_code({"git_commit": "f" * 40, "dirty": True}) == "ffffffffffff (modified)"  # an old record
+    assert describe_code({"git_commit": None, "dirty": None}) == "unknown code (not a git checkout)"

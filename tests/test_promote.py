@@ -133,7 +133,14 @@ def test_promotes_the_best_trial_of_a_real_sweep(tmp_path_factory, tmp_path):
     row = results.set_index("trial_id").loc[result.trial_id]
     assert row["best_val_acc"] == results["best_val_acc"].max()  # the best by validation, not by test
     manifest = json.loads((models / "cnn/manifest.json").read_text())
-    assert manifest["checkpoint"] == str(Path(row["best_checkpoint"]).resolve())
+    # Paths inside the experiment, not of this machine; the commit the sweep trained with.
+    assert manifest["experiment"] == "tiny-cnn" and manifest["storage"] is None
+    assert manifest["checkpoint"] == str(Path(row["best_checkpoint"]).relative_to(outcome.experiment_dir))
+    assert manifest["checkpoint"].startswith(f"trial_{result.trial_id}/checkpoint_")
+    sweep_code = json.loads((Path(outcome.experiment_dir) / "sweep.json").read_text())["code"]
+    assert manifest["made_from"] == sweep_code
+    if (REPO / ".git").exists():
+        assert re.fullmatch(r"[0-9a-f]{40}", sweep_code["git_commit"])
     assert manifest["epoch"] == row["best_epoch"] == manifest["sweep_metric"]["epoch"]
     promoted = torch.load(models / "cnn/model.pt", weights_only=True)
     source = torch.load(Path(row["best_checkpoint"]) / "checkpoint.pt", weights_only=True)
@@ -154,8 +161,9 @@ def test_promotes_the_trial_best_on_validation_at_its_best_epoch(tmp_path, exper
 
     manifest = json.loads((target / "manifest.json").read_text())
     assert manifest["trial_id"] == "strong" and manifest["epoch"] == 3
-    assert manifest["experiment"] == str(experiments["both"].resolve())
-    assert manifest["checkpoint"].endswith("trial_strong/checkpoint_000002")
+    assert manifest["experiment"] == "exp-both" and manifest["checkpoint"] == "trial_strong/checkpoint_000002"
+    assert manifest["storage"] is None and str(tmp_path) not in json.dumps(manifest)  # no path of this machine
+    assert manifest["made_from"] is None  # this hand-made sweep.json recorded no code
     assert manifest["sweep_metric"]["name"] == "val_acc" and manifest["sweep_metric"]["epoch"] == 3
     assert manifest["validation_metric"]["images"] == 1000 and manifest["test_metric"]["images"] == 10_000
     assert manifest["data"]["sha256"] == load_fashion_mnist().sha256
@@ -165,6 +173,31 @@ def test_promotes_the_trial_best_on_validation_at_its_best_epoch(tmp_path, exper
     assert manifest["files"]["model.pt"] == hashlib.sha256((target / "model.pt").read_bytes()).hexdigest()
     assert (target / "config.yaml").is_file()
     assert not list(models.glob(".tmp-*")) and not list(models.glob(".old-*"))
+
+
+def test_a_manifest_with_absolute_paths_from_before_still_loads_and_compares(tmp_path, experiments):
+    """Manifests written before relative paths name the experiment and checkpoint by absolute path."""
+    from fashion_tune.store.promoted import model_source
+
+    models = tmp_path / "best_models"
+    promote_best_trial(experiments["strong"], models_dir=models, echo=quiet)
+    path = models / "cnn/manifest.json"
+    old = json.loads(path.read_text())
+    for key in ("storage", "made_from"):
+        del old[key]
+    old["experiment"] = str(experiments["strong"])
+    old["checkpoint"] = str(experiments["strong"] / "trial_strong/checkpoint_000002")
+    path.write_text(json.dumps(old))
+    _, manifest, _ = load_promoted("cnn", models)
+    assert model_source(manifest) == {"experiment": "exp-strong", "checkpoint": "trial_strong/checkpoint_000002",
+                                      "storage": None}
+    assert model_source({"experiment": "s3://bucket/sweeps/cnn-x", "checkpoint": "s3://bucket/sweeps/cnn-x/trial_a/c"}) == \
+        {"experiment": "cnn-x", "checkpoint": "trial_a/c", "storage": "s3://bucket/sweeps"}
+    result = promote_best_trial(experiments["strong"], models_dir=models, echo=quiet)
+    assert not result.promoted and "already is the champion" in result.reason
+    promote_best_trial(experiments["weak"], models_dir=models, force=True, echo=quiet)
+    replaced = json.loads(path.read_text())["replaced"]
+    assert replaced["experiment"] == "exp-strong" and replaced["trial_id"] == "strong"
 
 
 def test_promoted_model_reloads_and_reproduces_its_recorded_test_metric(tmp_path, experiments):
@@ -347,13 +380,21 @@ def test_vae_promotion_evaluate_and_sample(tmp_path, experiments, runs, capsys):
     code, out, err = run_cli(capsys, "evaluate", "--models-dir", models, "--per-class", "10", "--guided-per-class", "3",
                              "--candidates", "5", "--iwae-images", "20", "--iwae-k", "50")
     assert code == 0, err
+    # No independent judge shipped: one line says so, and the promoted CNN's scores are labelled as the headline.
+    [note] = [line for line in out.splitlines() if "independent judge" in line and line.startswith("note:")]
+    assert "train-judge --models-dir" in note and "scored by the promoted CNN" in out
     assert str(models / "report.md") in out
     report = json.loads((models / "report.json").read_text())
     assert report["cnn"]["test"]["accuracy"] == json.loads((models / "cnn/metrics.json").read_text())["test"]["accuracy"]
+    # The report names the models by experiment and checkpoint inside it, not by paths of this machine.
+    assert (report["cnn"]["model"]["experiment"], report["cnn"]["model"]["checkpoint"]) == \
+        ("exp-strong", "trial_strong/checkpoint_000002")
+    assert report["vae"]["model"]["experiment"] == "vae-sweep" and str(tmp_path) not in json.dumps(report["vae"]["model"])
     vae = report["vae"]
     assert vae["rubric"]["grade"][0] in "ABCDF" and set(vae["rubric"]["criteria"]) == {"class_fidelity", "fd_relative", "diversity_ratio"}
     assert vae["samples"]["guided"]["mean_confidence"] > vae["samples"]["raw"]["mean_confidence"]
-    assert vae["judge"]["trial_id"] == "strong"
+    assert vae["judges"]["promoted_cnn"]["trial_id"] == "strong"
+    assert vae["judges"]["headline"] == vae["headline_judge"] == "promoted_cnn" and vae["judges"]["independent"] is None
     bound = vae["likelihood"]
     assert (bound["k"], bound["images"]) == (50, 20) and "IWAE, k=50, 20 binarized test images" in out
     # The IWAE bound is at least as tight as the single-sample ELBO on the same binarized images.
@@ -363,6 +404,7 @@ def test_vae_promotion_evaluate_and_sample(tmp_path, experiments, runs, capsys):
         assert (models / name).read_bytes()[:4] in (b"\x89PNG", b"# fa"), name
     markdown = (models / "report.md").read_text()
     assert "generation_score" in markdown and "![" in markdown and vae["rubric"]["grade"] in markdown
+    assert "promoted CNN, no independent judge" in markdown and "No independent judge was shipped" in markdown
 
     out_png = tmp_path / "dresses.png"
     code, first, _ = run_cli(capsys, "sample", "--class", "dress", "-n", "3", "--candidates", "8", "--seed", "4",
@@ -377,6 +419,29 @@ def test_vae_promotion_evaluate_and_sample(tmp_path, experiments, runs, capsys):
     code, out, _ = run_cli(capsys, "evaluate", "--kind", "cnn", "--models-dir", models)
     assert code == 0 and "kept the vae section" in out
     assert json.loads((models / "report.json").read_text())["vae"] == vae
+
+    # With an independent judge shipped, its scores are the headline and the promoted CNN's are secondary.
+    code, out, err = run_cli(capsys, "train-judge", "--models-dir", models, "--subset", "1000", "--epochs", "1")
+    assert code == 0, err
+    assert "shipped the judge" in out and (models / "judge/manifest.json").is_file()
+    code, out, _ = run_cli(capsys, "evaluate", "--kind", "cnn", "--models-dir", models)
+    assert code == 0 and "dropped the vae section" in out  # its numbers were not made with this judge
+    code, out, err = run_cli(capsys, "evaluate", "--models-dir", models, "--per-class", "10", "--guided-per-class", "3",
+                             "--candidates", "5", "--iwae-images", "20", "--iwae-k", "50")
+    assert code == 0, err
+    assert "note: no independent judge" not in out
+    assert "VAE, scored by the independent judge" in out and "VAE, scored by the promoted CNN that picked" in out
+    judged = json.loads((models / "report.json").read_text())["vae"]
+    assert judged["headline_judge"] == judged["judges"]["headline"] == "independent"
+    independent = judged["judges"]["independent"]
+    assert independent["sha256"] == json.loads((models / "judge/manifest.json").read_text())["files"]["model.pt"]
+    assert independent["architecture"].startswith("JudgeMLP") and "training split only" in independent["trained_on"]
+    # The promoted CNN's figures are kept, the same as before the judge came (same models, same seed).
+    assert judged["promoted_cnn"]["samples"] == vae["samples"] and judged["promoted_cnn"]["rubric"] == vae["rubric"]
+    assert judged["samples"]["real"]["accuracy"] != vae["samples"]["real"]["accuracy"]
+    markdown = (models / "report.md").read_text()
+    assert "Scored by the independent judge" in markdown and "(independent judge)" in markdown
+    assert "secondary: by the promoted CNN, which picked the guided samples" in markdown
 
     # A damaged promoted file is reported, and the report is left as it was.
     report_before = snapshot(models)

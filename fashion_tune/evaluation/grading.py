@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from fashion_tune.data.datafiles import CLASSES
 from fashion_tune.models import ConditionalVAE, FashionCNN, count_parameters
@@ -86,24 +86,26 @@ class VAEPictures:
     guided_confidence: Tensor  # (10, 3)
 
 
-def vae_grading_steps(classes: int = len(CLASSES)) -> int:
-    """How many times grade_vae calls its progress callback."""
-    return 2 * classes + 11
+def vae_grading_steps(classes: int = len(CLASSES), judges: int = 1) -> int:
+    """How many times grade_vae calls its progress callback, with `judges` classifiers scoring the samples."""
+    return 2 * classes + 4 + 7 * judges
 
 
 @dataclass
 class _Samples:
-    """One set of images to score: the images, the class each was asked to be, and the judge's outputs."""
+    """One set of images to score, and the class each was asked to be (or is, for real images)."""
 
     images: Tensor
     labels: Tensor
-    probs: Tensor
-    features: Tensor
+    test_index: Tensor | None = None  # real images: where they are in the test set
+
+
+HEADLINE_JUDGES = {"independent": "the independent judge", "promoted_cnn": "the promoted CNN"}
 
 
 def grade_vae(
     vae: ConditionalVAE,
-    judge: FashionCNN,
+    guide: FashionCNN,
     test_x: Tensor,
     test_y: Tensor,
     per_class: int = PER_CLASS,
@@ -111,10 +113,15 @@ def grade_vae(
     candidates: int = CANDIDATES,
     seed: int = SEED,
     progress: Callable[[str], None] | None = None,
+    judge: nn.Module | None = None,
 ) -> tuple[dict[str, Any], VAEPictures]:
-    """Grade the VAE on the test set and on its samples, judged by the CNN; see the module docstring.
+    """Grade the VAE on the test set and on its samples; see the module docstring.
 
-    `progress(stage)` is called as each of `vae_grading_steps(classes)` steps finishes, for a progress bar.
+    `guide` (the promoted CNN) picks the guided samples. `judge`, the independent judge (a network
+    that picked nothing), scores real, raw and guided images for the headline numbers and the
+    grade; the guide's own scores are kept beside them under "promoted_cnn". Without `judge`
+    the guide's scores are the headline, and "headline_judge" says so.
+    `progress(stage)` is called as each of `vae_grading_steps(classes, judges)` steps finishes, for a progress bar.
     """
     tick = progress or (lambda stage: None)
     if per_class < 10:
@@ -123,25 +130,24 @@ def grade_vae(
         raise ValueError(f"guided_per_class={guided_per_class} must be at least 3 (the demo shows 3 per class)")
     test = elbo_scores(vae, test_x, test_y, seed, reconstruction=True)
     tick("test ELBO")
-    real = real_reference(judge, test_x, test_y, seed)
-    tick("judge on test set")
-    sets = _sample_sets(vae, judge, test_x, real, per_class, guided_per_class, candidates, seed, tick)
-    samples = _sample_scores(sets, real, tick)
+    sets = _sample_sets(vae, guide, test_x, test_y, per_class, guided_per_class, candidates, seed, tick)
+    headline, net = ("independent", judge) if judge is not None else ("promoted_cnn", guide)
+    real, samples = _judged(net, sets, test_x, test_y, seed, tick)
     samples["guided"]["candidates"] = candidates
     classes = vae.config.num_classes
     interp = interpolation_scores(interpolation_paths(vae, all_class_pairs(classes), generator=torch.Generator().manual_seed(seed + 2)))
     tick("interpolation")
     raw = sets["raw"]
     pooled = raw.images[per_class_subset(raw.labels, ORIGINAL_DIVERSITY_PER_CLASS)]
-    references = reference_points(judge, test_x, real, samples["real"])
+    references = reference_points(net, test_x, real, samples["real"])
     tick("reference points")
     metrics = {
+        "headline_judge": headline,
         "test": test,
         "samples": samples,
         "interpolation": interp,
         "original": original_fields(pooled, test["recon_mse"], test["recon_ssim"], interp["smoothness"]),
-        "rubric": apply_rubric(rubric_values(samples["raw"], samples["real"]), VAE_RUBRIC),
-        "guided_rubric": apply_rubric(rubric_values(samples["guided"], samples["real"]), VAE_RUBRIC),  # for contrast only
+        **_rubrics(samples),
         "reference_points": references,
         "settings": {"seed": seed, "per_class": per_class, "guided_per_class": guided_per_class, "candidates": candidates,
                      "interpolation_steps": INTERPOLATION_STEPS, "fd_max_samples": FD_MAX,
@@ -149,9 +155,19 @@ def grade_vae(
         "parameters": count_parameters(vae),
         "prior": prior_description(vae),
     }
-    pictures = _pictures(vae, judge, test_x, test_y, raw.images, per_class, candidates, seed)
+    if judge is not None:  # the guide's own view, secondary: it picked the guided samples
+        _, by_guide = _judged(guide, sets, test_x, test_y, seed, tick)
+        by_guide["guided"]["candidates"] = candidates
+        metrics["promoted_cnn"] = {"samples": by_guide, **_rubrics(by_guide)}
+    pictures = _pictures(vae, guide, test_x, test_y, raw.images, per_class, candidates, seed)
     tick("pictures")
     return metrics, pictures
+
+
+def _rubrics(samples: dict[str, Any]) -> dict[str, Any]:
+    """The grade (raw samples) and, for contrast only, the same rubric applied to the guided samples."""
+    return {"rubric": apply_rubric(rubric_values(samples["raw"], samples["real"]), VAE_RUBRIC),
+            "guided_rubric": apply_rubric(rubric_values(samples["guided"], samples["real"]), VAE_RUBRIC)}
 
 
 def prior_description(vae: ConditionalVAE) -> str:
@@ -163,43 +179,45 @@ def prior_description(vae: ConditionalVAE) -> str:
     return f"{shape}{per}, fitted at promotion"
 
 
-def _sample_sets(vae: ConditionalVAE, judge: FashionCNN, test_x: Tensor, real: RealReference, per_class: int,
+def _sample_sets(vae: ConditionalVAE, guide: FashionCNN, test_x: Tensor, test_y: Tensor, per_class: int,
                  guided_per_class: int, candidates: int, seed: int, tick: Callable[[str], None]) -> dict[str, _Samples]:
-    """Real test images, raw samples and guided samples, per_class (guided_per_class) of each class, judged."""
+    """Real test images, raw samples and guided samples (picked by `guide`), per_class (guided_per_class) of each class."""
     classes = vae.config.num_classes
     # One class at a time, so the progress bar moves; class-major order as class_labels().
     raw_labels, guided_labels = class_labels(per_class, classes), class_labels(guided_per_class, classes)
     raw_gen = torch.Generator().manual_seed(seed)
     raw = torch.cat([raw_sample(vae, raw_labels[raw_labels == c], raw_gen) for c in _ticking(range(classes), tick, "raw samples")])
     guided_gen = torch.Generator().manual_seed(seed + 1)
-    guided = torch.cat([guided_sample(vae, judge, guided_labels[guided_labels == c], candidates, guided_gen)[0]
+    guided = torch.cat([guided_sample(vae, guide, guided_labels[guided_labels == c], candidates, guided_gen)[0]
                         for c in _ticking(range(classes), tick, "guided samples")])
-    raw_probs, raw_feats = judge_outputs(judge, raw)
-    guided_probs, guided_feats = judge_outputs(judge, guided)
+    pick = per_class_subset(test_y.cpu(), per_class)
+    return {"real": _Samples(test_x.cpu()[pick], test_y.cpu()[pick], pick), "raw": _Samples(raw, raw_labels),
+            "guided": _Samples(guided, guided_labels)}
+
+
+def _judged(judge: nn.Module, sets: dict[str, _Samples], test_x: Tensor, test_y: Tensor, seed: int,
+            tick: Callable[[str], None]) -> tuple[RealReference, dict[str, Any]]:
+    """One classifier's view of every set: its scores and diversity, and the Frechet distance of the generated
+    ones to real test images in its feature space."""
+    real = real_reference(judge, test_x, test_y, seed)
+    tick("judge on test set")
+    pick = sets["real"].test_index
+    outputs = {"real": (real.probs[pick], real.features[pick])}
+    outputs |= {name: judge_outputs(judge, sets[name].images) for name in ("raw", "guided")}
     tick("judge on samples")
-    pick = per_class_subset(real.labels, per_class)
-    return {
-        "real": _Samples(test_x.cpu()[pick], real.labels[pick], real.probs[pick], real.features[pick]),
-        "raw": _Samples(raw, raw_labels, raw_probs, raw_feats),
-        "guided": _Samples(guided, guided_labels, guided_probs, guided_feats),
-    }
-
-
-def _sample_scores(sets: dict[str, _Samples], real: RealReference, tick: Callable[[str], None]) -> dict[str, Any]:
-    """Judge scores and diversity of every set, and the Frechet distance of the generated ones."""
     samples: dict[str, Any] = {}
-    for name, s in sets.items():
-        samples[name] = judge_scores(s.probs, s.labels)
-        samples[name]["diversity_pixels"] = within_class_diversity(s.images, s.labels)
-        samples[name]["diversity_features"] = within_class_diversity(s.features, s.labels)
+    for name, (probs, features) in outputs.items():
+        samples[name] = judge_scores(probs, sets[name].labels)
+        samples[name]["diversity_pixels"] = within_class_diversity(sets[name].images, sets[name].labels)
+        samples[name]["diversity_features"] = within_class_diversity(features, sets[name].labels)
         tick(f"diversity {name}")
     for name in ("raw", "guided"):
-        samples[name].update(fd_against_real(sets[name].features, sets[name].labels, real))
+        samples[name].update(fd_against_real(outputs[name][1], sets[name].labels, real))
         tick(f"Frechet {name}")
-    return samples
+    return real, samples
 
 
-def _pictures(vae: ConditionalVAE, judge: FashionCNN, test_x: Tensor, test_y: Tensor, raw: Tensor, per_class: int,
+def _pictures(vae: ConditionalVAE, guide: FashionCNN, test_x: Tensor, test_y: Tensor, raw: Tensor, per_class: int,
               candidates: int, seed: int) -> VAEPictures:
     """The report's pictures, from the graded raw samples and a few more seeded draws."""
     classes = vae.config.num_classes
@@ -210,7 +228,7 @@ def _pictures(vae: ConditionalVAE, judge: FashionCNN, test_x: Tensor, test_y: Te
         recon_labels = torch.arange(classes).to(device) if vae.config.conditional else None
         reconstructions = vae.reconstruct(originals.to(device), recon_labels).cpu()
     demo_gen = torch.Generator().manual_seed(seed + 3)
-    demo, demo_conf = guided_sample(vae, judge, class_labels(3, classes), candidates, demo_gen)
+    demo, demo_conf = guided_sample(vae, guide, class_labels(3, classes), candidates, demo_gen)
     return VAEPictures(
         showcase=raw.view(classes, per_class, 1, 28, 28)[:, :10],
         originals=originals,

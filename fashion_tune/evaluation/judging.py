@@ -1,8 +1,10 @@
 """The judge's view of a set of images: its scores, their diversity, and their Frechet distance to real data.
 
-The judge is the promoted CNN: its softmax scores class fidelity and its penultimate features
-(`FashionCNN.features`) are the space for feature diversity and the Frechet distance (the role
-Inception features play in FID). Definitions are in `fashion_tune.evaluation.grading`'s docstring.
+A judge is any classifier with `features(x)` (penultimate activations) and `classifier` (the last
+layer): the independent judge (`fashion_tune.models.judge.JudgeMLP`) or the promoted CNN
+(`FashionCNN`). Its softmax scores class fidelity and its features are the space for feature
+diversity and the Frechet distance (the role Inception features play in FID). Definitions are in
+`fashion_tune.evaluation.grading`'s docstring.
 """
 
 from __future__ import annotations
@@ -12,11 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from fashion_tune.data.datafiles import CLASSES
 from fashion_tune.data.splits import stratified_indices
-from fashion_tune.models import FashionCNN
 from fashion_tune.models.sampling import evaluating
 
 SEED = 0  # the split of the test set into halves A and B
@@ -26,7 +27,7 @@ BATCH = 1_000
 
 
 @torch.no_grad()
-def judge_outputs(judge: FashionCNN, images: Tensor, batch_size: int = BATCH) -> tuple[Tensor, Tensor]:
+def judge_outputs(judge: nn.Module, images: Tensor, batch_size: int = BATCH) -> tuple[Tensor, Tensor]:
     """Softmax probabilities (N, classes) and penultimate features (N, D) of images, on the CPU."""
     device = next(judge.parameters()).device
     probs, feats = [], []
@@ -126,7 +127,7 @@ class RealReference:
     half_b: Tensor
 
 
-def real_reference(judge: FashionCNN, test_x: Tensor, test_y: Tensor, seed: int = SEED) -> RealReference:
+def real_reference(judge: nn.Module, test_x: Tensor, test_y: Tensor, seed: int = SEED) -> RealReference:
     probs, feats = judge_outputs(judge, test_x)
     a, b = test_halves(test_y, seed)
     return RealReference(test_y.cpu(), probs, feats, a, b)

@@ -7,9 +7,8 @@ import math
 from typing import Any
 
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from fashion_tune.models import FashionCNN
 from fashion_tune.evaluation.judging import (RealReference, fd_against_real, judge_outputs, judge_scores,
                                              mean_pairwise_distance, within_class_diversity)
 
@@ -102,7 +101,7 @@ def box_blur(images: Tensor, size: int) -> Tensor:
 REFERENCE_BLURS = (3, 5)
 
 
-def reference_points(judge: FashionCNN, test_x: Tensor, real: RealReference, real_scores: dict[str, Any]) -> dict[str, Any]:
+def reference_points(judge: nn.Module, test_x: Tensor, real: RealReference, real_scores: dict[str, Any]) -> dict[str, Any]:
     """The rubric applied to real test images (half B) as they are and blurred, with this judge.
 
     These anchor the grade: blurring real images by 3x3 is roughly what a good VAE's softness

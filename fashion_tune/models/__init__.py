@@ -1,4 +1,5 @@
-"""The networks: a class-conditional beta-VAE and a CNN classifier for Fashion-MNIST."""
+"""The networks: a class-conditional beta-VAE, a CNN classifier for Fashion-MNIST, and the independent
+judge (`judge`, an MLP) that scores the VAE's samples."""
 
 import torch.nn as nn
 

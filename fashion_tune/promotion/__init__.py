@@ -1,2 +1,2 @@
 """Promoting a sweep's best trial into `best_models/`: champion against challenger on validation
-(`promote`)."""
+(`promote`); shipping the independent judge beside the models (`judge`)."""

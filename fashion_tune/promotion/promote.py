@@ -14,8 +14,10 @@ kept in `best_models/<kind>/history/<time>/`.
                  `torch.load(..., weights_only=True)` and `train.load_model` read it
 - config.yaml    the model's full training config
 - metrics.json   validation (re-scored on the whole validation split) and test metrics
-- manifest.json  where it came from: experiment, trial id, checkpoint, epoch, promotion time,
-                 git commit, data checksums, and the SHA-256 of model.pt
+- manifest.json  where it came from: the experiment's name, the trial id, the checkpoint's path inside
+                 the experiment (no path of the machine that trained it), epoch, promotion time,
+                 the commit the sweep trained it with (`made_from`) and the one that promoted it
+                 (`code`), data checksums, and the SHA-256 of model.pt
 - history/       replaced champions, one directory each
 
 Writes are atomic: the new directory is assembled next to the old one (`.tmp-<kind>-*`) and
@@ -47,8 +49,9 @@ from fashion_tune.data.splits import make_splits
 from fashion_tune.training.checkpoint import save_checkpoint
 from fashion_tune.training.kinds import get_kind
 from fashion_tune.training.loop import load_model
+from fashion_tune.store.experiment import Experiment
 from fashion_tune.store.promoted import (CONFIG_FILE, DEFAULT_MODELS_DIR, HISTORY_DIR, MANIFEST_FILE, METRICS_FILE, MODEL_FILE,
-                                         is_promoted, models_lock, recover)
+                                         is_promoted, model_source, models_lock, recover)
 from fashion_tune.store.reading import best_trial, read_sweep_info
 
 LABELS = {"neg_elbo": "val neg. ELBO (nats)", "recon": "val recon (nats)", "kl": "val KL (nats)",
@@ -192,7 +195,7 @@ def promote_best_trial(
 
     `limits` ({"params": 1e6} and/or {"flops": ...}) picks the best trial whose cost is within them.
     """
-    experiment_dir = str(experiment_dir) if is_uri(str(experiment_dir)) else Path(experiment_dir).resolve()
+    experiment_dir = Experiment.open(experiment_dir).location  # a path (resolved) or URI; a bare NAME found in storage
     # Checks the directory, picks by validation (within the cost limits), finds the checkpoint.
     if read_sweep_info(experiment_dir).get("replay"):
         raise FashionTuneError(f"{experiment_dir} is a replay sweep: its trials replayed recorded curves and trained no "
@@ -224,7 +227,7 @@ def promote_best_trial(
     with models_lock(models_dir):
         notes = [restored] if (restored := recover(models_dir, kind)) else []
         champion = _score_champion(target, kind, config, splits, force, notes)
-        promoted, reason = _decide(kind, pick, state, challenger, champion, force)
+        promoted, reason = _decide(kind, pick, state, challenger, champion, force, experiment_dir)
         _print_comparison(kind, challenger, champion, len(splits.val_y), notes, echo)
         result = Promotion(kind, promoted, reason, target, str(pick.trial_id), challenger, champion, notes=notes)
         if not promoted:
@@ -267,7 +270,33 @@ def _score_champion(target: Path, kind: str, config: dict[str, Any], splits, for
             "recorded_test": read_json_object(target / METRICS_FILE).get("test", {})}
 
 
-def _decide(kind: str, pick, state, challenger, champion, force: bool) -> tuple[bool, str]:
+def _source(experiment_dir: Path | str, pick) -> dict[str, Any]:
+    """The picked checkpoint as a manifest records it: the experiment's name, the checkpoint's path inside
+    the experiment, and the storage where that is a URI (see `store.promoted.model_source`)."""
+    location = str(experiment_dir).rstrip("/")
+    found = pick.source or str(Path(pick.checkpoint).resolve())
+    inside = found[len(location) + 1:] if found.startswith(location + "/") else Path(found).name
+    remote = is_uri(location)
+    return {"experiment": location.rsplit("/", 1)[-1], "checkpoint": inside,
+            "storage": location.rsplit("/", 1)[0] if remote else None}
+
+
+def _same_checkpoint(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return (a["experiment"], a["checkpoint"]) == (b["experiment"], b["checkpoint"])
+
+
+def _made_from(experiment_dir: Path | str) -> dict[str, Any] | None:
+    """The code the sweep trained with, as its sweep.json recorded it (None for sweeps from before that
+    record); commits it was resumed with, where they differ, under `resumed_with`."""
+    info = Experiment(experiment_dir).read_info() or {}
+    code = info.get("code")
+    if not code:
+        return None
+    resumed = [c for c in info.get("resumed_code", []) if c and c.get("git_commit") != code.get("git_commit")]
+    return {**code, "resumed_with": resumed} if resumed else dict(code)
+
+
+def _decide(kind: str, pick, state, challenger, champion, force: bool, experiment_dir) -> tuple[bool, str]:
     """Whether the challenger replaces the champion, and why."""
     k = get_kind(kind)
     name, mode = k.promote_metric, k.mode
@@ -278,7 +307,7 @@ def _decide(kind: str, pick, state, challenger, champion, force: bool) -> tuple[
                       f"{'<' if mode == 'min' else '>'} {format_number(champion['validation'][name])}")
     if force:
         return True, f"--force: replacing the champion although its {LABELS[name]} is as good or better"
-    if champion["manifest"].get("checkpoint") == (pick.source or str(Path(pick.checkpoint).resolve())):
+    if _same_checkpoint(model_source(champion["manifest"]), _source(experiment_dir, pick)):
         return False, f"champion kept: trial {pick.trial_id} (epoch {state['epoch']}) already is the champion"
     return False, (f"champion kept: challenger's {LABELS[name]} {format_number(challenger['validation'][name])} "
                    f"is not better than {format_number(champion['validation'][name])}; pass --force to replace it")
@@ -302,9 +331,8 @@ def _manifest(kind: str, experiment_dir: Path | str, pick, state, challenger, ch
     name = k.promote_metric
     return {
         "kind": kind,
-        "experiment": str(experiment_dir),
+        **_source(experiment_dir, pick),  # experiment (its name), checkpoint (inside it), storage (a URI's)
         "trial_id": str(pick.trial_id),
-        "checkpoint": (pick.source or str(Path(pick.checkpoint).resolve())),
         "epoch": state["epoch"],
         "sweep_metric": {"name": pick.metric, "mode": pick.mode, "value": pick.value, "epoch": pick.epoch},
         "validation_metric": {"name": k.monitor, "mode": k.mode, "value": challenger["validation"][name],
@@ -314,7 +342,8 @@ def _manifest(kind: str, experiment_dir: Path | str, pick, state, challenger, ch
         "promoted_at": _now().isoformat(timespec="seconds"),
         "forced": bool(force and champion is not None and not is_better(kind, challenger["validation"], champion["validation"])),
         "replaced": _summary(champion["manifest"]) if champion else None,
-        "code": code_version(),
+        "made_from": _made_from(experiment_dir),  # the code the sweep trained it with
+        "code": code_version(),  # the code that promoted it (and fitted the VAE's prior)
         "data": {"source": str(data.source), "sha256": dict(data.sha256)},
         "files": {},
     }
@@ -376,4 +405,5 @@ def _keep_history(target: Path, new: Path, stamp: str) -> Path:
 def _summary(manifest: dict[str, Any]) -> dict[str, Any] | None:
     if not manifest:
         return None
-    return {key: manifest.get(key) for key in ("experiment", "trial_id", "epoch", "promoted_at", "validation_metric")}
+    return {"experiment": model_source(manifest)["experiment"],
+            **{key: manifest.get(key) for key in ("trial_id", "epoch", "promoted_at", "validation_metric")}}

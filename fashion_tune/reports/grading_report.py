@@ -25,7 +25,8 @@ from fashion_tune.data.splits import Splits, make_splits
 from fashion_tune.models.sampling import CANDIDATES
 from fashion_tune.training.device import pick_device
 from fashion_tune.training.kinds import get_kind
-from fashion_tune.store.promoted import DEFAULT_MODELS_DIR, MANIFEST_FILE, MODEL_FILE, is_promoted, load_promoted, promote_hint
+from fashion_tune.store.promoted import (DEFAULT_MODELS_DIR, JUDGE, MANIFEST_FILE, MODEL_FILE, is_promoted, load_judge,
+                                         load_promoted, model_source, promote_hint, train_judge_hint)
 from fashion_tune.evaluation import grading
 from fashion_tune.evaluation.likelihood import IWAE_SAMPLES, iwae_scores
 from fashion_tune.reports.markdown import render_markdown
@@ -41,8 +42,24 @@ REPORT_MD = "report.md"
 
 
 def _model_identity(manifest: dict[str, Any]) -> dict[str, Any]:
-    keys = ("experiment", "trial_id", "epoch", "promoted_at", "validation_metric", "test_metric")
-    return {**{key: manifest.get(key) for key in keys}, "sha256": manifest.get("files", {}).get(MODEL_FILE)}
+    """A promoted model as the report names it: its experiment by name and checkpoint inside it (old manifests'
+    absolute paths read the same way), the code the sweep trained it with, and its weights' SHA-256."""
+    keys = ("trial_id", "epoch", "promoted_at", "validation_metric", "test_metric", "made_from")
+    return {**model_source(manifest), **{key: manifest.get(key) for key in keys},
+            "sha256": manifest.get("files", {}).get(MODEL_FILE)}
+
+
+def _judge_identity(manifest: dict[str, Any]) -> dict[str, Any]:
+    keys = ("architecture", "seed", "parameters", "test_accuracy", "trained_at", "command")
+    return {**{key: manifest.get(key) for key in keys}, "trained_on": manifest.get("training", {}).get("what"),
+            "sha256": manifest.get("files", {}).get(MODEL_FILE)}
+
+
+def _judges(cnn_manifest: dict[str, Any], judge_manifest: dict[str, Any] | None) -> dict[str, Any]:
+    """Who scored the VAE's samples: report.json's `vae.judges`."""
+    return {"headline": "independent" if judge_manifest else "promoted_cnn",
+            "independent": _judge_identity(judge_manifest) if judge_manifest else None,
+            "promoted_cnn": {**_model_identity(cnn_manifest), "role": "picks the guided samples (the guide)"}}
 
 
 def evaluate(
@@ -71,8 +88,12 @@ def evaluate(
     want_cnn, want_vae, skipped = _sections(kind, models_dir)
     cnn, cnn_manifest, _ = load_promoted("cnn", models_dir, device) if (want_cnn or want_vae) else (None, None, None)
     vae, vae_manifest, _ = load_promoted("vae", models_dir, device) if want_vae else (None, None, None)
+    judge, judge_manifest = load_judge(models_dir, device) if want_vae else (None, None)
     for line in skipped:
         echo(f"note: {line}")
+    if want_vae and judge is None:
+        echo(f"note: no independent judge in {models_dir / JUDGE}: the VAE's samples are scored by the promoted CNN, "
+             f"which picked the guided ones (labelled so in the report); {train_judge_hint(models_dir)}")
 
     data = load_fashion_mnist(data_dir)
     test = make_splits(data, subset=10, val_subset=10)  # only the test split is used
@@ -90,17 +111,19 @@ def evaluate(
         report["cnn"] = {"model": _model_identity(cnn_manifest), **grading.grade_cnn(cnn, test.test_x, test.test_y)}
     vae_pics = None
     if want_vae:
+        judged_by = ("the independent judge (and the promoted CNN, secondary)" if judge is not None
+                     else "the promoted CNN (no independent judge)")
         echo(f"grading the VAE: test ELBO, {per_class:,} raw and {guided_per_class:,} guided samples per class "
-             f"(best of {candidates}), judged by the promoted CNN")
-        metrics, vae_pics = _grade_vae(vae, cnn, test, progress, per_class=per_class, guided_per_class=guided_per_class,
-                                       candidates=candidates, seed=seed)
+             f"(best of {candidates} by the promoted CNN), scored by {judged_by}")
+        metrics, vae_pics = _grade_vae(vae, cnn, judge, test, progress, per_class=per_class,
+                                       guided_per_class=guided_per_class, candidates=candidates, seed=seed)
         pick = grading.per_class_subset(test.test_y, max(1, iwae_images // vae.config.num_classes))
         echo(f"likelihood bound: IWAE with k={iwae_k:,} on {len(pick):,} binarized test images")
         with tqdm(total=len(pick), desc="likelihood bound", unit="image", dynamic_ncols=True,
                   disable=None if progress is None else not progress) as bar:
             metrics["likelihood"] = iwae_scores(vae, test.test_x[pick], test.test_y[pick], k=iwae_k, seed=seed,
                                                 progress=bar.update)
-        report["vae"] = {"model": _model_identity(vae_manifest), "judge": _model_identity(cnn_manifest), **metrics}
+        report["vae"] = {"model": _model_identity(vae_manifest), "judges": _judges(cnn_manifest, judge_manifest), **metrics}
     report["elapsed_s"] = round(time.perf_counter() - started, 1)
     _write_report(models_dir, report, vae_pics, candidates, {"cnn": cnn_manifest, "vae": vae_manifest}, echo)
     return report
@@ -140,9 +163,10 @@ def _sections(kind: str, models_dir: Path) -> tuple[bool, bool, list[str]]:
     return want_cnn, want_vae, skipped
 
 
-def _grade_vae(vae, cnn, test: Splits, progress: bool | None, **settings) -> tuple[dict[str, Any], grading.VAEPictures]:
+def _grade_vae(vae, cnn, judge, test: Splits, progress: bool | None, **settings) -> tuple[dict[str, Any], grading.VAEPictures]:
     """grading.grade_vae with a progress bar (shown on a terminal unless `progress` says otherwise)."""
-    bar = tqdm(total=grading.vae_grading_steps(vae.config.num_classes), desc="grading vae", unit="step",
+    judges = 1 if judge is None else 2
+    bar = tqdm(total=grading.vae_grading_steps(vae.config.num_classes, judges), desc="grading vae", unit="step",
                disable=None if progress is None else not progress, dynamic_ncols=True)
 
     def tick(stage: str) -> None:
@@ -150,7 +174,7 @@ def _grade_vae(vae, cnn, test: Splits, progress: bool | None, **settings) -> tup
         bar.update()
 
     try:
-        return grading.grade_vae(vae, cnn, test.test_x, test.test_y, progress=tick, **settings)
+        return grading.grade_vae(vae, cnn, test.test_x, test.test_y, progress=tick, judge=judge, **settings)
     finally:
         bar.close()
 
@@ -176,7 +200,7 @@ def _write_report(models_dir: Path, report: dict[str, Any], vae_pics: grading.VA
 
 
 def _keep_current_sections(models_dir: Path, report: dict[str, Any], manifests: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """Carry over sections of the previous report.json whose models (and judge) are still the promoted ones.
+    """Carry over sections of the previous report.json whose models (and judges) are still the ones shipped.
 
     Returns the kinds kept and the kinds dropped because their models changed.
     """
@@ -187,15 +211,35 @@ def _keep_current_sections(models_dir: Path, report: dict[str, Any], manifests: 
     for kind in ("cnn", "vae"):
         if kind in report or kind not in previous or not is_promoted(models_dir, kind):
             continue
-        current = manifests.get(kind) or read_json_object(models_dir / kind / MANIFEST_FILE)
-        same = previous[kind].get("model", {}).get("sha256") == current.get("files", {}).get(MODEL_FILE)
-        judge = get_kind(kind).judge
-        if judge is not None:
-            judged_by = manifests.get(judge) or read_json_object(models_dir / judge / MANIFEST_FILE)
-            same = same and previous[kind].get("judge", {}).get("sha256") == judged_by.get("files", {}).get(MODEL_FILE)
-        if same:
+        if _graded_models(previous[kind]) == _shipped_models(models_dir, kind, manifests):
             report[kind] = previous[kind]
             kept.append(kind)
         else:
             dropped.append(kind)
     return kept, dropped
+
+
+def _graded_models(section: dict[str, Any]) -> dict[str, Any]:
+    """The SHA-256 of every model a report section's numbers depend on (reports from before the
+    independent judge name the promoted CNN under `judge`)."""
+    shas = {"model": section.get("model", {}).get("sha256")}
+    judges = section.get("judges")
+    if judges is not None:
+        shas["guide"] = (judges.get("promoted_cnn") or {}).get("sha256")
+        shas["independent"] = (judges.get("independent") or {}).get("sha256")
+    elif "judge" in section:
+        shas.update(guide=section["judge"].get("sha256"), independent=None)
+    return shas
+
+
+def _shipped_models(models_dir: Path, kind: str, manifests: dict[str, Any]) -> dict[str, Any]:
+    """The same SHA-256s for the models shipped in `models_dir` now."""
+    def sha(name: str) -> str | None:
+        manifest = manifests.get(name) or read_json_object(models_dir / name / MANIFEST_FILE)
+        return manifest.get("files", {}).get(MODEL_FILE)
+
+    shas = {"model": sha(kind)}
+    guide = get_kind(kind).judge
+    if guide is not None:
+        shas.update(guide=sha(guide), independent=sha(JUDGE))
+    return shas

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from fashion_tune.util.files import format_number as _f
+from fashion_tune.util.provenance import describe_code
 from fashion_tune.evaluation.rubric import CNN_RUBRIC, VAE_RUBRIC, rubric_table
 from fashion_tune.reports.pictures import PICTURES
 
@@ -16,12 +17,41 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
 
 
 def _provenance(model: dict[str, Any]) -> str:
-    return (f"trial `{model.get('trial_id')}` of `{model.get('experiment')}`, epoch {model.get('epoch')}, "
-            f"promoted {model.get('promoted_at')}")
+    made = f", trained with code {describe_code(model['made_from'])}" if model.get("made_from") else ""
+    return (f"trial `{model.get('trial_id')}` of the sweep `{model.get('experiment')}`, epoch {model.get('epoch')}, "
+            f"promoted {model.get('promoted_at')}{made}")
+
+
+def judges_of(vae: dict[str, Any]) -> dict[str, Any]:
+    """report.json's `vae.judges`; a report from before the independent judge had only the promoted CNN (`judge`)."""
+    return vae.get("judges") or {"headline": "promoted_cnn", "independent": None, "promoted_cnn": vae.get("judge") or {}}
+
+
+def headline_judge_name(vae: dict[str, Any]) -> str:
+    """Who scored the VAE section's headline numbers, in words."""
+    if judges_of(vae)["headline"] == "independent":
+        return "the independent judge"
+    return "the promoted CNN (no independent judge; it picked the guided samples)"
+
+
+def _judge_line(vae: dict[str, Any]) -> str:
+    judges = judges_of(vae)
+    guide = f"Guide: the promoted CNN ({_provenance(judges['promoted_cnn'])}) picks each guided sample."
+    independent = judges.get("independent")
+    if not independent:
+        return (f"{guide} No independent judge was shipped (`fashion-tune train-judge`), so the samples are scored "
+                f"by the guide itself: its guided scores are high by construction.")
+    return (f"{guide} **Scored by the independent judge** ({independent.get('architecture')}; seed "
+            f"{independent.get('seed')}, {independent.get('parameters'):,} parameters, test accuracy "
+            f"{_f(independent.get('test_accuracy'))}; trained on {independent.get('trained_on')}), which picked "
+            f"nothing; the guide's own scores follow as secondary figures.")
 
 
 METRIC_DEFINITIONS = """\
-- **Judge scores** (judge = the promoted CNN; each generated image was requested as class c):
+- **Judge scores** (judge = the classifier named beside the numbers: the **independent judge**, a
+  second network of another architecture and seed trained on the training split only, which picked
+  nothing; or the **promoted CNN**, which picked the guided samples; each generated image was
+  requested as class c):
   confidence = judge softmax probability of c; correct = (judge's top class == c);
   accuracy = mean(correct); mean confidence = mean(confidence); > 0.95 = share of images with
   confidence > 0.95; **quality score = mean(confidence x correct)** (the original's "confidence x accuracy").
@@ -29,9 +59,11 @@ METRIC_DEFINITIONS = """\
 - **Raw** samples decode one z ~ p(z|y) per image, from the VAE's prior (the standard normal, or the
   mixture of Gaussians per class that promotion fits to the training images' posteriors, where it
   raised the validation ELBO: the VAE section says which). **Guided** samples keep, for each image, the
-  candidate (of `candidates` decoded latents) the judge is most confident about (the original's
-  "generate 100 candidates, select best"). Guidance raises judge scores by construction, so the
-  grade uses raw samples only; the guided column shows what it costs in diversity.
+  candidate (of `candidates` decoded latents) the promoted CNN is most confident about (the original's
+  "generate 100 candidates, select best"). Guidance raises the promoted CNN's scores by construction,
+  so the independent judge's are the headline, and the grade uses raw samples only; the guided
+  column shows what guidance buys in the eyes of a classifier that did not pick, and what it costs
+  in diversity.
 - **Diversity** = mean pairwise L2 distance between images of the same class, averaged over the
   classes; in pixels (784 values in [0, 1]) and in the judge's penultimate feature space.
 - **Frechet distance (FD)** between Gaussians fitted to judge features,
@@ -88,8 +120,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     out = ["# fashion-tune report", "",
            f"Made {report['generated_at']} by `{report['command']}` "
            f"({report['environment']['device']}, torch {report['environment']['torch']}, {report['elapsed_s']} s); "
-           f"code {(report['code'].get('git_commit') or 'unknown')[:12]}"
-           f"{' (modified)' if report['code'].get('dirty') else ''}. "
+           f"code {describe_code(report['code'])}. "
            f"Test set: {report['data']['test_images']:,} images, never used to choose a model.", ""]
     cnn, vae = report.get("cnn"), report.get("vae")
     out += ["## Headline", ""] + _headline(cnn, vae)
@@ -106,17 +137,27 @@ def _headline(cnn: dict[str, Any] | None, vae: dict[str, Any] | None) -> list[st
     if cnn:
         rows.append(("CNN test accuracy", _f(cnn["test"]["accuracy"]), cnn["rubric"]["grade"]))
     if vae:
-        s = vae["samples"]
+        s, by = vae["samples"], _by_judge(vae)
         rows += [
-            ("VAE judge accuracy, raw -> guided", f"{_f(s['raw']['accuracy'])} -> {_f(s['guided']['accuracy'])} (real test {_f(s['real']['accuracy'])})", ""),
-            ("VAE mean confidence, raw -> guided", f"{_f(s['raw']['mean_confidence'])} -> {_f(s['guided']['mean_confidence'])}", ""),
-            ("VAE feature diversity, raw -> guided", f"{_f(s['raw']['diversity_features'])} -> {_f(s['guided']['diversity_features'])} (real test {_f(s['real']['diversity_features'])})", ""),
-            ("VAE Frechet distance (raw) vs real floor", f"{_f(s['raw']['fd'])} vs {_f(s['raw']['fd_floor'])} (relative {_f(s['raw']['fd_relative'], 3)}; {s['raw']['fd_samples']:,} images a side)", ""),
+            (f"VAE class accuracy, raw -> guided ({by})", f"{_f(s['raw']['accuracy'])} -> {_f(s['guided']['accuracy'])} (real test {_f(s['real']['accuracy'])})", ""),
+            (f"VAE mean confidence, raw -> guided ({by})", f"{_f(s['raw']['mean_confidence'])} -> {_f(s['guided']['mean_confidence'])}", ""),
+        ]
+        if "promoted_cnn" in vae:
+            g = vae["promoted_cnn"]["samples"]
+            rows.append(("VAE class accuracy, raw -> guided (secondary: by the promoted CNN, which picked the guided samples)",
+                         f"{_f(g['raw']['accuracy'])} -> {_f(g['guided']['accuracy'])} (real test {_f(g['real']['accuracy'])})", ""))
+        rows += [
+            (f"VAE feature diversity, raw -> guided ({by}'s features)", f"{_f(s['raw']['diversity_features'])} -> {_f(s['guided']['diversity_features'])} (real test {_f(s['real']['diversity_features'])})", ""),
+            (f"VAE Frechet distance (raw) vs real floor ({by}'s features)", f"{_f(s['raw']['fd'])} vs {_f(s['raw']['fd_floor'])} (relative {_f(s['raw']['fd_relative'], 3)}; {s['raw']['fd_samples']:,} images a side)", ""),
             ("VAE test -log p(x|y) bound, binarized (IWAE)", _likelihood_cell(vae.get("likelihood")), ""),
             ("VAE test negative ELBO on grey levels (cross-entropy, not a likelihood)", _f(vae["test"]["neg_elbo"], 2), ""),
-            ("VAE grade (rubric below)", "", vae["rubric"]["grade"]),
+            (f"VAE grade (rubric below; {by})", "", vae["rubric"]["grade"]),
         ]
     return _table(["", "value", "grade"], rows)
+
+
+def _by_judge(vae: dict[str, Any]) -> str:
+    return "independent judge" if judges_of(vae)["headline"] == "independent" else "promoted CNN, no independent judge"
 
 
 def _cnn_section(cnn: dict[str, Any]) -> list[str]:
@@ -138,12 +179,16 @@ _SAMPLE_ROWS = [("accuracy", "judge accuracy"), ("mean_confidence", "mean confid
 def _vae_section(vae: dict[str, Any]) -> list[str]:
     s, settings, t = vae["samples"], vae["settings"], vae["test"]
     prior = f" Prior p(z|y): {vae['prior']}." if "prior" in vae else ""
-    out = ["## VAE", "", f"Model: {_provenance(vae['model'])}; {vae['parameters']:,} parameters.{prior} "
-           f"Judge: the promoted CNN ({_provenance(vae['judge'])}).", "",
+    out = ["## VAE", "", f"Model: {_provenance(vae['model'])}; {vae['parameters']:,} parameters.{prior}", "",
+           _judge_line(vae), "",
            f"Samples: {settings['per_class']:,} raw and {settings['guided_per_class']:,} guided (best of "
-           f"{settings['candidates']}) per class, seed {settings['seed']}.", ""]
-    out += _table(["", "real test", "raw samples", "guided samples"],
-                  [(label, s["real"].get(k), s["raw"].get(k), s["guided"].get(k)) for k, label in _SAMPLE_ROWS])
+           f"{settings['candidates']} by the promoted CNN) per class, seed {settings['seed']}.", "",
+           f"Scored by {headline_judge_name(vae)}:", ""]
+    out += _samples_table(s)
+    if "promoted_cnn" in vae:
+        out += ["Secondary: the same images scored by the promoted CNN, which picked the guided samples (its guided "
+                "column is high by construction):", ""]
+        out += _samples_table(vae["promoted_cnn"]["samples"])
     return out + _table(["test set", "value"], [
         ("negative ELBO on grey levels (nats/image; not a likelihood)", t["neg_elbo"]),
         ("reconstruction term (nats/image)", t["recon"]), ("KL term (nats/image)", t["kl"]),
@@ -152,20 +197,26 @@ def _vae_section(vae: dict[str, Any]) -> list[str]:
         ("interpolation evenness (max / mean step)", vae["interpolation"]["evenness"])])
 
 
+def _samples_table(s: dict[str, Any]) -> list[str]:
+    return _table(["", "real test", "raw samples", "guided samples"],
+                  [(label, s["real"].get(k), s["raw"].get(k), s["guided"].get(k)) for k, label in _SAMPLE_ROWS])
+
+
 _CRITERIA = {"class_fidelity": "raw-sample judge accuracy / judge accuracy on real test images",
              "fd_relative": "(FD(raw samples, test half A) - real floor) / total variance of real features",
              "diversity_ratio": "raw within-class feature diversity / real within-class feature diversity"}
 
 
 def _vae_grade(vae: dict[str, Any]) -> list[str]:
-    out = ["### Grade", "", "Each criterion gets the first letter whose threshold it meets; the overall grade is the "
-           "worst of them. Only unguided samples count: guided sampling can push judge confidence to 1 without the "
-           "model getting better.", ""]
+    out = ["### Grade", "", f"Scored by {headline_judge_name(vae)}. Each criterion gets the first letter whose "
+           "threshold it meets; the overall grade is the worst of them. Only unguided samples count: guided sampling "
+           "can push the guide's confidence to 1 without the model getting better.", ""]
     criteria = vae["rubric"]["criteria"]
     out += _table(["criterion", "definition", "value", "grade", "A", "B", "C", "D"],
                   [(name, _CRITERIA[name], criteria[name]["value"], criteria[name]["grade"], *bounds)
                    for name, _, bounds in rubric_table(VAE_RUBRIC)])
-    out += [f"**Grade: {vae['rubric']['grade']}**", ""]
+    out += [f"**Grade: {vae['rubric']['grade']}**" + (f" (by the promoted CNN, secondary: {vae['promoted_cnn']['rubric']['grade']})"
+                                                       if "promoted_cnn" in vae else ""), ""]
     out += ["Reference points: the same judge and rubric applied to real test images, as they are and "
             "blurred (a good VAE's samples are about as soft as a 3x3 blur), and to the guided samples "
             "(which the grade ignores).", ""]

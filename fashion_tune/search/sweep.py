@@ -296,7 +296,7 @@ def _finish(space: SearchSpace, info: dict[str, Any], store: Experiment, ended: 
         echo("  config: " + ", ".join(f"{k}={format_short(v)}" for k, v in searched.items()))
     store.write_info(info)
 
-    echo(f"{num_trials} trials ({', '.join(f'{v} {k.lower()}' for k, v in sorted(statuses.items()))}); "
+    echo(f"{trial_counts(num_trials, space.num_samples, statuses, len(space.warm_trials))}; "
          f"results in {store.location}/{RESULTS}.csv (and .parquet), per-epoch history in "
          f"{store.location}/{HISTORY}.csv")
     if status == "interrupted":
@@ -309,6 +309,20 @@ def _finish(space: SearchSpace, info: dict[str, Any], store: Experiment, ended: 
              f"retry them with:\n  {resume_cmd}")
     return SweepOutcome(experiment_dir=store.location, status=status, num_trials=num_trials, results=results,
                         best=best, study=study, resume_command=resume_cmd)
+
+
+def trial_counts(num_trials: int, num_samples: int, statuses: dict[str, int], warm: int = 0) -> str:
+    """The summary's trial counts, as Ray's table counts them ("Number of trials: 5/8 (2 RUNNING, 3 TERMINATED)"):
+    the Tune trials created so far of num_samples, by status; what the words mean where Ray's table does not say."""
+    text = f"{num_trials}/{num_samples} trials ({', '.join(f'{v} {k.lower()}' for k, v in sorted(statuses.items()))})"
+    notes = []
+    if statuses.get("RUNNING") or statuses.get("PAUSED"):
+        notes.append("running/paused ones stopped mid-trial and continue from their last checkpoint on --resume")
+    if num_trials < num_samples:
+        notes.append(f"{num_samples - num_trials} not created yet")
+    if warm:
+        notes.append(f"the {warm} warm-start trials told to Optuna are not Tune trials and not counted")
+    return text + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def _prune_checkpoints(store: Experiment, space: SearchSpace, info: dict[str, Any]) -> None:

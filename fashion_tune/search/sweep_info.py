@@ -22,6 +22,7 @@ import yaml
 from fashion_tune.util import yaml_loader
 from fashion_tune.util.errors import ConfigError, FashionTuneError
 from fashion_tune.util.files import is_uri, json_text
+from fashion_tune.util.provenance import code_version
 from fashion_tune.spaces.space import REPLAY, SearchSpace, parse_space
 from fashion_tune.spaces.strategies import with_sources
 from fashion_tune.store.experiment import DEFAULT_STORAGE, SOURCES, SPACE_COPY, STORAGE_ENV, SWEEP_INFO, Experiment, filesystem
@@ -145,6 +146,7 @@ def record_start(run: PreparedSweep) -> dict[str, Any]:
     else:
         info.update(status="running", finished=None)
         info["resumed"] = [*info.get("resumed", []), now()]
+        info["resumed_code"] = [*info.get("resumed_code", []), code_version()]  # what trains from here on
     store.write_info(info)
     return info
 
@@ -243,5 +245,6 @@ def new_info(run: PreparedSweep) -> dict[str, Any]:
         "created": now(), "finished": None, "status": "running", "resumed": [],
         "command": shlex.join(["fashion-tune", *sys.argv[1:]]) if Path(sys.argv[0]).name == "fashion-tune" else None,
         "versions": {"fashion_tune": __version__, "ray": ray.__version__, "optuna": optuna.__version__},
+        "code": code_version(),  # the commit the trials train with: promoted models record it as `made_from`
         **strategies.info(space),
     }

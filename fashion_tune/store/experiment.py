@@ -249,9 +249,19 @@ class Experiment:
                 record.rows = read_lines(self.fs, f"{record.directory}/{RESULT_FILE}")
             if record.rows and record.rows[-1].get("done") and record.status in UNFINISHED:
                 record.status = "TERMINATED"  # the snapshot may lag behind a running sweep
-            elif record.rows and record.status == "PENDING":
-                record.status = "RUNNING"  # it has started; Ray reads a snapshot's RUNNING back as PENDING
+            elif record.status == "PENDING" and (record.rows or self._started(record)):
+                # Ray reads a snapshot's RUNNING back as PENDING. A trial that started (Ray wrote its
+                # params.json) is RUNNING, as Ray's table shows it, even before its first epoch ends.
+                record.status = "RUNNING"
         return list(records.values())
+
+    def _started(self, record: TrialRecord) -> bool:
+        if not record.directory:
+            return False
+        try:
+            return self.fs.get_file_info(f"{record.directory}/params.json").type == pyarrow.fs.FileType.File
+        except _ARROW_ERRORS:
+            return False
 
     def _trial_directories(self, known: set[str]) -> list[str]:
         try:

@@ -1,7 +1,8 @@
 """The promoted models in `best_models/<kind>/`: their files, the lock every reader and writer
-takes, recovery from a cut-off promotion, and loading them.
+takes, recovery from a cut-off promotion, and loading them; and the independent judge that
+`fashion-tune train-judge` ships beside them in `best_models/judge/` (same files, no metrics.json).
 
-`fashion_tune.promotion.promote` writes this directory; `evaluate`, `sample` and `predict` read it here.
+`fashion_tune.promotion.promote` (and `.judge`) write this directory; `evaluate`, `sample` and `predict` read it here.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import torch
 
 from fashion_tune.util.errors import CheckpointError, FashionTuneError
 from fashion_tune.util.files import file_sha256
+from fashion_tune.training.checkpoint import load_checkpoint
+from fashion_tune.training.judge import judge_from_config
 from fashion_tune.training.loop import load_model
 
 DEFAULT_MODELS_DIR = Path("best_models")
@@ -29,6 +32,7 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 MANIFEST_FILE = "manifest.json"
 HISTORY_DIR = "history"
+JUDGE = "judge"  # best_models/judge/: the independent judge (not a promoted kind: no sweep, no champion)
 LOCK_FILE = ".lock"
 
 
@@ -70,16 +74,33 @@ def find_models_dir(given: str | Path | None, kinds: tuple[str, ...]) -> Path:
                            f"{MODELS_ENV}=DIR to use other models, or {promote_hint(kinds[0])}")
 
 
-def _read_required_json(path: Path) -> dict[str, Any]:
+def _read_required_json(path: Path, fix: str = "promote again with --force") -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise FashionTuneError(f"{path} is missing; the promoted model is incomplete, promote again with --force") from None
+        raise FashionTuneError(f"{path} is missing; the model is incomplete, {fix}") from None
     except (OSError, ValueError) as exc:
-        raise FashionTuneError(f"{path} is unreadable ({type(exc).__name__}); promote again with --force") from None
+        raise FashionTuneError(f"{path} is unreadable ({type(exc).__name__}); {fix}") from None
     if not isinstance(data, dict):
-        raise FashionTuneError(f"{path} does not hold a JSON object; promote again with --force")
+        raise FashionTuneError(f"{path} does not hold a JSON object; {fix}")
     return data
+
+
+def model_source(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Where a promoted model came from, as manifests record it now: `experiment` (the sweep's name),
+    `checkpoint` (the checkpoint's path inside the experiment, `trial_<id>/checkpoint_<n>`) and `storage`
+    (the URI of a bucket's sweeps; None for a local disk, whose paths mean nothing elsewhere).
+
+    Manifests from before held absolute paths (`experiment` the directory, `checkpoint` inside it);
+    they read the same way."""
+    experiment = str(manifest.get("experiment") or "")
+    checkpoint = str(manifest.get("checkpoint") or "")
+    if "storage" in manifest:  # written with relative paths
+        return {"experiment": experiment or None, "checkpoint": checkpoint or None, "storage": manifest["storage"]}
+    name = experiment.rstrip("/").rsplit("/", 1)[-1] or None
+    inside = checkpoint[len(experiment.rstrip("/")) + 1:] if experiment and checkpoint.startswith(experiment.rstrip("/") + "/") else checkpoint
+    storage = experiment.rstrip("/").rsplit("/", 1)[0] if "://" in experiment and "/" in experiment.split("://", 1)[1] else None
+    return {"experiment": name, "checkpoint": inside or None, "storage": storage}
 
 
 def promote_hint(kind: str) -> str:
@@ -100,12 +121,42 @@ def load_promoted(kind: str, models_dir: str | Path = DEFAULT_MODELS_DIR, device
             raise FashionTuneError(f"no promoted {kind} in {target} ({MODEL_FILE} missing); {promote_hint(kind)}")
         manifest = _read_required_json(target / MANIFEST_FILE)
         expected = manifest.get("files", {}).get(MODEL_FILE)
-        if expected and file_sha256(target / MODEL_FILE) != expected:
-            raise CheckpointError(f"{target / MODEL_FILE} does not match the SHA-256 in {MANIFEST_FILE}: it was changed "
-                                  f"or corrupted; promote again with --force")
+        _check_sha256(target, manifest, "promote again with --force")
         model, state = load_model(target / MODEL_FILE, kind=kind, device=device)
         metrics = _read_required_json(target / METRICS_FILE)
     return model, manifest, metrics
+
+
+def _check_sha256(target: Path, manifest: dict[str, Any], fix: str) -> None:
+    expected = manifest.get("files", {}).get(MODEL_FILE)
+    if expected and file_sha256(target / MODEL_FILE) != expected:
+        raise CheckpointError(f"{target / MODEL_FILE} does not match the SHA-256 in {MANIFEST_FILE}: it was changed "
+                              f"or corrupted; {fix}")
+
+
+def train_judge_hint(models_dir: str | Path) -> str:
+    return f"`fashion-tune train-judge --models-dir {models_dir}` ships one (a few minutes on a CPU)"
+
+
+def load_judge(models_dir: str | Path = DEFAULT_MODELS_DIR, device: str | torch.device = "cpu"):
+    """The independent judge shipped in `models_dir/judge/` (eval mode) and its manifest; None, None when
+    none is shipped; one-line errors for a damaged one."""
+    target = Path(models_dir) / JUDGE
+    fix = f"train it again: {train_judge_hint(models_dir)}"
+    with models_lock(Path(models_dir)):
+        recover(Path(models_dir), JUDGE)
+        if not (target / MODEL_FILE).is_file():
+            return None, None
+        manifest = _read_required_json(target / MANIFEST_FILE, fix)
+        _check_sha256(target, manifest, fix)
+        state = load_checkpoint(target / MODEL_FILE, kind=JUDGE)
+        model = judge_from_config(state["config"])
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"{target / MODEL_FILE}: weights do not fit the judge its config describes "
+                                  f"({str(exc).splitlines()[0][:100]}); {fix}") from None
+    return model.to(device).eval(), manifest
 
 
 @contextlib.contextmanager
