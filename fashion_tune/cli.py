@@ -411,11 +411,13 @@ def run_evaluate(args) -> int:
         s = vae["samples"]
         print(f"VAE, scored by {headline_judge_name(vae)}: class accuracy raw {s['raw']['accuracy']:.4f} -> guided "
               f"{s['guided']['accuracy']:.4f}, FD {s['raw']['fd']:.3f} vs real floor {s['raw']['fd_floor']:.3f} "
-              f"(relative {s['raw']['fd_relative']:.3f}), grade {vae['rubric']['grade']}")
+              f"(relative {s['raw']['fd_relative']:.3f})")
+        print(f"VAE grade {vae['rubric']['grade']} (raw samples, scored by the promoted CNN; the rubric was set with it)")
         if "promoted_cnn" in vae:
             g = vae["promoted_cnn"]["samples"]
             print(f"VAE, scored by the promoted CNN that picked the guided samples: class accuracy raw "
-                  f"{g['raw']['accuracy']:.4f} -> guided {g['guided']['accuracy']:.4f}, grade {vae['promoted_cnn']['rubric']['grade']}")
+                  f"{g['raw']['accuracy']:.4f} -> guided {g['guided']['accuracy']:.4f}; the independent judge's grade, "
+                  f"for contrast: {vae['independent_rubric']['grade']}")
         bound = report["vae"]["likelihood"]
         print(f"VAE: test -log p(x|y) <= {bound['nll_bound']:.2f} +- {bound['nll_bound_stderr']:.2f} nats "
               f"(IWAE, k={bound['k']:,}, {bound['images']:,} binarized test images)")

@@ -56,6 +56,7 @@ def test_the_judge_shares_no_layer_type_with_the_promoted_cnn():
     judge, cnn = JudgeMLP(JudgeConfig()), untrained("cnn")
     kinds = lambda model: {type(m) for m in model.modules() if not list(m.children())}  # noqa: E731
     assert not {nn.Conv2d, nn.BatchNorm2d, nn.BatchNorm1d, nn.MaxPool2d} & kinds(judge)
+    assert {nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d} <= kinds(cnn)  # what the promoted CNN is built of
     assert count_parameters(judge) == 535_818  # as its config's docstring says
     x = torch.rand(3, 1, 28, 28)
     assert judge.features(x).shape == (3, 256) and judge(x).shape == (3, 10)
@@ -149,6 +150,11 @@ def test_the_independent_judge_is_the_headline_and_the_promoted_cnn_secondary(te
     # The secondary figures are exactly what the promoted CNN alone reports; the headline ones are the judge's.
     assert both["promoted_cnn"]["samples"] == alone["samples"]
     assert both["promoted_cnn"]["rubric"] == alone["rubric"]
+    # The letter grade is the promoted CNN's either way (the rubric was set with a CNN judge); the
+    # independent judge's grade is kept beside it for contrast.
+    assert both["rubric"] == alone["rubric"] and both["rubric_judge"] == alone["rubric_judge"] == "promoted_cnn"
+    assert both["reference_points"] == alone["reference_points"]
+    assert set(both["independent_rubric"]["criteria"]) == set(alone["rubric"]["criteria"])
     real = judging.per_class_subset(y, 10)  # the real column: per_class test images of each class
     probs, _ = judging.judge_outputs(judge, x[real])
     assert both["samples"]["real"]["accuracy"] == pytest.approx((probs.argmax(1) == y[real]).double().mean().item())

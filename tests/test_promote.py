@@ -438,6 +438,7 @@ def test_vae_promotion_evaluate_and_sample(tmp_path, experiments, runs, capsys):
     assert independent["architecture"].startswith("JudgeMLP") and "training split only" in independent["trained_on"]
     # The promoted CNN's figures are kept, the same as before the judge came (same models, same seed).
     assert judged["promoted_cnn"]["samples"] == vae["samples"] and judged["promoted_cnn"]["rubric"] == vae["rubric"]
+    assert judged["rubric"] == vae["rubric"] and "Scored by the promoted CNN." in (models / "report.md").read_text()
     assert judged["samples"]["real"]["accuracy"] != vae["samples"]["real"]["accuracy"]
     markdown = (models / "report.md").read_text()
     assert "Scored by the independent judge" in markdown and "(independent judge)" in markdown

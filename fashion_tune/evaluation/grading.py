@@ -118,9 +118,11 @@ def grade_vae(
     """Grade the VAE on the test set and on its samples; see the module docstring.
 
     `guide` (the promoted CNN) picks the guided samples. `judge`, the independent judge (a network
-    that picked nothing), scores real, raw and guided images for the headline numbers and the
-    grade; the guide's own scores are kept beside them under "promoted_cnn". Without `judge`
-    the guide's scores are the headline, and "headline_judge" says so.
+    that picked nothing), scores real, raw and guided images for the headline numbers; the guide's
+    own scores are kept beside them under "promoted_cnn". Without `judge` the guide's scores are the
+    headline, and "headline_judge" says so. The letter grade (raw samples only, which the guide did
+    not pick) always uses the promoted CNN, the kind of judge the rubric's thresholds were set with;
+    the independent judge's grade is kept as "independent_rubric", for contrast.
     `progress(stage)` is called as each of `vae_grading_steps(classes, judges)` steps finishes, for a progress bar.
     """
     tick = progress or (lambda stage: None)
@@ -134,12 +136,14 @@ def grade_vae(
     headline, net = ("independent", judge) if judge is not None else ("promoted_cnn", guide)
     real, samples = _judged(net, sets, test_x, test_y, seed, tick)
     samples["guided"]["candidates"] = candidates
+    guide_real, by_guide = (real, samples) if judge is None else _judged(guide, sets, test_x, test_y, seed, tick)
+    by_guide["guided"]["candidates"] = candidates
     classes = vae.config.num_classes
     interp = interpolation_scores(interpolation_paths(vae, all_class_pairs(classes), generator=torch.Generator().manual_seed(seed + 2)))
     tick("interpolation")
     raw = sets["raw"]
     pooled = raw.images[per_class_subset(raw.labels, ORIGINAL_DIVERSITY_PER_CLASS)]
-    references = reference_points(net, test_x, real, samples["real"])
+    references = reference_points(guide, test_x, guide_real, by_guide["real"])
     tick("reference points")
     metrics = {
         "headline_judge": headline,
@@ -147,7 +151,8 @@ def grade_vae(
         "samples": samples,
         "interpolation": interp,
         "original": original_fields(pooled, test["recon_mse"], test["recon_ssim"], interp["smoothness"]),
-        **_rubrics(samples),
+        **_rubrics(by_guide),
+        "rubric_judge": "promoted_cnn",
         "reference_points": references,
         "settings": {"seed": seed, "per_class": per_class, "guided_per_class": guided_per_class, "candidates": candidates,
                      "interpolation_steps": INTERPOLATION_STEPS, "fd_max_samples": FD_MAX,
@@ -155,10 +160,9 @@ def grade_vae(
         "parameters": count_parameters(vae),
         "prior": prior_description(vae),
     }
-    if judge is not None:  # the guide's own view, secondary: it picked the guided samples
-        _, by_guide = _judged(guide, sets, test_x, test_y, seed, tick)
-        by_guide["guided"]["candidates"] = candidates
+    if judge is not None:  # the guide's own scores, secondary: it picked the guided samples
         metrics["promoted_cnn"] = {"samples": by_guide, **_rubrics(by_guide)}
+        metrics["independent_rubric"] = _rubrics(samples)["rubric"]
     pictures = _pictures(vae, guide, test_x, test_y, raw.images, per_class, candidates, seed)
     tick("pictures")
     return metrics, pictures

@@ -61,7 +61,8 @@ METRIC_DEFINITIONS = """\
   raised the validation ELBO: the VAE section says which). **Guided** samples keep, for each image, the
   candidate (of `candidates` decoded latents) the promoted CNN is most confident about (the original's
   "generate 100 candidates, select best"). Guidance raises the promoted CNN's scores by construction,
-  so the independent judge's are the headline, and the grade uses raw samples only; the guided
+  so the independent judge's are the headline, and the grade uses raw samples only (scored by the
+  promoted CNN, the kind of judge the rubric was set with); the guided
   column shows what guidance buys in the eyes of a classifier that did not pick, and what it costs
   in diversity.
 - **Diversity** = mean pairwise L2 distance between images of the same class, averaged over the
@@ -151,9 +152,16 @@ def _headline(cnn: dict[str, Any] | None, vae: dict[str, Any] | None) -> list[st
             (f"VAE Frechet distance (raw) vs real floor ({by}'s features)", f"{_f(s['raw']['fd'])} vs {_f(s['raw']['fd_floor'])} (relative {_f(s['raw']['fd_relative'], 3)}; {s['raw']['fd_samples']:,} images a side)", ""),
             ("VAE test -log p(x|y) bound, binarized (IWAE)", _likelihood_cell(vae.get("likelihood")), ""),
             ("VAE test negative ELBO on grey levels (cross-entropy, not a likelihood)", _f(vae["test"]["neg_elbo"], 2), ""),
-            (f"VAE grade (rubric below; {by})", "", vae["rubric"]["grade"]),
+            (f"VAE grade (rubric below; {_grade_judge(vae)})", "", vae["rubric"]["grade"]),
         ]
     return _table(["", "value", "grade"], rows)
+
+
+def _grade_judge(vae: dict[str, Any]) -> str:
+    """Who the letter grade comes from: the promoted CNN whenever report.json says so (or has no independent judge)."""
+    if vae.get("rubric_judge") == "promoted_cnn" or judges_of(vae)["headline"] != "independent":
+        return "by the promoted CNN"
+    return "by the independent judge"  # a report from before the grade was pinned to the promoted CNN
 
 
 def _by_judge(vae: dict[str, Any]) -> str:
@@ -208,15 +216,24 @@ _CRITERIA = {"class_fidelity": "raw-sample judge accuracy / judge accuracy on re
 
 
 def _vae_grade(vae: dict[str, Any]) -> list[str]:
-    out = ["### Grade", "", f"Scored by {headline_judge_name(vae)}. Each criterion gets the first letter whose "
+    pinned = "independent_rubric" in vae
+    why = (" The rubric's thresholds were set with a convolutional judge, and the independent judge (another "
+           "architecture) hardly tells raw samples from real ones in its features, so its letters are shown for "
+           "contrast only." if pinned else "")
+    out = ["### Grade", "", f"Scored {_grade_judge(vae)}.{why} Each criterion gets the first letter whose "
            "threshold it meets; the overall grade is the worst of them. Only unguided samples count: guided sampling "
            "can push the guide's confidence to 1 without the model getting better.", ""]
     criteria = vae["rubric"]["criteria"]
     out += _table(["criterion", "definition", "value", "grade", "A", "B", "C", "D"],
                   [(name, _CRITERIA[name], criteria[name]["value"], criteria[name]["grade"], *bounds)
                    for name, _, bounds in rubric_table(VAE_RUBRIC)])
-    out += [f"**Grade: {vae['rubric']['grade']}**" + (f" (by the promoted CNN, secondary: {vae['promoted_cnn']['rubric']['grade']})"
-                                                       if "promoted_cnn" in vae else ""), ""]
+    if pinned:
+        contrast = f" (the independent judge's, for contrast: {vae['independent_rubric']['grade']})"
+    elif "promoted_cnn" in vae:
+        contrast = f" (by the promoted CNN, secondary: {vae['promoted_cnn']['rubric']['grade']})"
+    else:
+        contrast = ""
+    out += [f"**Grade: {vae['rubric']['grade']}**{contrast}", ""]
     out += ["Reference points: the same judge and rubric applied to real test images, as they are and "
             "blurred (a good VAE's samples are about as soft as a 3x3 blur), and to the guided samples "
             "(which the grade ignores).", ""]

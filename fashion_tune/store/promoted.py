@@ -120,7 +120,6 @@ def load_promoted(kind: str, models_dir: str | Path = DEFAULT_MODELS_DIR, device
         if not (target / MODEL_FILE).is_file():
             raise FashionTuneError(f"no promoted {kind} in {target} ({MODEL_FILE} missing); {promote_hint(kind)}")
         manifest = _read_required_json(target / MANIFEST_FILE)
-        expected = manifest.get("files", {}).get(MODEL_FILE)
         _check_sha256(target, manifest, "promote again with --force")
         model, state = load_model(target / MODEL_FILE, kind=kind, device=device)
         metrics = _read_required_json(target / METRICS_FILE)
