@@ -130,13 +130,14 @@ class FashionCNN(nn.Module):
         """Class logits (B, num_classes) of images in [0, 1]; in eval mode with `tta`, averaged with the mirror images'."""
         return self.predict(x)[0]
 
-    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def predict(self, x: torch.Tensor, tta: bool | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits as `forward` gives them, logits of the images alone, features of the images alone).
 
-        With flip TTA (eval mode and `tta`) the mirror images go through the network in the same batch
-        as the images and the first logits are the mean of both; otherwise both logits are the same.
+        With flip TTA (eval mode and `tta`, which defaults to the config's) the mirror images go through
+        the network in the same batch as the images and the first logits are the mean of both; otherwise
+        both logits are the same.
         """
-        tta = self.config.tta and not self.training
+        tta = (self.config.tta if tta is None else tta) and not self.training
         h = self.features(torch.cat([x, x.flip(-1)]) if tta else x)
         logits = self.classifier(self.dropout(h))
         if not tta:

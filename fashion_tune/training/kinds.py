@@ -85,7 +85,7 @@ KINDS: dict[str, Kind] = {
         name="cnn", task="recognition: a CNN classifier", model_config=CNNConfig, network=FashionCNN,
         training=CNNTraining, trainer=CNNTask, monitor="val_acc", mode="max",
         # val_acc: the scored weights (the EMA, if any) with flip TTA if `tta`; val_acc_no_tta: the same weights
-        # without TTA; val_acc_raw: the training weights scored as val_acc (the same number without EMA).
+        # without TTA; val_acc_raw: the training weights without TTA (without EMA: val_acc_no_tta).
         metrics={"val_acc": "max", "val_loss": "min", "val_acc_no_tta": "max", "val_acc_raw": "max", **_SHARED_METRICS},
         epoch_line=("val_acc", "val_loss"),
         validate=cnn_validation, test=cnn_scores,

@@ -11,7 +11,7 @@ With `ema_decay` > 0 an exponential moving average of the weights (torch's `Aver
 statistics included) follows the training weights step by step; it is what validation scores and
 what the checkpoint's `model` holds, so best.pt, promotion and grading all use it. The training
 weights travel beside it (`train_model`) so that a resumed run continues exactly; each epoch also
-reports the training weights' own monitored metric (`val_acc_raw`, `val_neg_elbo_raw`).
+reports a metric of the training weights (`val_acc_raw`, `val_neg_elbo_raw`) to show what the EMA adds.
 """
 
 from __future__ import annotations
@@ -173,6 +173,7 @@ class _Run:
     scheduler: Any
     data_rng: torch.Generator
     ema: AveragedModel | None = None  # the moving average of the weights, when ema_decay > 0
+    last_lr: float = math.nan  # the lr of the latest training step
     precision: str = "fp32"
     memory_format: torch.memory_format = torch.contiguous_format
 
@@ -182,10 +183,12 @@ class _Run:
         return self.ema.module if self.ema is not None else self.model
 
     def step_done(self) -> None:
-        """After each optimizer step: the EMA follows, and a per-step schedule moves on."""
+        """After each optimizer step: the EMA follows, and a per-step schedule moves on (but not past its last
+        step, where OneCycleLR would extrapolate: the lr stays at its floor)."""
+        self.last_lr = self.optimizer.param_groups[0]["lr"]
         if self.ema is not None:
             self.ema.update_parameters(self.model)
-        if self.settings.scheduler in PER_STEP_SCHEDULERS:
+        if self.settings.scheduler in PER_STEP_SCHEDULERS and self.scheduler.last_epoch + 1 < self.scheduler.total_steps:
             self.scheduler.step()
 
     def epoch_done(self) -> None:
@@ -341,7 +344,7 @@ def fit(
         started = time.perf_counter()
         loss_sum, seen, diverged = _train_epoch(run, task, loader, epoch, progress)
         train_time = time.perf_counter() - started
-        lr = run.optimizer.param_groups[0]["lr"]  # a per-step schedule's: the epoch's last step's
+        lr = run.last_lr  # a per-step schedule's: the epoch's last step's
         run.epoch_done()
         if diverged:
             # A non-finite loss ends the run; the monitored metric gets its worst value so searchers rank it last.
@@ -361,14 +364,13 @@ def fit(
 
 
 def _validate(run: _Run, task, splits: Splits) -> dict[str, Any]:
-    """The task's validation metrics of the scored weights, and the monitored one of the training weights
-    (`<monitor>_raw`: the same number unless there is an EMA)."""
+    """The task's validation metrics of the scored weights, and its `raw_validation` of the training weights
+    (`val_acc_raw`, `val_neg_elbo_raw`: the same weights unless there is an EMA)."""
     run.model.eval()
     with run.scoring_layout():  # validation runs in fp32, whatever the training precision
         metrics = task.evaluate(run.scored.eval(), splits.val_x, splits.val_y)
-        monitor = run.kind.monitor
-        raw = metrics if run.ema is None else task.evaluate(run.model, splits.val_x, splits.val_y)
-    metrics[f"{monitor}_raw"] = raw[monitor]
+        raw = None if run.ema is None else run.model
+        metrics.update(task.raw_validation(raw, splits.val_x, splits.val_y, metrics))
     return metrics
 
 
