@@ -228,6 +228,16 @@ class Augment:
 # Loading batches
 
 
+def batch_count(images: int, batch_size: int, drop_last: bool = False) -> int:
+    """Batches per epoch of a `BatchLoader` over `images` images (what a per-step lr schedule spans)."""
+    full, rest = divmod(images, batch_size)
+    if drop_last or (rest == 1 and full > 0):
+        # A last batch of one image would break BatchNorm in training mode (a statistic of
+        # one value); that image joins the batch before it instead.
+        return full
+    return full + (rest > 0)
+
+
 class BatchLoader:
     """Batches of a split that already sits on its device, reshuffled every epoch."""
 
@@ -255,12 +265,7 @@ class BatchLoader:
         self.generator = generator
 
     def __len__(self) -> int:
-        full, rest = divmod(len(self.x), self.batch_size)
-        if self.drop_last or (rest == 1 and full > 0):
-            # A last batch of one image would break BatchNorm in training mode (a statistic of
-            # one value); that image joins the batch before it instead.
-            return full
-        return full + (rest > 0)
+        return batch_count(len(self.x), self.batch_size, self.drop_last)
 
     def __iter__(self):
         if self.shuffle:

@@ -68,6 +68,7 @@ def grade_cnn(cnn: FashionCNN, test_x: Tensor, test_y: Tensor) -> dict[str, Any]
     return {
         "test": scores,
         "parameters": count_parameters(cnn),
+        "tta": cnn.config.tta,  # test accuracy with flip test-time augmentation; test.accuracy_no_tta without
         "rubric": apply_rubric({"test_accuracy": scores["accuracy"]}, CNN_RUBRIC),
     }
 

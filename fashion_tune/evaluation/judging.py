@@ -28,13 +28,17 @@ BATCH = 1_000
 
 @torch.no_grad()
 def judge_outputs(judge: nn.Module, images: Tensor, batch_size: int = BATCH) -> tuple[Tensor, Tensor]:
-    """Softmax probabilities (N, classes) and penultimate features (N, D) of images, on the CPU."""
+    """Softmax probabilities (N, classes) and penultimate features (N, D) of images, on the CPU.
+
+    The probabilities are the judge's predictions as scoring makes them (`predict`: with flip TTA if a
+    CNN's config says so); the features are those of the images alone.
+    """
     device = next(judge.parameters()).device
     probs, feats = [], []
     with evaluating(judge):
         for i in range(0, len(images), batch_size):
-            h = judge.features(images[i : i + batch_size].to(device))
-            probs.append(torch.softmax(judge.classifier(h).float(), dim=1).cpu())
+            logits, _, h = judge.predict(images[i : i + batch_size].to(device))
+            probs.append(torch.softmax(logits.float(), dim=1).cpu())
             feats.append(h.float().cpu())
     return torch.cat(probs), torch.cat(feats)
 

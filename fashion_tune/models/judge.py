@@ -61,3 +61,9 @@ class JudgeMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits (B, num_classes) of images in [0, 1]."""
         return self.classifier(self.dropout(self.features(x)))
+
+    def predict(self, x: torch.Tensor, tta: bool | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits, the same logits, features): FashionCNN.predict's interface; the judge has no TTA."""
+        h = self.features(x)
+        logits = self.classifier(self.dropout(h))
+        return logits, logits, h

@@ -55,7 +55,7 @@ from fashion_tune.store.promoted import (CONFIG_FILE, DEFAULT_MODELS_DIR, HISTOR
 from fashion_tune.store.reading import best_trial, read_sweep_info
 
 LABELS = {"neg_elbo": "val neg. ELBO (nats)", "recon": "val recon (nats)", "kl": "val KL (nats)",
-          "accuracy": "val accuracy", "loss": "val loss"}
+          "accuracy": "val accuracy", "loss": "val loss", "accuracy_no_tta": "val accuracy without TTA"}
 
 
 @dataclass

@@ -170,7 +170,9 @@ def _by_judge(vae: dict[str, Any]) -> str:
 
 def _cnn_section(cnn: dict[str, Any]) -> list[str]:
     out = ["## CNN (the judge)", "", f"Model: {_provenance(cnn['model'])}; {cnn['parameters']:,} parameters.", "",
-           f"Test accuracy **{_f(cnn['test']['accuracy'])}**, cross-entropy {_f(cnn['test']['loss'])}.", ""]
+           f"Test accuracy **{_f(cnn['test']['accuracy'])}**, cross-entropy {_f(cnn['test']['loss'])}"
+           + (f", with flip test-time augmentation (without it: {_f(cnn['test']['accuracy_no_tta'])})."
+              if cnn.get("tta") and "accuracy_no_tta" in cnn["test"] else "."), ""]
     out += _table(["class", "test accuracy"], list(cnn["test"]["per_class_accuracy"].items()))
     out += [f"![CNN confusion matrix]({PICTURES['cnn_confusion']})", ""]
     return out + ["Grade: test accuracy " + ", ".join(f"{g} {t}" for g, t in zip("ABCD", rubric_table(CNN_RUBRIC)[0][2]))

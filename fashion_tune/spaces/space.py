@@ -46,6 +46,8 @@ A space file holds the sweep settings and the parameter distributions::
       - {metric: val_neg_elbo, mode: min}   # the only one schedulers stop on
       - {metric: flops, mode: min}
     warm_start: ray_results/NAME  # tell the searcher every finished trial of that sweep (not run again)
+    limits:                       # optional: caps on every model a trial may build, checked as the file
+      params: 1000000             # is read: a space that allows a larger one is refused (`limits`)
 
 A replay space (`kind: replay`) runs the same sweep on recorded CNN learning curves instead of
 training (`fashion_tune.search.replay`): `table: PATH` names the curves benchmarks/record_curves.py
@@ -90,13 +92,14 @@ from fashion_tune.training.kinds import KINDS, get_kind
 from fashion_tune.spaces.params import (Checker, Param, check_names, check_point, describe_param, grid_values, is_integer,
                                         is_number, parse_params, show, suggest_all, walk)
 from fashion_tune.spaces.strategies import SCHEDULER_TYPES, check_sources, parse_objectives, parse_strategies
+from fashion_tune.spaces.limits import LIMIT_KEYS, check_limits, describe_shape, largest_shapes, parse_limits
 
 # Param and grid_values are imported from here by fashion_tune.search.strategies.
 __all__ = ["SearchSpace", "Param", "grid_values", "load_space", "parse_space", "check_resources", "local_capacity"]
 
 TOP_KEYS = ("kind", "metric", "mode", "num_samples", "max_concurrent_trials", "seed", "scheduler",
             "resources_per_trial", "fixed", "params", "points_to_evaluate", "start_from",
-            "searcher", "objectives", "warm_start", "reuse_actors", "table", "time_scale")
+            "searcher", "objectives", "warm_start", "reuse_actors", "table", "time_scale", "limits")
 RESOURCE_KEYS = ("cpu", "gpu")
 DEFAULT_MAX_CONCURRENT = 2
 DEFAULT_GRACE_PERIOD = 1
@@ -138,6 +141,7 @@ class SearchSpace:
     reuse_actors: bool = True  # Tune's reuse_actors: a finished trial's actor runs the next one
     table: str | None = None  # kind: replay: the recorded curves its trials replay (as written; absolute once resolved)
     time_scale: float = DEFAULT_TIME_SCALE  # kind: replay: real seconds slept per recorded second
+    limits: dict[str, int] = field(default_factory=dict)  # {"params": N}: no shape the space allows is larger
 
     @property
     def multi_objective(self) -> bool:
@@ -236,6 +240,9 @@ class SearchSpace:
                         describe(option.params, indent + "    ")
 
         describe(self.params, "  ")
+        for key, (cost, shape) in largest_shapes(self).items():
+            lines.append(f"  limits: {key} <= {self.limits[key]:,} {LIMIT_KEYS[key]}; the largest model the space "
+                         f"allows has {cost:,} ({describe_shape(shape)})")
         return "\n".join(lines)
 
 
@@ -294,8 +301,9 @@ def parse_space(data: Mapping[str, Any], path: str | Path = "<space>", kind: str
         seed=c.integer(data.get("seed", 0), "seed", 0), max_t=max_t, grace_period=grace,
         reduction_factor=float(rf) if not is_integer(rf) else rf, cpu=float(cpu), gpu=float(gpu),
         fixed=fixed, params=tuple(params), scheduler=scheduler_type, objectives=objectives, reuse_actors=reuse_actors,
-        table=table, time_scale=time_scale,
+        table=table, time_scale=time_scale, limits=parse_limits(c, data.get("limits")),
     )
+    check_limits(c, space)
     space = parse_strategies(c, space, data.get("searcher"), scheduler)
     return _with_points(c, space, data)
 

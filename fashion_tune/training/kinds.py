@@ -75,7 +75,7 @@ KINDS: dict[str, Kind] = {
         name="vae", task="generation: a class-conditional beta-VAE", model_config=VAEConfig, network=ConditionalVAE,
         training=VAETraining, trainer=VAETask, monitor="val_neg_elbo", mode="min",
         metrics={"val_neg_elbo": "min", "val_neg_elbo_bin": "min", "val_recon": "min", "val_kl": "min",
-                 "val_loss": "min", **_SHARED_METRICS},
+                 "val_loss": "min", "val_neg_elbo_raw": "min", **_SHARED_METRICS},
         epoch_line=("val_neg_elbo", "val_recon", "val_kl", "beta"),
         validate=vae_validation, test=vae_test,
         promoted_validation=(("neg_elbo", "val_neg_elbo"), ("recon", "val_recon"), ("kl", "val_kl")), judge="cnn",
@@ -84,10 +84,12 @@ KINDS: dict[str, Kind] = {
     "cnn": Kind(
         name="cnn", task="recognition: a CNN classifier", model_config=CNNConfig, network=FashionCNN,
         training=CNNTraining, trainer=CNNTask, monitor="val_acc", mode="max",
-        metrics={"val_acc": "max", "val_loss": "min", **_SHARED_METRICS},
+        # val_acc: the scored weights (the EMA, if any) with flip TTA if `tta`; val_acc_no_tta: the same weights
+        # without TTA; val_acc_raw: the training weights without TTA (without EMA: val_acc_no_tta).
+        metrics={"val_acc": "max", "val_loss": "min", "val_acc_no_tta": "max", "val_acc_raw": "max", **_SHARED_METRICS},
         epoch_line=("val_acc", "val_loss"),
         validate=cnn_validation, test=cnn_scores,
-        promoted_validation=(("accuracy", "val_acc"), ("loss", "val_loss")),
+        promoted_validation=(("accuracy", "val_acc"), ("loss", "val_loss"), ("accuracy_no_tta", "val_acc_no_tta")),
     ),
 }
 

@@ -23,13 +23,17 @@ class TrainingConfig:
     seed: int = 0  # of the model's initial weights, the batch order and the augmentation
     epochs: int = 10  # training epochs (in a sweep: the scheduler's max_t)
     batch_size: int = 128  # training images per step
-    lr: float = 2e-3  # AdamW's peak learning rate
-    weight_decay: float = 1e-4  # AdamW's decoupled weight decay
-    # AdamW + cosine annealing with warm restarts (as the original) or one plain cosine
-    scheduler: Literal["cosine_restarts", "cosine"] = "cosine_restarts"
+    lr: float = 2e-3  # peak learning rate
+    weight_decay: float = 1e-4  # AdamW's decoupled weight decay; SGD's L2 penalty
+    optimizer: Literal["adamw", "sgd"] = "adamw"  # adamw | sgd (with Nesterov momentum)
+    momentum: float = 0.9  # SGD's Nesterov momentum (0: plain SGD); adamw ignores it
+    # per epoch: cosine_restarts (warm restarts, as the original) or cosine | per step: onecycle or triangular
+    scheduler: Literal["cosine_restarts", "cosine", "onecycle", "triangular"] = "cosine_restarts"
     restart_epochs: int = 10  # length of the first cosine cycle (T_0), in epochs
     restart_mult: int = 1  # each cycle is this many times longer than the previous (T_mult)
-    min_lr_ratio: float = 0.01  # the cosine's floor, as a fraction of lr
+    min_lr_ratio: float = 0.01  # the lr's floor (onecycle, triangular: also its start), as a fraction of lr
+    lr_warmup: float = 0.25  # onecycle, triangular: the fraction of the steps the lr rises (then a cosine / linear fall)
+    ema_decay: float = 0.0  # EMA of the weights per step, e.g. 0.999 (0 = off): validation and promotion use the EMA
     grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
     early_stop_patience: int = 0  # epochs without a better validation metric before stopping; 0 = off
     val_size: int = 10_000  # training images held out for validation (HPO decisions), stratified
@@ -48,6 +52,11 @@ class TrainingConfig:
         for key in ("weight_decay", "grad_clip", "early_stop_patience", "min_lr_ratio"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{where}{key}={getattr(self, key)!r} must be >= 0")
+        for key in ("momentum", "ema_decay"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ConfigError(f"{where}{key}={getattr(self, key)!r} must be in [0, 1)")
+        if not 0 < self.lr_warmup < 1:
+            raise ConfigError(f"{where}lr_warmup={self.lr_warmup!r} must be in (0, 1)")
         for key in ("subset", "val_subset"):
             if getattr(self, key) is not None and getattr(self, key) < 10:
                 raise ConfigError(f"{where}{key}={getattr(self, key)!r} must be at least 10 (one image per class) or null")
@@ -80,7 +89,7 @@ class VAETraining(TrainingConfig):
 class CNNTraining(TrainingConfig):
     """The CNN's training settings: regularisation and batch augmentation."""
 
-    weight_decay: float = 5e-4  # AdamW's decoupled weight decay
+    weight_decay: float = 5e-4  # AdamW's decoupled weight decay; SGD's L2 penalty
     label_smoothing: float = 0.0  # of the cross-entropy targets, in [0, 1)
     crop_pad: int = 2  # random crops from images padded by this many pixels; 0 = off
     flip: bool = True  # random horizontal flips

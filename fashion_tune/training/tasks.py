@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from fashion_tune.data.splits import Augment
 from fashion_tune.models import ConditionalVAE, FashionCNN
-from fashion_tune.training.scoring import cnn_validation, vae_validation
+from fashion_tune.training.scoring import cnn_scores, cnn_validation, elbo_scores, vae_validation
 from fashion_tune.training.settings import CNNTraining, VAETraining
 
 
@@ -38,6 +38,12 @@ class VAETask:
         """Validation metrics at this epoch's beta (see `scoring.vae_validation`)."""
         return vae_validation(model, x, y, self.beta)
 
+    def raw_validation(self, model: ConditionalVAE | None, x, y, metrics: dict[str, float]) -> dict[str, float]:
+        """The training weights' negative ELBO beside an EMA's `metrics` (model None: they are the same weights)."""
+        if model is None:
+            return {"val_neg_elbo_raw": metrics["val_neg_elbo"]}
+        return {"val_neg_elbo_raw": elbo_scores(model, x, y)["neg_elbo"]}
+
 
 class CNNTask:
     """Trains the CNN classifier; the HPO metric is validation accuracy."""
@@ -57,3 +63,10 @@ class CNNTask:
 
     def evaluate(self, model: FashionCNN, x, y) -> dict[str, float]:
         return cnn_validation(model, x, y)
+
+    def raw_validation(self, model: FashionCNN | None, x, y, metrics: dict[str, float]) -> dict[str, float]:
+        """The training weights' accuracy without TTA beside an EMA's `metrics` (model None: they are the same
+        weights), so val_acc_no_tta - val_acc_raw is what the EMA adds, at one validation pass."""
+        if model is None:
+            return {"val_acc_raw": metrics["val_acc_no_tta"]}
+        return {"val_acc_raw": cnn_scores(model, x, y, tta=False)["accuracy"]}
