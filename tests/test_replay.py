@@ -15,6 +15,7 @@ from fashion_tune.cli import main
 from fashion_tune.search.replay import check_space, load_table, replay_curve, space_params
 from fashion_tune.spaces.space import load_space
 from fashion_tune.util.errors import ConfigError
+from tiny_sweeps import no_ray_left_running  # noqa: F401  (autouse: Ray shut down after each test)
 
 SAMPLE = Path(__file__).parent / "data" / "replay_runs_sample.jsonl"
 EPOCHS = 6
@@ -179,15 +180,6 @@ def test_table_belongs_to_replay_spaces_only(tmp_path):
 
 
 # --- through the real engine ----------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def no_ray_left_running():
-    yield
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
 
 
 @pytest.mark.ray

@@ -19,21 +19,13 @@ import yaml
 from fashion_tune.util.errors import FashionTuneError
 from fashion_tune.training.checkpoint import load_checkpoint
 from fashion_tune.reports.analysis import best_trial, load_history, load_results, read_sweep_info
+from tiny_sweeps import no_ray_left_running  # noqa: F401  (autouse: Ray shut down after each test)
 from tiny_sweeps import TINY_CNN_SPACE, interrupt_when_ready, tiny_cnn_sweep
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     return tiny_cnn_sweep(tmp_path_factory)
-
-
-@pytest.fixture(autouse=True)
-def no_ray_left_running():
-    yield
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
 
 
 @pytest.mark.ray

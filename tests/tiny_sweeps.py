@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 TINY_CNN_SPACE = {
@@ -62,3 +63,13 @@ def interrupt_when_ready(driver, ready, log, timeout: float = 240) -> int:
         if driver.poll() is None:
             driver.kill()
         log.close()
+
+
+@pytest.fixture(autouse=True)
+def no_ray_left_running():
+    """Imported by the test modules that start Ray: each test leaves no Ray runtime behind."""
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
