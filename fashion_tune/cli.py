@@ -385,23 +385,19 @@ def run_evaluate(args) -> int:
     from fashion_tune.store.promoted import find_models_dir
     from fashion_tune.evaluation import grading
     from fashion_tune.evaluation.likelihood import IWAE_SAMPLES
-    from fashion_tune.reports.grading_report import IWAE_IMAGES, REPORT_JSON, REPORT_MD, evaluate
+    from fashion_tune.reports.grading_report import IWAE_IMAGES, REPORT_JSON, REPORT_MD, EvaluationSizes, evaluate
 
     command = " ".join([PROG, *sys.argv[1:]]) if sys.argv and sys.argv[0] else None
-    models_dir = find_models_dir(args.models_dir, KIND_NAMES if args.kind == "all" else (args.kind,))
-    report = evaluate(
-        kind=args.kind,
-        models_dir=models_dir,
+    sizes = EvaluationSizes(  # checked here, before any model is looked for
         per_class=args.per_class or grading.PER_CLASS,
         guided_per_class=args.guided_per_class or grading.GUIDED_PER_CLASS,
         candidates=args.candidates or CANDIDATES,
         seed=grading.SEED if args.seed is None else args.seed,
         iwae_images=args.iwae_images or IWAE_IMAGES,
         iwae_k=args.iwae_k or IWAE_SAMPLES,
-        data_dir=args.data_dir,
-        device=args.device,
-        command=command,
     )
+    models_dir = find_models_dir(args.models_dir, KIND_NAMES if args.kind == "all" else (args.kind,))
+    report = evaluate(args.kind, models_dir, sizes, data_dir=args.data_dir, device=args.device, command=command)
     if "cnn" in report:
         print(f"CNN: test accuracy {report['cnn']['test']['accuracy']:.4f}, grade {report['cnn']['rubric']['grade']}")
     if "vae" in report:

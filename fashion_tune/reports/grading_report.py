@@ -11,6 +11,7 @@ import os
 import platform
 import time
 from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -62,15 +63,36 @@ def _judges(cnn_manifest: dict[str, Any], judge_manifest: dict[str, Any] | None)
             "promoted_cnn": {**_model_identity(cnn_manifest), "role": "picks the guided samples (the guide)"}}
 
 
+@dataclass(frozen=True)
+class EvaluationSizes:
+    """How much `evaluate` samples: the `fashion-tune evaluate` flags of the same names, checked when made
+    (each too-small value named with its flag)."""
+
+    per_class: int = grading.PER_CLASS  # raw VAE samples per class
+    guided_per_class: int = grading.GUIDED_PER_CLASS  # guided VAE samples per class
+    candidates: int = CANDIDATES  # candidates per guided sample
+    seed: int = grading.SEED  # of all sampling
+    iwae_images: int = IWAE_IMAGES  # binarized test images for the likelihood bound
+    iwae_k: int = IWAE_SAMPLES  # importance samples per image in that bound
+
+    def __post_init__(self) -> None:
+        minimums = [  # (flag, value, least, why): each wrong flag is named on its own
+            ("--per-class", self.per_class, 10, "raw samples per class for the pictures"),
+            ("--guided-per-class", self.guided_per_class, 3, "guided samples per class for the pictures"),
+            ("--candidates", self.candidates, 1, "candidate per guided sample"),
+            ("--iwae-images", self.iwae_images, 10, "test images for the likelihood bound (one per class)"),
+            ("--iwae-k", self.iwae_k, 1, "importance sample per image in the likelihood bound"),
+        ]
+        for flag, value, least, why in minimums:
+            if value < least:
+                raise ConfigError(f"{flag} {value} is too small: evaluate needs at least {least} {why}; "
+                                  f"pass {flag} {least} or more")
+
+
 def evaluate(
     kind: str = "all",
     models_dir: str | Path = DEFAULT_MODELS_DIR,
-    per_class: int = grading.PER_CLASS,
-    guided_per_class: int = grading.GUIDED_PER_CLASS,
-    candidates: int = CANDIDATES,
-    seed: int = grading.SEED,
-    iwae_images: int = IWAE_IMAGES,
-    iwae_k: int = IWAE_SAMPLES,
+    sizes: EvaluationSizes = EvaluationSizes(),
     data_dir=None,
     device: str = "auto",
     echo: Callable[[str], None] = print,
@@ -83,7 +105,10 @@ def evaluate(
     checked before the first file is written, so an error leaves the previous report alone.
     """
     models_dir = Path(models_dir)
-    _check_settings(kind, per_class, guided_per_class, candidates, iwae_images, iwae_k)
+    if kind not in ("cnn", "vae", "all"):
+        raise ConfigError(f"unknown kind {kind!r}; choose one of: cnn, vae, all")
+    per_class, guided_per_class, candidates, seed = sizes.per_class, sizes.guided_per_class, sizes.candidates, sizes.seed
+    iwae_images, iwae_k = sizes.iwae_images, sizes.iwae_k
     device = pick_device(device)
     want_cnn, want_vae, skipped = _sections(kind, models_dir)
     cnn, cnn_manifest, _ = load_promoted("cnn", models_dir, device) if (want_cnn or want_vae) else (None, None, None)
@@ -127,22 +152,6 @@ def evaluate(
     report["elapsed_s"] = round(time.perf_counter() - started, 1)
     _write_report(models_dir, report, vae_pics, candidates, {"cnn": cnn_manifest, "vae": vae_manifest}, echo)
     return report
-
-
-def _check_settings(kind: str, per_class: int, guided_per_class: int, candidates: int, iwae_images: int,
-                    iwae_k: int) -> None:
-    if kind not in ("cnn", "vae", "all"):
-        raise ConfigError(f"unknown kind {kind!r}; choose one of: cnn, vae, all")
-    minimums = [  # (flag, value, least, why): each wrong flag is named on its own
-        ("--per-class", per_class, 10, "raw samples per class for the pictures"),
-        ("--guided-per-class", guided_per_class, 3, "guided samples per class for the pictures"),
-        ("--candidates", candidates, 1, "candidate per guided sample"),
-        ("--iwae-images", iwae_images, 10, "test images for the likelihood bound (one per class)"),
-        ("--iwae-k", iwae_k, 1, "importance sample per image in the likelihood bound"),
-    ]
-    for flag, value, least, why in minimums:
-        if value < least:
-            raise ConfigError(f"{flag} {value} is too small: evaluate needs at least {least} {why}; pass {flag} {least} or more")
 
 
 def _sections(kind: str, models_dir: Path) -> tuple[bool, bool, list[str]]:
