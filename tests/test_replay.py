@@ -257,7 +257,7 @@ def test_an_interrupted_replay_sweep_resumes_from_another_directory_to_exactly_n
     from tiny_sweeps import interrupt_when_ready
 
     write_table(tmp_path)
-    data = replay_space(Path("runs.jsonl"), num_samples=8, max_concurrent_trials=2, time_scale=0.3,  # 0.3-0.6 s an epoch
+    data = replay_space(Path("runs.jsonl"), num_samples=16, max_concurrent_trials=2, time_scale=0.3,  # 0.3-0.6 s an epoch
                         scheduler={"type": "fifo", "max_t": EPOCHS})  # the table's path is read from the current directory
     space_file = write_space(tmp_path, data)
     experiment = tmp_path / "results" / "r"
@@ -267,12 +267,12 @@ def test_an_interrupted_replay_sweep_resumes_from_another_directory_to_exactly_n
     driver = subprocess.Popen([*sweep, "--space", str(space_file)], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
     assert interrupt_when_ready(driver, lambda: len(list(experiment.glob("trial_*/result.json"))) >= 3, log) == 130
     first = pd.read_csv(experiment / "results.csv")
-    assert len(first) < 8, first
+    assert (first["status"] == "TERMINATED").sum() < 16, first  # trials Tune created may all be listed
     (tmp_path / "elsewhere").mkdir()
     resumed = subprocess.run([*sweep, "--resume"], cwd=tmp_path / "elsewhere", capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     results, history = pd.read_csv(experiment / "results.csv"), pd.read_csv(experiment / "history.csv")
-    assert len(results) == 8 and set(results["status"]) == {"TERMINATED"}
+    assert len(results) == 16 and set(results["status"]) == {"TERMINATED"}
     table, space = load_table(tmp_path / "runs.jsonl"), load_space(experiment / "space.yaml")
     for _, trial in results.iterrows():
         config = {k: trial[f"config/{k}"] for k in ("lr", "width", "dropout")}

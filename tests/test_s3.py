@@ -141,7 +141,9 @@ def test_sweep_to_s3_interrupted_resumed_analyzed_and_promoted(s3, cluster, tmp_
                              capture_output=True, text=True, timeout=300, env=s3, cwd=tmp_path)
     assert promote.returncode == 0, promote.stdout[-3000:] + promote.stderr[-3000:]
     manifest = json.loads((models / "cnn" / "manifest.json").read_text())
-    assert manifest["experiment"] == f"{storage}/remote" and manifest["checkpoint"] == best["checkpoint"]
+    # the sweep by name and the checkpoint inside it, plus the bucket's storage URI (no machine's absolute paths)
+    assert (manifest["experiment"], manifest["storage"]) == ("remote", storage)
+    assert f"{storage}/remote/{manifest['checkpoint']}" == best["checkpoint"]
     assert manifest["trial_id"] == best["trial_id"]
     assert (models / "cnn" / "model.pt").is_file()
     check_dashboard_on_the_bucket(s3, f"{storage}/remote", journal, info["study_name"], results, tmp_path)
