@@ -333,8 +333,9 @@ def test_the_resnet_cpu_space_keeps_every_trial_within_one_million_parameters():
 
     resnet = load_space(ROOT / "search_spaces" / "cnn_resnet_cpu.yaml", kind="cnn")
     assert resnet.limits == {"params": 1_000_000}
-    assert resnet.fixed["arch"] == "resnet" and resnet.fixed["precision"] == "auto"
-    assert len(model_shapes("cnn", resnet.params)) >= 4
+    assert resnet.fixed["precision"] == "auto" and resnet.fixed["tta"] and resnet.fixed["ema_decay"] > 0
+    assert {shape["arch"] for shape in model_shapes("cnn", resnet.params)} == {"resnet", "plain"}
+    assert len(model_shapes("cnn", resnet.params)) == 10
     assert largest_shapes(resnet)["params"][0] <= 1_000_000
     for point in resnet.points_to_evaluate:
         assert parameter_count("cnn", resnet.trial_config(point)) <= 1_000_000
