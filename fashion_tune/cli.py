@@ -361,6 +361,25 @@ def run_train_judge(args) -> int:
     return 0
 
 
+def add_upgrade_manifests(sub) -> None:
+    p = sub.add_parser("upgrade-manifests", help="rewrite old manifests' absolute paths as the experiment's name and the path inside it",
+                       description="Manifests from before relative paths recorded the absolute paths of the machine that "
+                                   "trained the model. Rewrite them (each kind's, the judge's, history/'s) as the experiment's "
+                                   "name and the checkpoint's path inside it, atomically; nothing else changes. Re-promoting "
+                                   "does the same but needs the sweep's directory.")
+    p.add_argument("--models-dir", type=Path, help=PROMOTE_MODELS_DIR_HELP)
+    p.set_defaults(func=run_upgrade_manifests)
+
+
+def run_upgrade_manifests(args) -> int:
+    from fashion_tune.store.promoted import models_dir_to_write
+    from fashion_tune.promotion.upgrade import upgrade_manifests
+
+    count = upgrade_manifests(models_dir_to_write(args.models_dir))
+    print(f"rewrote {count} manifest{'s' if count != 1 else ''}")
+    return 0
+
+
 def add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="grade the promoted models on the test set; writes report.md and pictures",
                        description="Grade the promoted CNN (test accuracy, per-class accuracy, confusion matrix) and the promoted "
@@ -498,8 +517,8 @@ def run_predict(args) -> int:
     return 2 if failed else 0
 
 
-COMMANDS = [add_data, add_train, add_sweep, add_analyze, add_dashboard, add_promote, add_train_judge, add_evaluate, add_sample,
-            add_predict]  # pipeline order
+COMMANDS = [add_data, add_train, add_sweep, add_analyze, add_dashboard, add_promote, add_upgrade_manifests, add_train_judge,
+            add_evaluate, add_sample, add_predict]  # pipeline order
 
 
 def build_parser() -> argparse.ArgumentParser:

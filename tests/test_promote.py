@@ -200,6 +200,43 @@ def test_a_manifest_with_absolute_paths_from_before_still_loads_and_compares(tmp
     assert replaced["experiment"] == "exp-strong" and replaced["trial_id"] == "strong"
 
 
+def test_upgrade_manifests_rewrites_absolute_paths_and_nothing_else(tmp_path, experiments, capsys):
+    """`fashion-tune upgrade-manifests` turns old manifests (the champion's and history's) into the relative
+    form; the weights' checksum and every other field stay, the model still loads, a second run changes nothing."""
+    models = tmp_path / "best_models"
+    promote_best_trial(experiments["weak"], models_dir=models, echo=quiet)
+    promote_best_trial(experiments["strong"], models_dir=models, echo=quiet)
+    history = next((models / "cnn/history").iterdir()) / "manifest.json"
+    for path, name in ((models / "cnn/manifest.json", "strong"), (history, "weak")):
+        old = json.loads(path.read_text())
+        for key in ("storage", "made_from"):
+            del old[key]
+        old["experiment"] = str(experiments[name])
+        old["checkpoint"] = str(experiments[name] / f"trial_{name}/checkpoint_000002")
+        if old.get("replaced"):
+            old["replaced"]["experiment"] = str(experiments["weak"])
+        path.write_text(json.dumps(old))
+    before = json.loads((models / "cnn/manifest.json").read_text())
+
+    code, out, _ = run_cli(capsys, "upgrade-manifests", "--models-dir", str(models))
+    assert code == 0 and "rewrote 2 manifests" in out
+    after = json.loads((models / "cnn/manifest.json").read_text())
+    assert (after["experiment"], after["checkpoint"], after["storage"]) == \
+        ("exp-strong", "trial_strong/checkpoint_000002", None)
+    assert after["replaced"]["experiment"] == "exp-weak" and after["made_from"] is None
+    assert str(tmp_path) not in json.dumps({k: v for k, v in after.items() if k != "upgraded"})
+    assert {k: v for k, v in after.items() if k not in ("experiment", "checkpoint", "replaced", "storage", "made_from",
+                                                        "upgraded")} == \
+        {k: v for k, v in before.items() if k not in ("experiment", "checkpoint", "replaced")}
+    assert json.loads(history.read_text())["experiment"] == "exp-weak"
+    load_promoted("cnn", models)  # the checksum still matches
+
+    code, out, _ = run_cli(capsys, "upgrade-manifests", "--models-dir", str(models))
+    assert code == 0 and "rewrote 0 manifests" in out
+    code, _, err = run_cli(capsys, "upgrade-manifests", "--models-dir", str(tmp_path / "none"))
+    assert_one_line_error(code, err, "not a directory", "--models-dir")
+
+
 def test_promoted_model_reloads_and_reproduces_its_recorded_test_metric(tmp_path, experiments):
     models = tmp_path / "best_models"
     promote_best_trial(experiments["strong"], models_dir=models, echo=quiet)
