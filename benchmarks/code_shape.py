@@ -41,7 +41,7 @@ def main() -> None:
     package = Path(args.root) / "fashion_tune"
     files = sorted(package.rglob("*.py"))
     folders = sorted({f.parent.relative_to(package.parent) for f in files})
-    lines = longest_fn = longest_params = (0, "")
+    longest_fn = longest_params = (0, "")
     total = 0
     for f in files:
         text = f.read_text()

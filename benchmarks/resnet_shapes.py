@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
-from pathlib import Path
 
 import torch
 
 from fashion_tune.cli import parse_assignment
 from fashion_tune.training.config import resolve_config
-from fashion_tune.training.device import cpu_has_native_bf16
+from fashion_tune.training.device import cpu_description, cpu_has_native_bf16
 from fashion_tune.training.loop import build_model, fit, load_splits
 from fashion_tune.training.scoring import cnn_scores
 
@@ -74,9 +72,7 @@ def main() -> None:
                         help="config override for every shape, e.g. --set batch_size=256 (repeatable)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    print(f"# {cpu}; native bf16: {cpu_has_native_bf16()}; {args.threads} thread(s); torch {torch.__version__}; "
+    print(f"# {cpu_description()}; native bf16: {cpu_has_native_bf16()}; {args.threads} thread(s); torch {torch.__version__}; "
           f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
 
     base = {"epochs": 2, "subset": args.subset, "val_subset": 100, "device": "cpu", "precision": args.precision,

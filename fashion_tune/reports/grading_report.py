@@ -24,7 +24,7 @@ from fashion_tune.util.provenance import code_version
 from fashion_tune.data.datafiles import load_fashion_mnist
 from fashion_tune.data.splits import Splits, make_splits
 from fashion_tune.models.sampling import CANDIDATES
-from fashion_tune.training.device import pick_device
+from fashion_tune.training.device import cpu_description, pick_device
 from fashion_tune.training.kinds import get_kind
 from fashion_tune.store.promoted import (DEFAULT_MODELS_DIR, JUDGE, MANIFEST_FILE, MODEL_FILE, is_promoted, load_judge,
                                          load_promoted, model_source, promote_hint, train_judge_hint)
@@ -127,7 +127,7 @@ def evaluate(
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command or f"fashion-tune evaluate --kind {kind}",
         "environment": {"python": platform.python_version(), "torch": torch.__version__, "device": str(device),
-                        "machine": platform.machine(), "cpus": os.cpu_count()},
+                        "machine": platform.machine(), "cpu": cpu_description(), "cpus": os.cpu_count()},
         "code": code_version(),
         "data": {"source": str(data.source), "sha256": dict(data.sha256), "test_images": len(test.test_y)},
     }

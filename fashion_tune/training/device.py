@@ -4,6 +4,7 @@ memory layout of the training steps."""
 from __future__ import annotations
 
 import functools
+import platform
 import sys
 from pathlib import Path
 
@@ -67,6 +68,19 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return any(flag in flags.split() for flag in _BF16_CPU_FLAGS)
+
+
+def cpu_description() -> str:
+    """The CPU's model name and which of its vector units decide speed and rounding (avx2, avx512f and
+    the bf16 ones), for the records of measurements; platform.processor() where /proc/cpuinfo is missing."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "unknown CPU")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    units = [flag for flag in ("avx2", "avx512f", *sorted(_BF16_CPU_FLAGS)) if flag in flags]
+    return f"{name} ({', '.join(units) or 'no avx2'})"
 
 
 _warned: set[str] = set()
