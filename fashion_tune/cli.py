@@ -450,7 +450,9 @@ def add_sample(sub) -> None:
                    help="class name, alias or index, e.g. dress, 'ankle boot', sneaker, 3")
     p.add_argument("-n", type=positive_int, default=3, help="how many images (default 3)")
     p.add_argument("--candidates", type=positive_int, default=100, help="candidates per image, best kept (default 100; 1 = no guidance)")
-    p.add_argument("--out", type=Path, help="PNG to write (default sample-CLASS.png)")
+    p.add_argument("--out", type=Path, help="PNG to write: the images in a captioned grid (default sample-CLASS.png)")
+    p.add_argument("--images", type=Path, metavar="DIR",
+                   help="also write each image as a 28x28 grey PNG in DIR (CLASS-0.png, ...): files `predict` reads as they are")
     p.add_argument("--seed", type=int, help="sampling seed (default: random, printed so the picture can be reproduced)")
     p.add_argument("--models-dir", type=Path, help=MODELS_DIR_HELP)
     p.add_argument("--device", type=device_name, default="auto", help="auto (default), cpu, cuda, mps")
@@ -465,8 +467,10 @@ def run_sample(args) -> int:
     from fashion_tune.store.promoted import find_models_dir
 
     out, confidences, seed = sample_picture(args.item_class, args.n, candidates=args.candidates, out=args.out, seed=args.seed,
-                                            models_dir=find_models_dir(args.models_dir, ("vae",)), device=args.device)
-    print(f"wrote {out} ({args.n} image{'s' if args.n > 1 else ''}, seed {seed}; judge confidence {confidence_text(confidences)})")
+                                            models_dir=find_models_dir(args.models_dir, ("vae",)), device=args.device,
+                                            images_dir=args.images)
+    print(f"wrote {out} ({args.n} image{'s' if args.n > 1 else ''}, seed {seed}; judge confidence {confidence_text(confidences)})"
+          + (f"; each image as a 28x28 PNG in {args.images}" if args.images else ""))
     return 0
 
 

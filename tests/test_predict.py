@@ -111,6 +111,27 @@ def test_the_shipped_models_classify_and_sample_without_training(tmp_path, test_
     assert out.read_bytes()[:4] == b"\x89PNG" and "judge confidence" in printed
 
 
+def test_sampled_images_written_one_per_file_are_what_predict_reads(tmp_path, capsys):
+    """`sample --images DIR` writes each item as a 28x28 grey PNG; `predict DIR` classifies them as is
+    (not inverted) and, with guided samples, as the class asked for."""
+    models = shipped_models()
+    if not (models / "vae" / "model.pt").is_file():
+        pytest.skip("best_models/ holds no promoted VAE (make models writes it)")
+    code, printed, err = run_cli(capsys, "sample", "--class", "trouser", "-n", "3", "--candidates", "10", "--seed", "0",
+                                 "--models-dir", models, "--out", tmp_path / "grid.png", "--images", tmp_path / "items")
+    assert code == 0, err
+    files = sorted((tmp_path / "items").iterdir())
+    assert [f.name for f in files] == ["trouser-0.png", "trouser-1.png", "trouser-2.png"]
+    with Image.open(files[0]) as image:
+        assert (image.size, image.mode) == ((28, 28), "L")
+    predictions = predict_files(files, models_dir=models)
+    assert all(p.top[0][0] == "Trouser" and not p.inverted for p in predictions)
+    code, _, err = run_cli(capsys, "sample", "--class", "trouser", "--models-dir", models, "--out", tmp_path / "b.png",
+                           "--images", tmp_path / "grid.png")
+    assert_one_line_error(code, err, "--images", "not a directory")
+    assert not (tmp_path / "b.png").exists()
+
+
 def shipped_models():
     if not (REPO / "best_models" / "cnn" / "model.pt").is_file():
         pytest.skip("best_models/ holds no promoted CNN (make models writes it)")

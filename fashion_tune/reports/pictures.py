@@ -141,8 +141,10 @@ def sample_picture(
     seed: int | None = None,
     models_dir: str | Path = DEFAULT_MODELS_DIR,
     device: str = "auto",
+    images_dir: str | Path | None = None,
 ) -> tuple[Path, list[float] | None, int]:
-    """Draw n items of one class from the promoted VAE (best of `candidates` by the promoted CNN) into a PNG.
+    """Draw n items of one class from the promoted VAE (best of `candidates` by the promoted CNN) into a PNG,
+    and, with `images_dir`, each item as a 28x28 grey PNG there too (`<class>-<i>.png`, what `predict` reads).
 
     Returns the PNG's path, the judge's confidence in each image (None without a promoted CNN,
     allowed only for candidates=1) and the seed, which reproduces the picture.
@@ -152,6 +154,8 @@ def sample_picture(
     out = Path(out) if out is not None else Path(f"sample-{slug}.png")
     if out.suffix.lower() != ".png":
         raise FashionTuneError(f"--out {out}: the picture is a PNG; give a file name ending in .png")
+    if images_dir is not None and Path(images_dir).exists() and not Path(images_dir).is_dir():
+        raise FashionTuneError(f"--images {images_dir}: not a directory; give a directory (it is created if missing)")
     models_dir, device = Path(models_dir), pick_device(device)
     vae, _, _ = load_promoted("vae", models_dir, device)
     judge = None
@@ -178,4 +182,18 @@ def sample_picture(
         captions = [cells[r * cols : (r + 1) * cols] for r in range(rows)]
     how = f"each the best of {candidates} candidates" if candidates > 1 else "plain samples"
     image_grid(grid.view(rows, cols, 1, 28, 28), out, f"{CLASSES[index]}: {how} (seed {seed})", captions=captions)
+    if images_dir is not None:
+        write_image_files(images, Path(images_dir), slug)
     return out, confidences, seed
+
+
+def write_image_files(images: Tensor, directory: Path, stem: str) -> list[Path]:
+    """Each image (1x28x28, values in [0, 1]) as an 8-bit grey PNG `<stem>-<i>.png` in `directory`,
+    written atomically; Fashion-MNIST's dark background, so `predict` reads them without inverting."""
+    from PIL import Image
+
+    paths = []
+    for i, image in enumerate(images):
+        pixels = (image.reshape(28, 28).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        paths.append(atomic_write(directory / f"{stem}-{i}.png", lambda f: Image.fromarray(pixels, mode="L").save(f, format="PNG")))
+    return paths
