@@ -382,8 +382,10 @@ def test_an_unreadable_champion_is_replaced_only_with_force(tmp_path, experiment
 # --- the VAE: promotion, grading, sampling -------------------------------------------------
 
 
-def test_vae_promotion_evaluate_and_sample(tmp_path, experiments, runs, capsys):
+def test_vae_promotion_evaluate_and_sample(tmp_path, experiments, runs, capsys, monkeypatch):
     models = tmp_path / "best_models"
+    checkout = tmp_path / "checkout"  # stands for the fashion-tune checkout: no judge shipped there yet
+    monkeypatch.setattr("fashion_tune.store.promoted.CHECKOUT", checkout)
     assert_one_line_error(*run_cli(capsys, "evaluate", "--models-dir", models)[::2], "nothing to grade")
     vae_sweep = write_experiment(tmp_path / "vae-sweep", "vae", {"v": runs["vae"]})
     code, out, _ = run_cli(capsys, "promote", vae_sweep, "--kind", "vae", "--models-dir", models)
@@ -457,7 +459,22 @@ def test_vae_promotion_evaluate_and_sample(tmp_path, experiments, runs, capsys):
     assert code == 0 and "kept the vae section" in out
     assert json.loads((models / "report.json").read_text())["vae"] == vae
 
-    # With an independent judge shipped, its scores are the headline and the promoted CNN's are secondary.
+    # No judge beside the models, one shipped in the checkout: that one scores the samples, and the report says where it is.
+    code, out, err = run_cli(capsys, "train-judge", "--models-dir", checkout / "best_models", "--subset", "1000", "--epochs", "1", "--seed", "5")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "evaluate", "--models-dir", models, "--per-class", "10", "--guided-per-class", "3",
+                             "--candidates", "5", "--iwae-images", "20", "--iwae-k", "50")
+    assert code == 0, err
+    [note] = [line for line in out.splitlines() if line.startswith("note:") and "independent judge" in line]
+    assert str(checkout / "best_models" / "judge") in note and "train-judge --models-dir" in note
+    borrowed = json.loads((models / "report.json").read_text())["vae"]
+    assert borrowed["judges"]["headline"] == "independent"
+    assert borrowed["judges"]["independent"]["location"] == str((checkout / "best_models" / "judge").resolve())
+    assert "the one shipped in" in (models / "report.md").read_text()
+    code, out, _ = run_cli(capsys, "evaluate", "--kind", "cnn", "--models-dir", models)
+    assert code == 0 and "kept the vae section" in out  # the same judge, found the same way
+
+    # With an independent judge shipped beside the models, its scores are the headline and the promoted CNN's are secondary.
     code, out, err = run_cli(capsys, "train-judge", "--models-dir", models, "--subset", "1000", "--epochs", "1")
     assert code == 0, err
     assert "shipped the judge" in out and (models / "judge/manifest.json").is_file()

@@ -27,7 +27,8 @@ from fashion_tune.models.sampling import CANDIDATES
 from fashion_tune.training.device import cpu_description, pick_device
 from fashion_tune.training.kinds import get_kind
 from fashion_tune.store.promoted import (DEFAULT_MODELS_DIR, JUDGE, MANIFEST_FILE, MODEL_FILE, is_promoted, load_judge,
-                                         load_promoted, model_source, promote_hint, train_judge_hint)
+                                         judge_home, load_promoted, model_source, promote_hint,
+                                         train_judge_hint)
 from fashion_tune.evaluation import grading
 from fashion_tune.evaluation.likelihood import IWAE_SAMPLES, iwae_scores
 from fashion_tune.reports.markdown import render_markdown
@@ -52,8 +53,11 @@ def _model_identity(manifest: dict[str, Any]) -> dict[str, Any]:
 
 def _judge_identity(manifest: dict[str, Any]) -> dict[str, Any]:
     keys = ("architecture", "seed", "parameters", "test_accuracy", "trained_at", "command")
-    return {**{key: manifest.get(key) for key in keys}, "trained_on": manifest.get("training", {}).get("what"),
-            "sha256": manifest.get("files", {}).get(MODEL_FILE)}
+    identity = {**{key: manifest.get(key) for key in keys}, "trained_on": manifest.get("training", {}).get("what"),
+                "sha256": manifest.get("files", {}).get(MODEL_FILE)}
+    if manifest.get("location"):  # not beside the graded models: the shipped judge
+        identity["location"] = manifest["location"]
+    return identity
 
 
 def _judges(cnn_manifest: dict[str, Any], judge_manifest: dict[str, Any] | None) -> dict[str, Any]:
@@ -113,9 +117,14 @@ def evaluate(
     want_cnn, want_vae, skipped = _sections(kind, models_dir)
     cnn, cnn_manifest, _ = load_promoted("cnn", models_dir, device) if (want_cnn or want_vae) else (None, None, None)
     vae, vae_manifest, _ = load_promoted("vae", models_dir, device) if want_vae else (None, None, None)
-    judge, judge_manifest = load_judge(models_dir, device) if want_vae else (None, None)
+    home = judge_home(models_dir) if want_vae else None
+    judge, judge_manifest = load_judge(home, device) if home is not None else (None, None)
     for line in skipped:
         echo(f"note: {line}")
+    if home is not None and home.resolve() != models_dir.resolve():
+        judge_manifest = {**judge_manifest, "location": str(home.resolve() / JUDGE)}
+        echo(f"note: no independent judge in {models_dir / JUDGE}: the VAE's samples are scored by the one shipped in "
+             f"{home / JUDGE}; {train_judge_hint(models_dir)} to ship one beside these models")
     if want_vae and judge is None:
         echo(f"note: no independent judge in {models_dir / JUDGE}: the VAE's samples are scored by the promoted CNN, "
              f"which picked the guided ones (labelled so in the report); {train_judge_hint(models_dir)}")
@@ -244,7 +253,8 @@ def _graded_models(section: dict[str, Any]) -> dict[str, Any]:
 def _shipped_models(models_dir: Path, kind: str, manifests: dict[str, Any]) -> dict[str, Any]:
     """The same SHA-256s for the models shipped in `models_dir` now."""
     def sha(name: str) -> str | None:
-        manifest = manifests.get(name) or read_json_object(models_dir / name / MANIFEST_FILE)
+        home = judge_home(models_dir) if name == JUDGE else models_dir
+        manifest = manifests.get(name) or (read_json_object(home / name / MANIFEST_FILE) if home else {})
         return manifest.get("files", {}).get(MODEL_FILE)
 
     shas = {"model": sha(kind)}

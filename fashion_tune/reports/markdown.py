@@ -43,8 +43,9 @@ def _judge_line(vae: dict[str, Any]) -> str:
                 f"by the guide itself: its guided scores are high by construction.")
     return (f"{guide} **Scored by the independent judge** ({independent.get('architecture')}; seed "
             f"{independent.get('seed')}, {independent.get('parameters'):,} parameters, test accuracy "
-            f"{_f(independent.get('test_accuracy'))}; trained on {independent.get('trained_on')}), which picked "
-            f"nothing; the guide's own scores follow as secondary figures.")
+            f"{_f(independent.get('test_accuracy'))}; trained on {independent.get('trained_on')}"
+            + (f"; the one shipped in `{independent['location']}`, none being beside these models" if independent.get("location") else "")
+            + "), which picked nothing; the guide's own scores follow as secondary figures.")
 
 
 METRIC_DEFINITIONS = """\

@@ -137,6 +137,15 @@ def train_judge_hint(models_dir: str | Path) -> str:
     return f"`fashion-tune train-judge --models-dir {models_dir}` ships one (a few minutes on a CPU)"
 
 
+def judge_home(models_dir: str | Path) -> Path | None:
+    """The models directory whose judge/ scores the VAE in `models_dir`: its own, else the judge shipped in the
+    fashion-tune checkout's best_models/ (trained on the training split alone, it suits any VAE), else None."""
+    for place in (Path(models_dir), CHECKOUT / DEFAULT_MODELS_DIR):
+        if (place / JUDGE / MODEL_FILE).is_file():
+            return place
+    return None
+
+
 def load_judge(models_dir: str | Path = DEFAULT_MODELS_DIR, device: str | torch.device = "cpu"):
     """The independent judge shipped in `models_dir/judge/` (eval mode) and its manifest; None, None when
     none is shipped; one-line errors for a damaged one."""
