@@ -181,7 +181,7 @@ def add_sweep(sub) -> None:
 
 def run_sweep_command(args) -> int:
     if args.dry_run:
-        from fashion_tune.spaces.space import load_space
+        from fashion_tune.spaces.space import describe_space, load_space
         from fashion_tune.search.sources import resolve_sources
 
         if args.space is None:
@@ -193,7 +193,7 @@ def run_sweep_command(args) -> int:
             cpus, gpus = local_capacity()
             check_resources(space, cpus if args.num_cpus is None else args.num_cpus,
                             gpus if args.num_gpus is None else args.num_gpus)
-        print(space.summary())
+        print(describe_space(space))
         return 0
     from fashion_tune.search.request import SweepRequest
 

@@ -308,6 +308,8 @@ def space(params, **extra):
 
 
 def test_a_space_that_allows_a_model_over_its_limit_is_refused_naming_it():
+    from fashion_tune.spaces.space import describe_space
+
     with pytest.raises(ConfigError, match=r"s.yaml: limits.params: the space allows width=32, depth=3 with 1,084,010 "
                                           r"trainable parameters, over the limit of 1,000,000; narrow"):
         space({"width": {"type": "choice", "values": [16, 32]}, "depth": {"type": "randint", "low": 1, "high": 4}})
@@ -315,7 +317,7 @@ def test_a_space_that_allows_a_model_over_its_limit_is_refused_naming_it():
     ok = space({"depth": {"type": "choice", "values": [
         {"value": 3, "params": {"width": {"type": "quniform", "low": 16, "high": 24, "q": 8}}},
         {"value": 1, "params": {"width": {"type": "quniform", "low": 16, "high": 48, "q": 16}}}]}})
-    assert "the largest model the space allows has 690,970 (depth=1, width=48)" in ok.summary()
+    assert "the largest model the space allows has 690,970 (depth=1, width=48)" in describe_space(ok)
     with pytest.raises(ConfigError, match="limits.flops: unknown key; allowed keys: params"):
         space({"width": {"type": "choice", "values": [16]}}, limits={"flops": 1})
     with pytest.raises(ConfigError, match="limits.params: 0 is not allowed; use an integer >= 1"):

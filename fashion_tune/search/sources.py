@@ -16,7 +16,8 @@ from typing import Any
 from fashion_tune.util import yaml_loader
 from fashion_tune.util.errors import FashionTuneError
 from fashion_tune.util.files import is_uri
-from fashion_tune.spaces.params import Checker, check_point
+from fashion_tune.spaces.params import Checker
+from fashion_tune.spaces.search_space import check_point
 from fashion_tune.spaces.space import SearchSpace
 from fashion_tune.spaces.strategies import with_sources
 from fashion_tune.store.promoted import CONFIG_FILE, MANIFEST_FILE

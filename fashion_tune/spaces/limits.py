@@ -14,16 +14,15 @@ shape is counted by `parameter_count` (the network built on the meta device: mil
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 from fashion_tune.util.errors import ConfigError
 from fashion_tune.training.config import resolve_config
 from fashion_tune.training.kinds import get_kind
 from fashion_tune.training.loop import parameter_count
 from fashion_tune.spaces.params import Checker, Param, grid_values, show
+from fashion_tune.spaces.search_space import SearchSpace
 
-if TYPE_CHECKING:
-    from fashion_tune.spaces.space import SearchSpace
 
 LIMIT_KEYS = {"params": "trainable parameters"}
 MAX_SHAPES = 5_000  # shapes a space may list; beyond this a file takes too long to read
@@ -76,7 +75,7 @@ def _values(param: Param, shaping: bool) -> list[tuple[Any, tuple[Param, ...]]]:
     return [(param.low, ()), (param.high, ())]
 
 
-def largest_shapes(space: "SearchSpace") -> dict[str, tuple[int, dict[str, Any]]]:
+def largest_shapes(space: SearchSpace) -> dict[str, tuple[int, dict[str, Any]]]:
     """{limit: (the largest cost of a shape the space allows, that shape)}."""
     found: dict[str, tuple[int, dict[str, Any]]] = {}
     if not space.limits:
@@ -94,7 +93,7 @@ def largest_shapes(space: "SearchSpace") -> dict[str, tuple[int, dict[str, Any]]
     return found
 
 
-def check_limits(c: Checker, space: "SearchSpace") -> None:
+def check_limits(c: Checker, space: SearchSpace) -> None:
     """Refuse a space that allows a model over one of its limits, naming the largest such shape."""
     for key, (cost, shape) in largest_shapes(space).items():
         limit = space.limits[key]

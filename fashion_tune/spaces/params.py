@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 from optuna.distributions import (CategoricalDistribution, FloatDistribution, IntDistribution,
                                   check_distribution_compatibility)
@@ -17,8 +17,6 @@ from optuna.distributions import (CategoricalDistribution, FloatDistribution, In
 from fashion_tune.util.errors import ConfigError
 from fashion_tune.training.config import default_config, resolve_config
 
-if TYPE_CHECKING:
-    from fashion_tune.spaces.space import SearchSpace
 
 DISTRIBUTIONS = ("loguniform", "uniform", "quniform", "randint", "choice")
 # Keys that define the data every trial shares, or where it runs: fixed per sweep, never searched.
@@ -309,22 +307,3 @@ def check_names(c: Checker, params: list[Param], fixed: dict[str, Any]) -> None:
             except ValueError:
                 raise c.fail(key, f"{param.name} is defined at {other_key} with another distribution type or "
                                   f"choices; use the same type ({other.type})") from None
-
-
-def check_point(c: Checker, space: SearchSpace, point: Any, key: str) -> dict[str, Any]:
-    point = c.mapping(point, key)
-    active = space.active_params(point)
-    for name, value in point.items():
-        if name not in active:
-            known = [p.name for p in space.all_params()]
-            if name in known:
-                raise c.fail(f"{key}.{name}", "does not apply with the choices this point makes; "
-                                              "drop it or change the choice it belongs to")
-            raise c.fail(f"{key}.{name}", f"not a searched parameter; allowed: {', '.join(known)}")
-        if not active[name].contains(value):
-            raise c.fail(f"{key}.{name}", f"{value!r} is outside its distribution ({describe_param(active[name])})")
-    try:
-        space.trial_config(point)
-    except ConfigError as exc:
-        raise c.fail(key, str(exc).removeprefix(f"{space.path}: ")) from None
-    return dict(point)

@@ -81,7 +81,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -89,13 +88,15 @@ from fashion_tune.util.errors import ConfigError
 from fashion_tune.util.files import format_short
 from fashion_tune.training.config import load_yaml, resolve_config
 from fashion_tune.training.kinds import KINDS, get_kind
-from fashion_tune.spaces.params import (Checker, Param, check_names, check_point, describe_param, grid_values, is_integer,
-                                        is_number, parse_params, show, suggest_all, walk)
+from fashion_tune.spaces.params import (Checker, Param, check_names, describe_param, grid_values, is_integer, is_number,
+                                        parse_params, show)
+from fashion_tune.spaces.search_space import DEFAULT_TIME_SCALE, SearchSpace, check_point
 from fashion_tune.spaces.strategies import SCHEDULER_TYPES, check_sources, parse_objectives, parse_strategies
 from fashion_tune.spaces.limits import LIMIT_KEYS, check_limits, describe_shape, largest_shapes, parse_limits
 
 # Param and grid_values are imported from here by fashion_tune.search.strategies.
-__all__ = ["SearchSpace", "Param", "grid_values", "load_space", "parse_space", "check_resources", "local_capacity"]
+__all__ = ["SearchSpace", "Param", "grid_values", "load_space", "parse_space", "describe_space", "check_resources",
+           "local_capacity"]
 
 TOP_KEYS = ("kind", "metric", "mode", "num_samples", "max_concurrent_trials", "seed", "scheduler",
             "resources_per_trial", "fixed", "params", "points_to_evaluate", "start_from",
@@ -105,146 +106,41 @@ DEFAULT_MAX_CONCURRENT = 2
 DEFAULT_GRACE_PERIOD = 1
 DEFAULT_REDUCTION_FACTOR = 2
 REPLAY, REPLAYED_KIND = "replay", "cnn"  # `kind: replay` replays recorded CNN curves
-DEFAULT_TIME_SCALE = 0.01
 
 
-@dataclass(frozen=True)
-class SearchSpace:
-    """A validated search space file: sweep settings plus the distributions to search."""
+def describe_space(space: SearchSpace) -> str:
+    """A few lines describing the sweep, for --dry-run and logs."""
+    lines = [
+        f"{space.path}: {'replay (of ' + space.kind + ' curves)' if space.table else space.kind} sweep, "
+        f"{space.num_samples} trials ({space.max_concurrent_trials} at a time), "
+        f"{space.mode} {space.metric}",
+        f"  {space.strategy_line()}",
+        f"  per trial: {space.cpu:g} CPU, {space.gpu:g} GPU; {space.searcher} seed {space.seed}; "
+        f"{len(space.points_to_evaluate)} starting point(s)"
+        + (f"; warm start: {len(space.warm_trials)} trials of {space.warm_start}" if space.warm_start else ""),
+    ]
+    if space.table is not None:
+        lines.insert(1, f"  replays the curves of {space.table} (time scale {space.time_scale:g})")
+    # The values every trial shares (the rest are `train KIND --show-config`'s defaults); epochs is max_t.
+    lines.append("  fixed: " + ", ".join(f"{key}={format_short(value) if value is not None else 'null'}"
+                                         for key, value in space.base_config().items()))
+    if space.multi_objective:
+        lines.insert(1, "  objectives: " + ", ".join(f"{mode} {metric}" for metric, mode in space.objectives)
+                     + f" (the scheduler stops on {space.metric} only)")
 
-    path: Path
-    kind: str
-    metric: str
-    mode: str
-    num_samples: int
-    max_concurrent_trials: int
-    seed: int
-    max_t: int
-    grace_period: int
-    reduction_factor: float
-    cpu: float
-    gpu: float
-    fixed: dict[str, Any] = field(default_factory=dict)
-    params: tuple[Param, ...] = ()
-    points_to_evaluate: tuple[dict[str, Any], ...] = ()
-    searcher: str = "tpe"  # an Optuna sampler, see SEARCHER_TYPES
-    searcher_options: dict[str, Any] = field(default_factory=dict)
-    scheduler: str = "asha"  # a Ray scheduler, see SCHEDULER_TYPES
-    scheduler_options: dict[str, Any] = field(default_factory=dict)  # the type's keys besides max_t
-    objectives: tuple[tuple[str, str], ...] = ()  # (metric, mode) pairs; empty: the one metric
-    # start_from: and warm_start: as written; once resolved (resolve_sources, or a resumed sweep's
-    # stored sources), absolute, with what was read there.
-    start_from: str | None = None
-    start_point: dict[str, Any] | None = None  # the start_from point, first in points_to_evaluate
-    warm_start: str | None = None
-    warm_trials: tuple[Any, ...] = ()  # strategies.WarmTrial: finished trials of the warm_start sweep
-    reuse_actors: bool = True  # Tune's reuse_actors: a finished trial's actor runs the next one
-    table: str | None = None  # kind: replay: the recorded curves its trials replay (as written; absolute once resolved)
-    time_scale: float = DEFAULT_TIME_SCALE  # kind: replay: real seconds slept per recorded second
-    limits: dict[str, int] = field(default_factory=dict)  # {"params": N}: no shape the space allows is larger
+    def describe(params, indent):
+        for param in params:
+            lines.append(f"{indent}{param.name}: {describe_param(param)}")
+            for option in param.options:
+                if option.params:
+                    lines.append(f"{indent}  when {param.name} = {option.value!r}:")
+                    describe(option.params, indent + "    ")
 
-    @property
-    def multi_objective(self) -> bool:
-        return len(self.objectives) > 1
-
-    # --- what the sweep uses ------------------------------------------------------------
-
-    def base_config(self) -> dict[str, Any]:
-        """The config values every trial shares: `fixed` plus `epochs` = ASHA's max_t."""
-        return {**self.fixed, "epochs": self.max_t}
-
-    def data_config(self) -> dict[str, Any]:
-        """The resolved base config, which says which data split every trial trains on."""
-        return resolve_config(self.kind, self.base_config())
-
-    def suggest(self, trial) -> None:
-        """Optuna define-by-run search space: asks `trial` for every parameter that applies."""
-        suggest_all(trial, self.params)
-
-    def all_params(self) -> list[Param]:
-        """Every parameter, nested ones included, each name once (first definition)."""
-        seen: dict[str, Param] = {}
-        for param in walk(self.params):
-            seen.setdefault(param.name, param)
-        return list(seen.values())
-
-    def param_names(self) -> list[str]:
-        return [param.name for param in self.all_params()]
-
-    def active_params(self, config: Mapping[str, Any]) -> dict[str, Param]:
-        """The parameters that apply to a trial's config (choices pick their options' sub-params)."""
-        active: dict[str, Param] = {}
-
-        def visit(params):
-            for param in params:
-                active[param.name] = param
-                if param.type == "choice" and param.name in config:
-                    option = param.option(config[param.name])
-                    if option is not None:
-                        visit(option.params)
-
-        visit(self.params)
-        return active
-
-    def trial_config(self, sampled: Mapping[str, Any]) -> dict[str, Any]:
-        """The resolved training config of a trial with the `sampled` parameter values."""
-        return resolve_config(self.kind, {**self.base_config(), **sampled}, source=str(self.path))
-
-    def with_overrides(self, num_samples: int | None = None, max_concurrent_trials: int | None = None,
-                       seed: int | None = None) -> "SearchSpace":
-        """The same space with command-line overrides of its sweep settings, checked like the file's."""
-        changes = {}
-        for key, flag, value in (("num_samples", "--num-samples", num_samples),
-                                 ("max_concurrent_trials", "--max-concurrent", max_concurrent_trials)):
-            if value is not None:
-                if not is_integer(value) or value < 1:
-                    raise ConfigError(f"{flag}={value!r} is not allowed; use an integer >= 1")
-                changes[key] = value
-        if seed is not None:
-            changes["seed"] = seed
-        return dataclasses.replace(self, **changes)
-
-    def strategy_line(self) -> str:
-        """The searcher and the scheduler with its settings, in one line."""
-        options = {"max_t": self.max_t, **self.scheduler_options}
-        if self.scheduler == "asha":
-            options.update(grace_period=self.grace_period, reduction_factor=self.reduction_factor)
-        shown = ", ".join(f"{k} {'/'.join(v) if isinstance(v, (list, tuple)) else v}" for k, v in options.items())
-        return f"searcher {self.searcher}, scheduler {self.scheduler}: {shown}"
-
-    def summary(self) -> str:
-        """A few lines describing the sweep, for --dry-run and logs."""
-        lines = [
-            f"{self.path}: {'replay (of ' + self.kind + ' curves)' if self.table else self.kind} sweep, {self.num_samples} trials ({self.max_concurrent_trials} at a time), "
-            f"{self.mode} {self.metric}",
-            f"  {self.strategy_line()}",
-            f"  per trial: {self.cpu:g} CPU, {self.gpu:g} GPU; {self.searcher} seed {self.seed}; "
-            f"{len(self.points_to_evaluate)} starting point(s)"
-            + (f"; warm start: {len(self.warm_trials)} trials of {self.warm_start}" if self.warm_start else ""),
-        ]
-        if self.table is not None:
-            lines.insert(1, f"  replays the curves of {self.table} (time scale {self.time_scale:g})")
-        # The values every trial shares (the rest are `train KIND --show-config`'s defaults); epochs is max_t.
-        lines.append("  fixed: " + ", ".join(f"{key}={format_short(value) if value is not None else 'null'}"
-                                             for key, value in self.base_config().items()))
-        if self.multi_objective:
-            lines.insert(1, "  objectives: " + ", ".join(f"{mode} {metric}" for metric, mode in self.objectives)
-                         + f" (the scheduler stops on {self.metric} only)")
-
-        def describe(params, indent):
-            for param in params:
-                lines.append(f"{indent}{param.name}: {describe_param(param)}")
-                for option in param.options:
-                    if option.params:
-                        lines.append(f"{indent}  when {param.name} = {option.value!r}:")
-                        describe(option.params, indent + "    ")
-
-        describe(self.params, "  ")
-        for key, (cost, shape) in largest_shapes(self).items():
-            lines.append(f"  limits: {key} <= {self.limits[key]:,} {LIMIT_KEYS[key]}; the largest model the space "
-                         f"allows has {cost:,} ({describe_shape(shape)})")
-        return "\n".join(lines)
-
+    describe(space.params, "  ")
+    for key, (cost, shape) in largest_shapes(space).items():
+        lines.append(f"  limits: {key} <= {space.limits[key]:,} {LIMIT_KEYS[key]}; the largest model the space "
+                     f"allows has {cost:,} ({describe_shape(shape)})")
+    return "\n".join(lines)
 
 
 def load_space(path: str | Path, kind: str | None = None) -> SearchSpace:

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fashion_tune.training.config import default_config
 from fashion_tune.training.kinds import get_kind
 from fashion_tune.spaces.params import Checker, grid_values, is_number, show, walk
+from fashion_tune.spaces.search_space import SearchSpace
 
-if TYPE_CHECKING:
-    from fashion_tune.spaces.space import SearchSpace
 
 # Each scheduler type and the keys it takes (no `type:` means ASHA, as before).
 SCHEDULER_TYPES = {
