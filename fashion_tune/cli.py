@@ -223,6 +223,9 @@ def add_analyze(sub) -> None:
 
 
 def run_analyze(args) -> int:
+    from fashion_tune.store.names import check_experiment_argument
+
+    check_experiment_argument(args.experiment)  # before pandas, Optuna and torch load
     from fashion_tune.reports.analysis import analyze
 
     analyze(args.experiment, top=args.top, out=args.out)
@@ -317,6 +320,9 @@ def add_promote(sub) -> None:
 
 
 def run_promote(args) -> int:
+    from fashion_tune.store.names import check_experiment_argument
+
+    check_experiment_argument(args.experiment)  # before torch loads
     from fashion_tune.store.promoted import models_dir_to_write
     from fashion_tune.promotion.promote import promote_best_trial
 

@@ -257,3 +257,26 @@ def test_a_device_this_machine_lacks_is_refused_before_any_work(tmp_path):
     config.write_text("device: cuda\n")
     assert_one_line_error(cli("train", "cnn", "--config", config, "--out", out), "device 'cuda'", "no CUDA")
     assert not out.exists()
+
+
+HEAVY = ("torch", "pandas", "pyarrow", "ray", "optuna")
+CHECK_IMPORTS = """
+import sys
+from fashion_tune import cli
+try:
+    code = cli.main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code
+print("RESULT", code, ",".join(sorted(m for m in {heavy!r} if m in sys.modules)))
+"""
+
+
+@pytest.mark.parametrize("args", [["analyze", "/no/such/sweep"], ["promote", "no-such-sweep"], ["sample", "--class", "jacket"],
+                                  ["sweep", "cnn", "--space", "x.yaml", "--max-failures", "-1"]])
+def test_argument_errors_answer_before_the_heavy_libraries_load(args, tmp_path):
+    """A typo costs no torch/pandas/Ray import (seconds each): the argument is checked first."""
+    result = subprocess.run([sys.executable, "-c", CHECK_IMPORTS.format(heavy=HEAVY), *args], capture_output=True,
+                            text=True, cwd=tmp_path, timeout=120)
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("RESULT")]
+    assert line == "RESULT 2 ", (line, result.stderr)
+    assert "error:" in result.stderr and "Traceback" not in result.stderr

@@ -25,7 +25,8 @@ from fashion_tune.util.files import is_uri, json_text
 from fashion_tune.util.provenance import code_version
 from fashion_tune.spaces.space import REPLAY, SearchSpace, parse_space
 from fashion_tune.spaces.strategies import with_sources
-from fashion_tune.store.experiment import DEFAULT_STORAGE, SOURCES, SPACE_COPY, STORAGE_ENV, SWEEP_INFO, Experiment, filesystem
+from fashion_tune.store.experiment import SOURCES, SPACE_COPY, SWEEP_INFO, Experiment, filesystem
+from fashion_tune.store.names import DEFAULT_STORAGE, STORAGE_ENV
 from fashion_tune.search import strategies
 from fashion_tune.search.request import PreparedSweep, SweepRequest
 from fashion_tune.search.study import JOURNAL_FILE, check_journal

@@ -34,6 +34,7 @@ from fashion_tune.training.checkpoint import CHECKPOINT_FILE
 # A trial's checkpoint file: a trained model's, or a replayed trial's epoch (fashion_tune.search.replay.CHECKPOINT).
 CHECKPOINT_FILES = (CHECKPOINT_FILE, "replay.json")
 from fashion_tune.training.config import resolve_config
+from fashion_tune.store.names import check_experiment_argument, named_location
 from fashion_tune.store.results import (STOPPED_BY, TrialPick, TrialRecord, check_metric, history_rows, is_finite, pick_best,
                                         result_row)
 
@@ -41,8 +42,6 @@ __all__ = ["Experiment", "TrialPick", "TrialRecord", "STOPPED_BY", "is_finite", 
            "stored_results", "ray_trials"]
 
 SWEEP_INFO = "sweep.json"
-DEFAULT_STORAGE = "ray_results"  # where sweeps go without --storage
-STORAGE_ENV = "FASHION_TUNE_STORAGE"  # the default --storage; launch/*.yaml set it on every node
 SPACE_COPY = "space.yaml"
 SOURCES = "sources.json"  # the start point and warm trials the space's sources gave (fashion_tune.search.sweep_info)
 LINEAGE_FILE = "pbt_lineage.jsonl"  # one PBT exploit per line, with trial ids (search.schedulers.SweepPBT)
@@ -115,11 +114,8 @@ class Experiment:
         """The experiment at `location`, checked: it must hold the sweep.json that `fashion-tune sweep` writes."""
         store = cls(location)
         if not is_uri(store.location) and not Path(store.location).is_dir():
-            named = cls.by_name(str(location))
-            if named is None:
-                raise FashionTuneError(f"{location} is not a directory; pass an experiment directory such as "
-                                       "ray_results/NAME (or just NAME for one in $FASHION_TUNE_STORAGE or ./ray_results)")
-            store = named
+            check_experiment_argument(location)
+            store = cls(named_location(str(location)))
         if not store.exists(SWEEP_INFO):
             raise FashionTuneError(f"{location} is not a fashion-tune experiment directory (no {SWEEP_INFO}); "
                                    "pass the directory `fashion-tune sweep` printed, such as ray_results/NAME")
@@ -128,11 +124,8 @@ class Experiment:
     @classmethod
     def by_name(cls, name: str) -> Experiment | None:
         """The sweep NAME in the default storage ($FASHION_TUNE_STORAGE, else ./ray_results), as `sweep --name NAME` put it."""
-        if not name or "/" in name or os.sep in name or name in (".", ".."):
-            return None
-        root = (os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE).removeprefix("file://").rstrip("/")
-        store = cls(f"{root}/{name}")
-        return store if store.is_remote or Path(store.location).is_dir() else None
+        location = named_location(name)
+        return cls(location) if location else None
 
     @property
     def is_remote(self) -> bool:
