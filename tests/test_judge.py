@@ -163,3 +163,60 @@ def test_the_independent_judge_is_the_headline_and_the_promoted_cnn_secondary(te
     for name in ("real", "raw", "guided"):
         assert both["samples"][name]["diversity_pixels"] == alone["samples"][name]["diversity_pixels"]
     assert both["test"] == alone["test"] and both["original"] == alone["original"]
+
+
+# ---- the judge during VAE training: val_sample_acc ----
+
+
+def test_a_vae_trained_with_a_sample_judge_reports_val_sample_acc_every_epoch(shipped, tmp_path):
+    """`sample_judge` (a models directory with judge/) adds val_sample_acc, the share of raw samples the judge
+    classifies as their class: each epoch, from fixed z draws (the same weights give the same number)."""
+    from fashion_tune.training.loop import fit
+    from fashion_tune.training.scoring import sample_accuracy
+    from fashion_tune.training.judge import load_sample_judge
+    from fashion_tune.training.settings import VAETraining
+
+    models = shipped[0]
+    config = resolve_config("vae", {"sample_judge": str(models), "sample_judge_images": 200, "epochs": 2, "subset": 500,
+                                    "val_subset": 200, "width": 8, "depth": 1, "latent_dim": 8, "device": "cpu"})
+    reported = []
+    fit("vae", config, reporter=lambda metrics, state: reported.append(metrics))
+    assert [m["epoch"] for m in reported] == [1, 2]
+    assert all(0 <= m["val_sample_acc"] <= 1 for m in reported)
+    settings = VAETraining(sample_judge=str(models), sample_judge_images=200)
+    judge, vae = load_sample_judge(settings), untrained("vae", width=8, depth=1, latent_dim=8)
+    first = sample_accuracy(vae, judge, 200)
+    assert first == sample_accuracy(vae, judge, 200)
+    # An untrained VAE's samples are noise: the judge finds their class about as often as chance, less than
+    # a trained one's (2 epochs on 500 images already draw recognisable items for this judge).
+    assert first < reported[-1]["val_sample_acc"]
+    without = resolve_config("vae", {"epochs": 1})
+    assert without["sample_judge"] is None  # off by default: no judge is loaded, no metric reported
+
+
+@pytest.mark.parametrize("value, message", [("relative/dir", "must be an absolute path"),
+                                            ("/no/such/models", "no judge at /no/such/models/judge/model.pt")])
+def test_a_sample_judge_that_cannot_be_used_is_refused_when_the_config_is_read(value, message):
+    from fashion_tune.util.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        resolve_config("vae", {"sample_judge": value})
+
+
+def test_val_sample_acc_can_be_a_sweep_objective(shipped, tmp_path):
+    from fashion_tune.spaces.space import parse_space
+
+    space = parse_space({"kind": "vae", "num_samples": 2, "scheduler": {"max_t": 2},
+                         "fixed": {"sample_judge": str(shipped[0])},
+                         "objectives": [{"metric": "val_neg_elbo", "mode": "min"}, {"metric": "val_sample_acc", "mode": "max"}],
+                         "params": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}}, path=tmp_path / "s.yaml")
+    assert space.objectives == (("val_neg_elbo", "min"), ("val_sample_acc", "max"))
+
+
+def test_val_sample_acc_without_a_sample_judge_is_refused_in_a_space(tmp_path):
+    from fashion_tune.spaces.space import parse_space
+    from fashion_tune.util.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="val_sample_acc needs a judge: set fixed: sample_judge: shipped"):
+        parse_space({"kind": "vae", "num_samples": 2, "scheduler": {"max_t": 2}, "metric": "val_sample_acc",
+                     "params": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}}, path=tmp_path / "s.yaml")

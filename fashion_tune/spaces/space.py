@@ -191,6 +191,11 @@ def parse_space(data: Mapping[str, Any], path: str | Path = "<space>", kind: str
         # Grey-level and binarized training are only comparable on one likelihood: the binarized one.
         raise c.fail("params.binarize", f"searching binarize needs metric: val_neg_elbo_bin (the negative ELBO on "
                                         f"binarized validation images), not {metric}; or fix binarize under fixed:")
+    watched = {metric, *(name for name, _ in objectives)}
+    if "val_sample_acc" in watched and not fixed.get("sample_judge"):
+        # Only a VAE trained with a judge reports it (training.settings.VAETraining.sample_judge).
+        raise c.fail("objectives" if objectives else "metric", "val_sample_acc needs a judge: set fixed: sample_judge: "
+                     "shipped (or an absolute models directory with judge/)")
     space = SearchSpace(
         path=path, kind=kind, metric=metric, mode=mode, num_samples=c.integer(data["num_samples"], "num_samples", 1),
         max_concurrent_trials=c.integer(data.get("max_concurrent_trials", DEFAULT_MAX_CONCURRENT), "max_concurrent_trials", 1),

@@ -22,6 +22,8 @@ from fashion_tune.util.errors import ConfigError
 from fashion_tune.data.splits import Augment, BatchLoader
 from fashion_tune.models import count_parameters
 from fashion_tune.models.judge import JudgeConfig, JudgeMLP
+from fashion_tune.training.checkpoint import load_checkpoint
+from fashion_tune.training.settings import VAETraining
 
 JUDGE_SEED = 1  # the promoted CNN's default seed is 0
 
@@ -99,3 +101,13 @@ def train_judge(train_x: Tensor, train_y: Tensor, network: JudgeConfig = JudgeCo
     return model.eval(), {"epochs": epochs, "training_images": len(train_y), "parameters": count_parameters(model),
                           "train_seconds": round(time.perf_counter() - started, 1),
                           "threads": torch.get_num_threads()}
+
+
+def load_sample_judge(settings: VAETraining) -> JudgeMLP:
+    """The judge `settings.sample_judge` names, in eval mode on the CPU, for the training-time metric
+    val_sample_acc (the settings' check has made sure it is there; the store's `load_judge` also
+    checks the manifest's SHA-256, where a trial needs only the weights)."""
+    state = load_checkpoint(settings.sample_judge_file(), kind="judge")
+    model = judge_from_config(state["config"])
+    model.load_state_dict(state["model"])
+    return model.eval()

@@ -17,13 +17,14 @@ from torch import Tensor
 
 from fashion_tune.data.datafiles import CLASSES
 from fashion_tune.models import ConditionalVAE, FashionCNN
-from fashion_tune.models.sampling import evaluating
+from fashion_tune.models.sampling import evaluating, raw_sample
 
 EVAL_BATCH = 1_000
 # The CNNs score faster in smaller batches on a CPU (fp32, default layout: 1.0-1.6 CPU ms per image at 100-250,
 # 1.9-2.0 at 1,000, `benchmarks/resnet_shapes.py`); validation is a large part of a CNN's epoch there.
 CNN_EVAL_BATCH = 250
 NOISE_SEED = 0  # the z draws of the ELBO
+SAMPLE_SEED = 1  # the z draws of val_sample_acc's raw samples
 BINARIZE_SEED = 2024  # the fixed binarization of validation images
 
 
@@ -129,3 +130,18 @@ def cnn_validation(cnn: FashionCNN, x: Tensor, y: Tensor, beta: float = 1.0) -> 
 def vae_test(vae: ConditionalVAE, x: Tensor, y: Tensor) -> dict[str, float]:
     """The VAE's test numbers recorded at promotion (the judge-based grading is `fashion-tune evaluate`)."""
     return elbo_scores(vae, x, y, reconstruction=True)
+
+
+@torch.no_grad()
+def sample_accuracy(vae: ConditionalVAE, judge: torch.nn.Module, images: int) -> float:
+    """The share of the VAE's raw samples (images // classes of each class, from fixed z draws) that `judge`
+    classifies as the class they were drawn for: val_sample_acc, a measure of samples the ELBO does not give."""
+    classes = vae.config.num_classes
+    labels = torch.arange(classes).repeat_interleave(max(1, images // classes))
+    samples = raw_sample(vae, labels, torch.Generator().manual_seed(SAMPLE_SEED))
+    device = next(judge.parameters()).device
+    hits = 0
+    for i in range(0, len(labels), EVAL_BATCH):
+        logits = judge(samples[i : i + EVAL_BATCH].to(device).float())
+        hits += (logits.argmax(1).cpu() == labels[i : i + EVAL_BATCH]).sum().item()
+    return hits / len(labels)

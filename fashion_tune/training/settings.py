@@ -10,10 +10,13 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from fashion_tune.util.errors import ConfigError
 from fashion_tune.training.schedules import BetaSchedule
+
+SHIPPED = "shipped"  # sample_judge: the judge in the fashion-tune checkout's best_models/
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,18 @@ class VAETraining(TrainingConfig):
     beta_cycles: int = 4  # ramps in a cyclical schedule
     # none: grey levels as Bernoulli targets | dynamic: a fresh binarization per batch
     binarize: Literal["none", "dynamic"] = "none"
+    # A models directory whose judge/ (`fashion-tune train-judge`) classifies raw samples after every epoch:
+    # val_sample_acc, a metric (and second objective) that sees sample quality, which the ELBO does not;
+    # "shipped" is the checkout's best_models/; an absolute path, as trials run in directories of their own.
+    sample_judge: str | None = None
+    sample_judge_images: int = 1000  # raw samples it classifies per epoch, as many of each class
+
+    def sample_judge_file(self) -> Path | None:
+        """The weights of the judge `sample_judge` names (None: no judge)."""
+        if self.sample_judge is None:
+            return None
+        root = Path(__file__).resolve().parents[2] / "best_models" if self.sample_judge == SHIPPED else Path(self.sample_judge)
+        return root / "judge" / "model.pt"
 
     def beta(self) -> BetaSchedule:
         """The KL-weight schedule these settings describe."""
@@ -83,6 +98,15 @@ class VAETraining(TrainingConfig):
     def check(self, where: str = "") -> None:
         super().check(where)
         self.beta()  # the schedule checks its own fields
+        if self.sample_judge not in (None, SHIPPED) and not Path(self.sample_judge).is_absolute():
+            raise ConfigError(f"{where}sample_judge={self.sample_judge!r} must be an absolute path (trials run in "
+                              f"directories of their own) or {SHIPPED!r} (the checkout's best_models/)")
+        judge = self.sample_judge_file()
+        if judge is not None and not judge.is_file():
+            raise ConfigError(f"{where}sample_judge={self.sample_judge!r}: no judge at {judge}; run `fashion-tune "
+                              f"train-judge --models-dir {judge.parents[1]}` or name a models directory that holds one")
+        if not 10 <= self.sample_judge_images <= 100_000:
+            raise ConfigError(f"{where}sample_judge_images={self.sample_judge_images!r} must be in 10..100000")
 
 
 @dataclass(frozen=True)

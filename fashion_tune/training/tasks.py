@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from fashion_tune.data.splits import Augment
 from fashion_tune.models import ConditionalVAE, FashionCNN
-from fashion_tune.training.scoring import cnn_scores, cnn_validation, elbo_scores, vae_validation
+from fashion_tune.training.judge import load_sample_judge
+from fashion_tune.training.scoring import cnn_scores, cnn_validation, elbo_scores, sample_accuracy, vae_validation
 from fashion_tune.training.settings import CNNTraining, VAETraining
 
 
@@ -22,6 +23,7 @@ class VAETask:
         self.settings = settings
         self.beta_schedule = settings.beta()
         self.beta = self.beta_schedule(0, settings.epochs)
+        self.sample_judge = load_sample_judge(settings) if settings.sample_judge else None
 
     def start_epoch(self, epoch: int) -> None:
         self.beta = self.beta_schedule(epoch, self.settings.epochs)
@@ -35,8 +37,12 @@ class VAETask:
         return model.loss_terms(x, y, self.beta)["loss"]
 
     def evaluate(self, model: ConditionalVAE, x, y) -> dict[str, float]:
-        """Validation metrics at this epoch's beta (see `scoring.vae_validation`)."""
-        return vae_validation(model, x, y, self.beta)
+        """Validation metrics at this epoch's beta (see `scoring.vae_validation`), and with `sample_judge`
+        val_sample_acc: how many raw samples the judge classifies as their class (`scoring.sample_accuracy`)."""
+        metrics = vae_validation(model, x, y, self.beta)
+        if self.sample_judge is not None:
+            metrics["val_sample_acc"] = sample_accuracy(model, self.sample_judge, self.settings.sample_judge_images)
+        return metrics
 
     def raw_validation(self, model: ConditionalVAE | None, x, y, metrics: dict[str, float]) -> dict[str, float]:
         """The training weights' negative ELBO beside an EMA's `metrics` (model None: they are the same weights)."""
