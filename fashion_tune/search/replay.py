@@ -15,6 +15,13 @@ Each trial reports, epoch by epoch, the recorded curve of the configuration near
   configuration answers the region of the space nearest to it. The run of the lowest recorded seed
   is replayed (the repeats with other seeds give the noise; see `ReplayTable.noise`). Each report
   names the configuration it replays (`replay_config_id`) and how far it was (`replay_distance`).
+- **Neighbours are not twins.** Trained for real, two nearby configurations differ at least by
+  seed-to-seed noise; replayed, they would report the same curve, and identical curves tie at every
+  ASHA rung. So where the table repeats at least `NOISE_PAIRS` configurations with a second seed, a
+  trial off the recorded point (distance > 0) gets a recorded noise curve added to its val_acc and
+  val_loss: (seed b - seed a) / sqrt 2 of one repeated configuration, with a sign, both picked by a
+  hash of the trial's searched values (the same config always replays the same; `replay_noise` names
+  the pair and sign). A trial exactly on a recorded configuration replays it unchanged.
 - **What it reports.** The recorded `val_acc`, `val_loss`, `train_loss`, `epoch_time_s` and
   `diverged` of each epoch (a recorded run that diverged ends there, as training would), `params`,
   `sim_time_s`: the trial's simulated seconds so far (the recorded epoch times summed), and
@@ -58,6 +65,8 @@ CHECKPOINT = "replay.json"
 EPOCH_FIELDS = ("val_acc", "val_loss", "train_loss", "epoch_time_s", "diverged")  # as record_curves.py writes them
 METRICS = ("val_acc", "val_loss", "train_loss")
 _NOT_PARAMS = {"config_id", "seed", "params", "params_count", "epoch", "wall_s", *EPOCH_FIELDS}
+NOISE_PAIRS = 10  # repeated configurations a table needs before off-table trials get recorded noise
+NOISY = ("val_acc", "val_loss")  # the metrics the noise curves are added to
 _FIX = "record it with benchmarks/record_curves.py (runs.jsonl), or write curves.csv with its --table"
 
 
@@ -93,6 +102,23 @@ class ReplayTable:
         self._columns = {name: np.array([self._replayed[i].params[name] for i in self._ids], dtype=object)
                          for name in self.param_names}
         self._coordinates: dict[tuple, tuple[np.ndarray, list]] = {}
+        self.noise_curves = self._noise_curves()
+
+    def _noise_curves(self) -> list[tuple[int, dict[str, np.ndarray]]]:
+        """(config_id, {metric: (seed b - seed a) / sqrt 2 per epoch}) of each configuration recorded with two
+        seeds (its two lowest), where both runs are finite throughout; none below NOISE_PAIRS of them."""
+        by_config: dict[int, list[RecordedRun]] = {}
+        for run in sorted(self.runs, key=lambda r: (r.config_id, r.seed)):
+            by_config.setdefault(run.config_id, []).append(run)
+        curves = []
+        for config_id, runs in sorted(by_config.items()):
+            if len(runs) < 2 or runs[0].length != runs[1].length:
+                continue
+            a, b = runs[0], runs[1]
+            diffs = {m: (b.epochs[m] - a.epochs[m]) / math.sqrt(2) for m in NOISY}
+            if all(np.isfinite(d).all() for d in diffs.values()):
+                curves.append((config_id, diffs))
+        return curves if len(curves) >= NOISE_PAIRS else []
 
     # --- what the table holds ------------------------------------------------------------
 
@@ -354,16 +380,35 @@ def replay_curve(config: dict[str, Any], table: ReplayTable, params: tuple, star
     run, distance = table.nearest(config, params)
     last = min(int(config["epochs"]), run.length)
     times = np.nan_to_num(run.epochs["epoch_time_s"], nan=0.0)
+    noise, noise_name = _noise_for(config, params, table) if distance > 0 else (None, None)
     rows = []
     for epoch in range(start + 1, last + 1):
         row = {"epoch": epoch, **{f: _value(run.epochs[f][epoch - 1]) for f in EPOCH_FIELDS}}
         row["diverged"] = bool(row["diverged"]) if row["diverged"] is not None else False
+        if noise is not None:
+            for metric, curve in noise.items():
+                if row[metric] is not None and epoch <= len(curve):
+                    shifted = row[metric] + float(curve[epoch - 1])
+                    row[metric] = min(max(shifted, 0.0), 1.0) if metric == "val_acc" else max(shifted, 0.0)
         row.update(params=run.params_count, sim_time_s=float(times[:epoch].sum()),
-                   replay_config_id=run.config_id, replay_seed=run.seed, replay_distance=round(distance, 6))
+                   replay_config_id=run.config_id, replay_seed=run.seed, replay_distance=round(distance, 6),
+                   replay_noise=noise_name)
         rows.append(row)
         if row["diverged"]:
             break  # training stops at a non-finite loss; so does its replay
     return rows
+
+
+def _noise_for(config: dict[str, Any], params: tuple, table: ReplayTable) -> tuple[dict[str, np.ndarray] | None, str | None]:
+    """The noise curve an off-table config gets, picked by a hash of its searched values, and its name
+    ("config 12, +"); (None, None) when the table has too few repeats."""
+    if not table.noise_curves:
+        return None, None
+    searched = json.dumps({name: _plain(config[name]) for name, *_ in params}, sort_keys=True, default=str)
+    digest = int.from_bytes(hashlib.sha256(searched.encode()).digest()[:8], "big")
+    config_id, curves = table.noise_curves[digest % len(table.noise_curves)]
+    sign = 1.0 if (digest >> 32) % 2 == 0 else -1.0
+    return {m: sign * c for m, c in curves.items()}, f"config {config_id}, {'+' if sign > 0 else '-'}"
 
 
 def _value(x: float) -> float | None:
