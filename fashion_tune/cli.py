@@ -323,7 +323,7 @@ def run_promote(args) -> int:
     from fashion_tune.store.names import check_experiment_argument
 
     check_experiment_argument(args.experiment)  # before torch loads
-    from fashion_tune.store.promoted import models_dir_to_write
+    from fashion_tune.store.names import models_dir_to_write
     from fashion_tune.promotion.promote import promote_best_trial
 
     limits = {key: value for key, value in (("params", args.max_params), ("flops", args.max_flops)) if value is not None}
@@ -354,7 +354,7 @@ def add_train_judge(sub) -> None:
 
 
 def run_train_judge(args) -> int:
-    from fashion_tune.store.promoted import models_dir_to_write
+    from fashion_tune.store.names import models_dir_to_write
     from fashion_tune.training.judge import JudgeTraining
     from fashion_tune.promotion.judge import ship_judge
 
@@ -378,10 +378,14 @@ def add_upgrade_manifests(sub) -> None:
 
 
 def run_upgrade_manifests(args) -> int:
-    from fashion_tune.store.promoted import models_dir_to_write
+    from fashion_tune.store.names import models_dir_to_write
+
+    models_dir = models_dir_to_write(args.models_dir)
+    if not models_dir.is_dir():  # before torch loads
+        raise FashionTuneError(f"{models_dir} is not a directory; pass --models-dir DIR where the promoted models are")
     from fashion_tune.promotion.upgrade import upgrade_manifests
 
-    count = upgrade_manifests(models_dir_to_write(args.models_dir))
+    count = upgrade_manifests(models_dir)
     print(f"rewrote {count} manifest{'s' if count != 1 else ''}")
     return 0
 

@@ -272,7 +272,8 @@ print("RESULT", code, ",".join(sorted(m for m in {heavy!r} if m in sys.modules))
 
 
 @pytest.mark.parametrize("args", [["analyze", "/no/such/sweep"], ["promote", "no-such-sweep"], ["sample", "--class", "jacket"],
-                                  ["sweep", "cnn", "--space", "x.yaml", "--max-failures", "-1"]])
+                                  ["sweep", "cnn", "--space", "x.yaml", "--max-failures", "-1"],
+                                  ["upgrade-manifests", "--models-dir", "/no/such/models"]])
 def test_argument_errors_answer_before_the_heavy_libraries_load(args, tmp_path):
     """A typo costs no torch/pandas/Ray import (seconds each): the argument is checked first."""
     result = subprocess.run([sys.executable, "-c", CHECK_IMPORTS.format(heavy=HEAVY), *args], capture_output=True,

@@ -1,6 +1,6 @@
-"""Where sweeps live and how a bare NAME finds one, without the experiment's heavy imports
-(pandas, pyarrow, torch): the command line checks an experiment argument with it before any of
-them load, so a typo answers at once."""
+"""Where sweeps and promoted models live, and how a bare NAME finds a sweep, without the heavy
+imports of the modules that read them (pandas, pyarrow, torch): the command line checks its
+arguments with these before any of them load, so a typo answers at once."""
 
 from __future__ import annotations
 
@@ -12,6 +12,13 @@ from fashion_tune.util.files import is_uri
 
 DEFAULT_STORAGE = "ray_results"  # where sweeps go without --storage
 STORAGE_ENV = "FASHION_TUNE_STORAGE"  # the default --storage; launch/*.yaml set it on every node
+DEFAULT_MODELS_DIR = Path("best_models")
+MODELS_ENV = "FASHION_TUNE_MODELS"  # the models directory when --models-dir is not given
+
+
+def models_dir_to_write(given: str | Path | None) -> Path:
+    """Where `promote` writes: --models-dir, else $FASHION_TUNE_MODELS, else ./best_models."""
+    return Path(given or os.environ.get(MODELS_ENV) or DEFAULT_MODELS_DIR)
 
 
 def default_storage() -> str:

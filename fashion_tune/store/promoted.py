@@ -22,9 +22,8 @@ from fashion_tune.util.files import file_sha256
 from fashion_tune.training.checkpoint import load_checkpoint
 from fashion_tune.training.judge import judge_from_config
 from fashion_tune.training.loop import load_model
+from fashion_tune.store.names import DEFAULT_MODELS_DIR, MODELS_ENV
 
-DEFAULT_MODELS_DIR = Path("best_models")
-MODELS_ENV = "FASHION_TUNE_MODELS"  # the models directory when --models-dir is not given
 # The checkout the package runs from (an editable install or PYTHONPATH): its shipped best_models/.
 CHECKOUT = Path(__file__).resolve().parents[2]  # fashion_tune/store/promoted.py -> the checkout
 MODEL_FILE = "model.pt"
@@ -39,11 +38,6 @@ LOCK_FILE = ".lock"
 def is_promoted(models_dir: str | Path, kind: str) -> bool:
     """Whether `models_dir` holds a promoted model of `kind`."""
     return (Path(models_dir) / kind / MODEL_FILE).is_file()
-
-
-def models_dir_to_write(given: str | Path | None) -> Path:
-    """Where `promote` writes: --models-dir, else $FASHION_TUNE_MODELS, else ./best_models."""
-    return Path(given or os.environ.get(MODELS_ENV) or DEFAULT_MODELS_DIR)
 
 
 def find_models_dir(given: str | Path | None, kinds: tuple[str, ...]) -> Path:
