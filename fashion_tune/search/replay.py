@@ -24,8 +24,9 @@ Each trial reports, epoch by epoch, the recorded curve of the configuration near
   the pair and sign). A trial exactly on a recorded configuration replays it unchanged.
 - **What it reports.** The recorded `val_acc`, `val_loss`, `train_loss`, `epoch_time_s` and
   `diverged` of each epoch (a recorded run that diverged ends there, as training would), `params`,
-  `sim_time_s`: the trial's simulated seconds so far (the recorded epoch times summed), and
-  `reported_at` (the wall clock, finer than Ray's `timestamp`, to order reports across trials).
+  `sim_time_s`: the trial's simulated seconds so far (the recorded epoch times summed),
+  `reported_at` (the wall clock, finer than Ray's `timestamp`, to order reports across trials) and
+  `node_id` (the Ray node it ran on, as a training trial reports it).
 - **The simulated clock.** Before each report the trial sleeps `time_scale` x the recorded seconds
   of that epoch (`time_scale:` in the space file, default `DEFAULT_TIME_SCALE`), so trials running
   at once report in the order their recorded epochs would have finished, as far as the sleep
@@ -419,11 +420,13 @@ def replay_trial(config: dict[str, Any], table: ReplayTable, params: tuple, metr
                  time_scale: float) -> None:
     """One Ray Tune trial of a replay sweep: the recorded curve, one report (and tiny checkpoint) per epoch,
     each after `time_scale` x its recorded seconds of real sleep."""
+    import ray
     from ray import tune
 
     from fashion_tune.search.trial_reports import quiet, worst_if_missing
 
     quiet()
+    node_id = ray.get_runtime_context().get_node_id()  # as a training trial reports it: where each epoch ran
     start = 0
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -434,7 +437,7 @@ def replay_trial(config: dict[str, Any], table: ReplayTable, params: tuple, metr
             time.sleep(time_scale * (row["epoch_time_s"] or 0.0))
         with tempfile.TemporaryDirectory(prefix="fashion-tune-replay-") as directory:
             (Path(directory) / CHECKPOINT).write_text(json.dumps({"epoch": row["epoch"]}))
-            row = worst_if_missing({**row, "reported_at": time.time()}, metric, mode)  # orders reports across trials
+            row = worst_if_missing({**row, "node_id": node_id, "reported_at": time.time()}, metric, mode)  # reported_at orders reports across trials
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(directory))
 
 
