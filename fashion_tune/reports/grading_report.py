@@ -26,9 +26,8 @@ from fashion_tune.data.splits import Splits, make_splits
 from fashion_tune.models.sampling import CANDIDATES
 from fashion_tune.training.device import cpu_description, pick_device
 from fashion_tune.training.kinds import get_kind
-from fashion_tune.store.promoted import (DEFAULT_MODELS_DIR, JUDGE, MANIFEST_FILE, MODEL_FILE, is_promoted, load_judge,
-                                         judge_home, load_promoted, model_source, promote_hint,
-                                         train_judge_hint)
+from fashion_tune.store.promoted import (DEFAULT_MODELS_DIR, JUDGE, MANIFEST_FILE, MODEL_FILE, is_promoted, judge_home,
+                                         load_judge, load_promoted, model_source, promote_hint, train_judge_hint)
 from fashion_tune.evaluation import grading
 from fashion_tune.evaluation.likelihood import IWAE_SAMPLES, iwae_scores
 from fashion_tune.reports.markdown import render_markdown
