@@ -6,8 +6,12 @@ simulated wall time falls with the number of trials at once.
 
 `sweep` runs one `fashion-tune sweep replay` (TPE + ASHA, the shipped defaults of
 search_spaces/replay_cnn.yaml, `time_scale` 0 so only the engine's own cost is timed) of `--trials`
-trials, 16 at a time, and samples the driver process every second: its RSS and how many trials have
-finished (result.json files whose last line says done, counted as Ray writes them). It reports the wall
+trials, 16 at a time, as a separate process, and samples that driver process every second: its RSS, its
+CPU time and how many trials have finished (result.json files whose last line says done, counted as Ray
+writes them). With `--kill-at N` it SIGKILLs the driver's whole process group (the driver and the Ray
+it started) once N trials have finished, runs `fashion-tune sweep replay --name ... --resume`, and checks
+that every trial finished before the kill has the same rows afterwards and the sweep ends with exactly
+`--trials` terminated trials (exit 1 otherwise); times and RSS then cover both runs. It reports the wall
 time, the driver time per trial, the RSS when 25%, 50% and 100% of the trials had finished (500,
 1,000, 2,000 for --trials 2000), and Optuna's TPE sampling time per trial as the study grows (the
 sweep's own trials added to a fresh study, then 5 `ask()` + suggest timed at each size).
@@ -26,9 +30,11 @@ import argparse
 import heapq
 import json
 import math
+import os
+import signal
 import statistics
+import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -60,57 +66,104 @@ def finished_trials(experiment: Path) -> int:
     return done
 
 
-def rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return math.nan
+def proc_stats(pid: int) -> tuple[float, float]:
+    """(RSS in MiB, CPU seconds so far) of a live process, from /proc; (nan, nan) once it has gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return math.nan, math.nan
+    rss = next((int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmRSS:")), math.nan)
+    ticks = os.sysconf("SC_CLK_TCK")
+    return rss, (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+
+def drive(command: list[str], log: Path, experiment: Path, kill_at: int | None = None) -> dict:
+    """Run a sweep command in its own process group, sampling its driver every second; with `kill_at`,
+    SIGKILL the whole group (driver and the Ray it started) once that many trials have finished."""
+    samples: list[tuple[float, float, int]] = []  # (seconds since start, driver RSS MiB, finished trials)
+    started = time.perf_counter()
+    cpu = 0.0
+    with open(log, "w") as out:
+        driver = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        killed = False
+        while driver.poll() is None:
+            time.sleep(1.0)
+            rss, seconds = proc_stats(driver.pid)
+            cpu = seconds if math.isfinite(seconds) else cpu
+            done = finished_trials(experiment)
+            samples.append((time.perf_counter() - started, rss, done))
+            if kill_at is not None and done >= kill_at:
+                os.killpg(driver.pid, signal.SIGKILL)
+                killed = True
+                break
+        status = driver.wait()
+    return {"wall_s": time.perf_counter() - started, "driver_cpu_s": cpu, "samples": samples, "status": status,
+            "killed_at": samples[-1][2] if killed else None}
+
+
+def trial_rows(experiment: Path) -> dict[str, list[tuple]]:
+    """Each trial's reported (epoch, val_acc) rows, from its result.json."""
+    rows = {}
+    for path in experiment.glob("trial_*/result.json"):
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows[path.parent.name] = [(r["epoch"], r.get("val_acc")) for r in lines]
+    return rows
 
 
 def run_big_sweep(args) -> int:
-    import ray
+    import pandas as pd
 
-    from fashion_tune.search.sweep import run_sweep
-
-    out = args.out
+    out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     name = f"scale-{args.trials}"
+    experiment = out / name
     space = space_file(out, args.replay, args.trials, 16, 0.0)
-    samples: list[tuple[float, float, int]] = []  # (seconds since start, driver RSS MiB, finished trials)
-    stop = threading.Event()
-    started = time.perf_counter()
-
-    def sample():
-        while not stop.wait(1.0):
-            samples.append((time.perf_counter() - started, rss_mib(), finished_trials(out / name)))
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    cpu_before = time.process_time()
-    try:
-        outcome = run_sweep("replay", space, name=name, storage=out, verbose=0, num_cpus=2, echo=lambda line: None)
-    finally:
-        stop.set()
-        if ray.is_initialized():
-            ray.shutdown()
-    wall = time.perf_counter() - started
-    driver_cpu = time.process_time() - cpu_before
-    samples.append((wall, rss_mib(), outcome.num_trials))
-    epochs = int(outcome.results["epochs"].sum())
+    sweep = [sys.executable, "-m", "fashion_tune", "sweep", "replay", "--name", name, "--storage", str(out),
+             "--num-cpus", "2"]
+    phases = [drive([*sweep, "--space", str(space)], out / "first.log", experiment, args.kill_at)]
+    before_kill = None
+    if args.kill_at is not None:
+        if phases[0]["killed_at"] is None:
+            raise SystemExit(f"the sweep ended (exit {phases[0]['status']}) before {args.kill_at} trials had finished")
+        before_kill = {t: rows for t, rows in trial_rows(experiment).items() if _is_done(experiment / t / "result.json")}
+        phases.append(drive([*sweep, "--resume"], out / "resume.log", experiment))
+    if phases[-1]["status"] != 0:
+        raise SystemExit(f"the sweep failed (exit {phases[-1]['status']}); see {out}")
+    results = pd.read_csv(experiment / "results.csv")
+    after = trial_rows(experiment)
+    lost = [t for t, rows in (before_kill or {}).items() if after.get(t) != rows]
+    samples, offset = [], 0.0
+    for phase in phases:
+        samples += [(t + offset, rss, done) for t, rss, done in phase["samples"]]
+        offset += phase["wall_s"]
+    wall, cpu = sum(p["wall_s"] for p in phases), sum(p["driver_cpu_s"] for p in phases)
     marks = {}
     for fraction in (0.25, 0.5, 1.0):
         count = int(args.trials * fraction)
         hit = next((s for s in samples if s[2] >= count), samples[-1])
         marks[count] = {"seconds": round(hit[0], 1), "driver_rss_mib": round(hit[1], 1)}
-    tpe = tpe_cost(Path(outcome.experiment_dir), [int(args.trials * f) for f in (0.25, 0.5, 1.0)])
-    summary = {"trials": outcome.num_trials, "status": outcome.status, "epochs": epochs, "wall_s": round(wall, 1),
-               "wall_per_trial_ms": round(1000 * wall / outcome.num_trials, 1),
-               "driver_cpu_s": round(driver_cpu, 1), "driver_cpu_per_trial_ms": round(1000 * driver_cpu / outcome.num_trials, 1),
-               "peak_driver_rss_mib": round(max(s[1] for s in samples), 1), "at": marks, "tpe_ask_ms": tpe,
+    tpe = tpe_cost(experiment, [int(args.trials * f) for f in (0.25, 0.5, 1.0)])
+    summary = {"trials": len(results), "terminated": int((results["status"] == "TERMINATED").sum()),
+               "epochs": int(results["epochs"].sum()), "wall_s": round(wall, 1),
+               "wall_per_trial_ms": round(1000 * wall / len(results), 1),
+               "driver_cpu_s": round(cpu, 1), "driver_cpu_per_trial_ms": round(1000 * cpu / len(results), 1),
+               "peak_driver_rss_mib": round(max(s[1] for s in samples if math.isfinite(s[1])), 1), "at": marks,
+               "tpe_ask_ms": tpe, "phases": [{k: v for k, v in p.items() if k != "samples"} for p in phases],
                "command": "python benchmarks/replay_scale.py " + " ".join(sys.argv[1:])}
+    if before_kill is not None:
+        summary["kill"] = {"finished_before": len(before_kill), "lost_or_changed": len(lost), "lost": lost[:10]}
     print(json.dumps(summary, indent=1))
     (out / "scale.json").write_text(json.dumps({**summary, "samples": samples}, indent=1) + "\n")
-    return 0
+    return 0 if not lost and summary["terminated"] == args.trials else 1
+
+
+def _is_done(path: Path) -> bool:
+    try:
+        last = path.read_bytes().splitlines()[-1]
+    except (OSError, IndexError):
+        return False
+    return b'"done": true' in last
 
 
 def tpe_cost(experiment: Path, sizes: list[int]) -> dict[int, float]:
@@ -214,6 +267,8 @@ def main(argv=None) -> int:
     big = sub.add_parser("sweep", help="one big replay sweep: wall time, driver time per trial, RSS, TPE cost")
     big.add_argument("--replay", required=True, metavar="TABLE")
     big.add_argument("--trials", type=int, default=2000)
+    big.add_argument("--kill-at", type=int, metavar="N", help="SIGKILL the sweep (driver and its Ray) once N trials "
+                                                                "have finished, then --resume it and check nothing was lost")
     big.add_argument("--out", type=Path, default=Path("ray_results/replay-scale"))
     workers = sub.add_parser("workers", help="simulated time to target against trials at once")
     workers.add_argument("--replay", required=True, metavar="TABLE")
