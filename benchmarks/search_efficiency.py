@@ -36,8 +36,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import math
+import re
 import statistics
 import sys
 import time
@@ -75,6 +77,14 @@ STRATEGIES = {
     "pbt": ("random", "pbt"),
 }
 BASELINE = "random+fifo"
+
+
+@functools.lru_cache(maxsize=4)
+def load_table(path: str):
+    """A replay table, read once per benchmark run."""
+    from fashion_tune.search.replay import load_table as read
+
+    return read(path)
 MAX_TRIALS_FACTOR = 4  # strategies that stop trials early may propose up to this many times --trials
 
 
@@ -129,7 +139,8 @@ def run_one(name: str, seed: int, sizes: dict, out: Path, data_dir) -> dict:
 
     folder = out / "runs"
     folder.mkdir(parents=True, exist_ok=True)
-    space = folder / f"{name}-seed{seed}.yaml"
+    run_name = run_folder(name, seed)
+    space = folder / f"{run_name}.yaml"
     space.write_text(yaml.safe_dump(space_for(name, seed, sizes), sort_keys=False))
     budget = sizes["trials"] * sizes["max_t"]
     started = time.perf_counter()
@@ -141,14 +152,17 @@ def run_one(name: str, seed: int, sizes: dict, out: Path, data_dir) -> dict:
             "final": curve[-1] if curve else math.nan, "trials": outcome.num_trials}
 
 
-def best_so_far(directory: Path) -> list[float]:
+def best_so_far(directory: Path, table=None, pattern: str = "trial_*/result.json") -> list[float]:
     """Best validation accuracy after each epoch trained, in the order the epochs finished.
 
     Every line of every trial's result.json is one epoch trained (a PBT clone's re-trained
-    epochs included); Ray's timestamp and the trial's time orders them across trials.
+    epochs included); Ray's timestamp and the trial's time orders them across trials. With a replay
+    `table`, the incumbent (the epoch with the best reported, noisy, val_acc so far) is scored by its
+    recorded value without the replay's seed noise: a search that keeps drawing near the best config
+    cannot win by drawing lucky noise.
     """
     rows = []
-    for path in directory.glob("trial_*/result.json"):
+    for path in directory.glob(pattern):
         for line in path.read_text().splitlines():
             try:
                 row = json.loads(line)
@@ -156,12 +170,20 @@ def best_so_far(directory: Path) -> list[float]:
                 continue
             # A replayed trial's `reported_at` orders epochs finer than Ray's whole-second timestamp.
             rows.append((row.get("reported_at", row.get("timestamp", 0)), row.get("time_total_s", 0.0),
-                         row.get("val_acc", math.nan)))
-    best, curve = -math.inf, []
-    for _, _, value in sorted(rows):
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            best = max(best, value)
-        curve.append(best if math.isfinite(best) else math.nan)
+                         row.get("val_acc", math.nan), row))
+    return incumbent_curve([row for *_, row in sorted(rows, key=lambda r: r[:2])], table)
+
+
+def incumbent_curve(rows: list[dict], table=None) -> list[float]:
+    """Per reported epoch, in order: the best val_acc so far, or with a replay table the recorded (noise-free)
+    val_acc of the epoch that reported it (see best_so_far)."""
+    best, score, curve = -math.inf, math.nan, []
+    for row in rows:
+        value = row.get("val_acc", math.nan)
+        if isinstance(value, (int, float)) and math.isfinite(value) and value > best:
+            best = value
+            score = table.recorded(row["replay_config_id"], row["epoch"]) if table is not None else value
+        curve.append(score)
     return curve
 
 
@@ -349,10 +371,25 @@ def replay_strategies(table_path: str) -> tuple[list[str], dict[str, str]]:
     return names + list(PEERS), refused
 
 
+def split_strategy(name: str) -> tuple[str, dict, str, dict]:
+    """`tpe(multivariate=true)+asha(grace_period=2,reduction_factor=4)` -> ("tpe", {...}, "asha", {...}):
+    a product strategy, with options of the searcher and scheduler sections where it names them."""
+    parts = []
+    for part in re.split(r"\+(?![^(]*\))", name):
+        base, _, options = part.partition("(")
+        pairs = [kv.split("=", 1) for kv in options.rstrip(")").split(",") if kv]
+        if any(len(kv) != 2 for kv in pairs):
+            raise ValueError(f"strategy {name!r}: options are key=value, e.g. tpe(multivariate=true)+asha(grace_period=2)")
+        parts += [base, {k.strip(): yaml.safe_load(v) for k, v in pairs}]
+    if len(parts) != 4:
+        raise ValueError(f"strategy {name!r}: expected searcher+scheduler, e.g. tpe+asha")
+    return parts[0], parts[1], parts[2], parts[3]
+
+
 def replay_space_for(name: str, seed: int, table_path: str, budget: int, max_concurrent: int,
                      time_scale: float) -> dict:
-    """The replay space of one product strategy (`searcher+scheduler`)."""
-    searcher, scheduler = name.split("+")
+    """The replay space of one product strategy (`searcher+scheduler`, each with options: see split_strategy)."""
+    searcher, searcher_options, scheduler, scheduler_options = split_strategy(name)
     recorded = yaml.safe_load(REPLAY_SPACE.read_text())
     trials = math.ceil(budget / MAX_T_REPLAY)
     data = {"kind": "replay", "table": str(Path(table_path).resolve()), "time_scale": time_scale,
@@ -375,7 +412,18 @@ def replay_space_for(name: str, seed: int, table_path: str, budget: int, max_con
             data["scheduler"]["grace_period"] = 1
         if scheduler in ("asha", "hyperband"):
             data["scheduler"]["reduction_factor"] = 3
+    data["searcher"].update(searcher_options)
+    data["scheduler"].update(scheduler_options)
     return data
+
+
+def _variant_of(name: str, every: list[str]) -> bool:
+    """Whether `name` is an offered product strategy with options, e.g. tpe(multivariate=true)+asha."""
+    try:
+        searcher, searcher_options, scheduler, scheduler_options = split_strategy(name)
+    except ValueError:
+        return False
+    return (searcher_options or scheduler_options) and f"{searcher}+{scheduler}" in every
 
 
 def _replay_space_obj(name, seed, table_path, budget, max_concurrent, time_scale):
@@ -395,13 +443,14 @@ def run_replay_product(name: str, seed: int, table_path: str, budget: int, args,
 
     folder = out / "runs"
     folder.mkdir(parents=True, exist_ok=True)
-    space = folder / f"{name}-seed{seed}.yaml"
+    run_name = run_folder(name, seed)
+    space = folder / f"{run_name}.yaml"
     space.write_text(yaml.safe_dump(replay_space_for(name, seed, table_path, budget, args.max_concurrent,
                                                      args.time_scale), sort_keys=False))
     started = time.perf_counter()
-    outcome = run_sweep("replay", space, name=f"{name}-seed{seed}", storage=folder, verbose=0, stop=Budget(budget),
+    outcome = run_sweep("replay", space, name=run_name, storage=folder, verbose=0, stop=Budget(budget),
                         echo=lambda line: None)
-    return {"wall_s": time.perf_counter() - started, "curve": best_so_far(Path(outcome.experiment_dir))[:budget],
+    return {"wall_s": time.perf_counter() - started, "curve": best_so_far(Path(outcome.experiment_dir), load_table(table_path))[:budget],
             "trials": outcome.num_trials}
 
 
@@ -432,7 +481,7 @@ def run_ray_default(seed: int, table_path: str, budget: int, args, out: Path) ->
     )
     tuner.fit()
     return {"wall_s": time.perf_counter() - started, "trials": len(tuner.get_results()),
-            "curve": _curve_of_ray_experiment(folder / f"ray-default-seed{seed}")[:budget]}
+            "curve": _curve_of_ray_experiment(folder / f"ray-default-seed{seed}", load_table(table_path))[:budget]}
 
 
 def _tune_domain(param):
@@ -445,58 +494,68 @@ def _tune_domain(param):
     return tune.uniform(param.low, param.high)
 
 
-def _curve_of_ray_experiment(directory: Path) -> list[float]:
+def _curve_of_ray_experiment(directory: Path, table) -> list[float]:
     """best_so_far over Ray's own trial folders (named by Ray, not trial_<id>)."""
-    rows = []
-    for path in directory.glob("*/result.json"):
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            rows.append((row.get("reported_at", 0), row.get("val_acc", math.nan)))
-    best, curve = -math.inf, []
-    for _, value in sorted(rows):
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            best = max(best, value)
-        curve.append(best if math.isfinite(best) else math.nan)
-    return curve
+    return best_so_far(directory, table, pattern="*/result.json")
 
 
 def run_optuna_alone(seed: int, table_path: str, budget: int, args, out: Path) -> dict:
     """Optuna by itself: study.optimize with TPE + HyperbandPruner, one trial at a time, the table read in-process."""
     import optuna
 
-    from fashion_tune.search.replay import load_table, replay_curve, space_params
+    from fashion_tune.search.replay import replay_curve, space_params
     from fashion_tune.spaces.space import parse_space
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = parse_space(replay_space_for("tpe+asha", seed, table_path, budget, 1, 0.0), "<optuna-alone>")
     table, params = load_table(table_path), space_params(space)
-    curve: list[float] = []
-    best = -math.inf
+    rows: list[dict] = []
 
     def objective(trial):
-        nonlocal best
         space.suggest(trial)
         value = -math.inf
         for row in replay_curve({**trial.params, "epochs": MAX_T_REPLAY}, table, params):
-            if len(curve) >= budget:
+            if len(rows) >= budget:
                 trial.study.stop()
                 break
+            rows.append(row)
             acc = row["val_acc"] if row["val_acc"] is not None else -math.inf
-            best, value = max(best, acc), max(value, acc)
-            curve.append(best if math.isfinite(best) else math.nan)
+            value = max(value, acc)
             trial.report(acc, row["epoch"])
             if trial.should_prune():
                 raise optuna.TrialPruned()
         return value
 
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
+    study = optuna.create_study(study_name=f"optuna-alone-seed{seed}", direction="maximize",  # Hyperband hashes the name
+                                sampler=optuna.samplers.TPESampler(seed=seed),
                                 pruner=optuna.pruners.HyperbandPruner(min_resource=1, max_resource=MAX_T_REPLAY))
     started = time.perf_counter()
     study.optimize(objective, n_trials=budget)  # stops itself at the budget
-    return {"wall_s": time.perf_counter() - started, "curve": curve[:budget], "trials": len(study.trials)}
+    return {"wall_s": time.perf_counter() - started, "curve": incumbent_curve(rows, table)[:budget],
+            "trials": len(study.trials)}
+
+
+def run_folder(name: str, seed: int) -> str:
+    """The experiment folder (under OUT/runs) of one replay run."""
+    if name == "ray-default":
+        return f"ray-default-seed{seed}"
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", name).strip("_") + f"-seed{seed}"
+
+
+def _finished_runs(path: Path) -> dict[tuple[str, int], dict]:
+    """(strategy, seed) -> its record, for the runs a benchmark's runs.jsonl lists as finished."""
+    if not path.exists():
+        return {}
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {(r["strategy"], r["seed"]): r for r in records}
+
+
+def rescore(record: dict, table_path: str, budget: int, out: Path) -> dict:
+    """A finished run's curve, read again from its folder (wall time and trials as recorded)."""
+    folder = out / "runs" / run_folder(record["strategy"], record["seed"])
+    pattern = "*/result.json" if record["strategy"] == "ray-default" else "trial_*/result.json"
+    return {"wall_s": record["wall_s"], "trials": record["trials"],
+            "curve": best_so_far(folder, load_table(table_path), pattern=pattern)[:budget]}
 
 
 def replay_summary(runs: list[dict], names: list[str], budget: int, table_best: float, table_median: float) -> dict:
@@ -594,20 +653,30 @@ def replay_main(argv: list[str]) -> int:
     parser.add_argument("--time-scale", type=float, default=REPLAY_DEFAULT["time_scale"],
                         help="real seconds slept per recorded second (default 0.01)")
     parser.add_argument("--out", type=Path, default=Path("ray_results/search-efficiency-replay"))
+    parser.add_argument("--resume", action="store_true",
+                        help="continue a run in --out: the (strategy, seed) runs its runs.jsonl lists are scored "
+                             "again from their folders, not re-run (optuna-alone, in-process, is re-run)")
     args = parser.parse_args(argv)
-    from fashion_tune.search.replay import load_table
-
     table = load_table(args.replay)  # one line naming the problem if it is unreadable
     budgets = sorted(int(b) for b in args.budgets.split(","))
     every, refused = replay_strategies(args.replay)
     names = [BASELINE] + [n for n in (args.strategies.split(",") if args.strategies else every) if n != BASELINE]
-    unknown = [n for n in names if n not in every]
+    unknown = [n for n in names if n not in every and not _variant_of(n, every)]
     if unknown:
         parser.error(f"unknown or refused strategy {unknown[0]!r}"
                      + (f" ({refused[unknown[0]]})" if unknown[0] in refused else "") + f"; choose from {', '.join(every)}")
-    if args.out.exists() and any(args.out.iterdir()):
-        parser.error(f"{args.out} is not empty; pass another --out")
-    args.out.mkdir(parents=True)
+    from fashion_tune.util.errors import ConfigError
+
+    for name in names:
+        if name not in every:  # a variant: its options must make a valid space
+            try:
+                _replay_space_obj(name, 0, args.replay, budgets[-1], args.max_concurrent, 0.0)
+            except ConfigError as exc:
+                parser.error(f"strategy {name!r}: {exc}")
+    if args.out.exists() and any(args.out.iterdir()) and not args.resume:
+        parser.error(f"{args.out} is not empty; pass another --out, or --resume to continue it")
+    args.out.mkdir(parents=True, exist_ok=True)
+    done = _finished_runs(args.out / "runs.jsonl") if args.resume else {}
     import ray
 
     os_started = time.perf_counter()
@@ -617,7 +686,9 @@ def replay_main(argv: list[str]) -> int:
     try:
         for name in names:
             for seed in range(args.seeds):
-                if name == "ray-default":
+                if (name, seed) in done and name != "optuna-alone":
+                    run = rescore(done[name, seed], args.replay, budgets[-1], args.out)
+                elif name == "ray-default":
                     run = run_ray_default(seed, args.replay, budgets[-1], args, args.out)
                 elif name == "optuna-alone":
                     run = run_optuna_alone(seed, args.replay, budgets[-1], args, args.out)
@@ -625,6 +696,9 @@ def replay_main(argv: list[str]) -> int:
                     run = run_replay_product(name, seed, args.replay, budgets[-1], args, args.out)
                 run.update(strategy=name, seed=seed, epochs=len(run["curve"]), final=_final(run["curve"]))
                 runs.append(run)
+                if (name, seed) not in done:
+                    with open(args.out / "runs.jsonl", "a") as f:
+                        f.write(json.dumps({k: run[k] for k in ("strategy", "seed", "wall_s", "trials")}) + "\n")
                 print(f"{name} seed {seed}: best {run['final']:.4f} after {run['epochs']} epochs, {run['trials']} trials, "
                       f"{run['wall_s']:.1f} s", flush=True)
     finally:

@@ -144,6 +144,10 @@ class ReplayTable:
         """The distinct recorded values of a parameter."""
         return sorted(set(self._columns[name].tolist()), key=lambda v: (str(type(v)), v))
 
+    def recorded(self, config_id: int, epoch: int, metric: str = "val_acc") -> float:
+        """The replayed (lowest-seed) run's recorded `metric` of configuration `config_id` at `epoch`, no noise added."""
+        return float(self._replayed[int(config_id)].epochs[metric][epoch - 1])
+
     def best(self, metric: str = "val_acc", mode: str = "max", max_t: int | None = None) -> float:
         """The best value of `metric` any replayed configuration reaches within `max_t` epochs."""
         pick = np.nanmax if mode == "max" else np.nanmin
