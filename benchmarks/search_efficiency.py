@@ -336,6 +336,14 @@ BasicVariantGenerator) and ASHAScheduler with its defaults (grace 1, reduction 4
 replay trainable; and `optuna-alone`, Optuna's `study.optimize` with TPESampler and HyperbandPruner
 (min resource 1, max resource 16), one trial at a time, the curve read from the table in-process.
 
+A strategy may carry options of its searcher and scheduler sections, to try other defaults:
+`tpe(multivariate=true,n_startup_trials=20)+asha(grace_period=4,reduction_factor=2)`.
+
+Scoring: the incumbent after each epoch is the epoch with the best reported val_acc so far (what
+`fashion-tune promote` would pick), and it scores its recorded val_acc without the replay's seed noise
+(fashion_tune.search.replay adds z x the seed sd to off-table trials): a strategy that keeps drawing
+near the best configuration cannot win by drawing lucky noise, only by finding good configurations.
+
 One run per (strategy, seed) at the largest budget; each smaller budget is a prefix of it (no
 strategy's settings depend on the budget: num_samples is the largest budget for every strategy
 that stops trials early, so none runs out of trials before its budget). For each budget B and seed: the best validation accuracy after B
@@ -343,7 +351,8 @@ epochs; the target is random+fifo's median (lower) final best at B; reported per
 to reach the target (median, range, seeds that reached it; ratio = random+fifo's median / the
 strategy's), normalized regret (table best - found) / (table best - the table's median
 configuration's best), median and interquartile range, and the average rank of the found best
-across strategies (per seed index; ties share the mean rank). OUT/curves.png: best so far against
+across strategies (per seed index; ties share the mean rank). OUT/runs.jsonl lists the finished runs;
+`--resume` with the same --out scores those again from their folders and runs the rest. OUT/curves.png: best so far against
 epochs, median and interquartile band per strategy; OUT/table.md, OUT/summary.json.
 """
 MAX_T_REPLAY = 16

@@ -271,12 +271,9 @@ def test_a_replay_sweep_reports_the_table_and_asha_stops_trials_early(tmp_path, 
 def test_the_replay_benchmark_counts_epochs_and_ranks_strategies(tmp_path):
     """benchmarks/search_efficiency.py --replay: Optuna alone (no Ray) on three real recorded configs spends
     exactly the budget on recorded values, and the summary ranks and normalizes against the table."""
-    import importlib.util
     from types import SimpleNamespace
 
-    spec = importlib.util.spec_from_file_location("search_efficiency", Path(__file__).parent.parent / "benchmarks" / "search_efficiency.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark()
     run = bench.run_optuna_alone(0, str(SAMPLE), 40, SimpleNamespace(), tmp_path)
     curve = run["curve"]
     assert len(curve) == 40 and all(a <= b for a, b in zip(curve, curve[1:]))
@@ -289,6 +286,37 @@ def test_the_replay_benchmark_counts_epochs_and_ranks_strategies(tmp_path):
     assert summary["target"] == 0.8 and table["random+fifo"]["median_epochs"] == 4 and table["optuna-alone"]["ratio"] == 2.0
     assert table["optuna-alone"]["regret"] == [pytest.approx(0.25)] and table["optuna-alone"]["rank"] == 1.5
 
+
+
+def test_the_replay_benchmark_scores_the_incumbent_without_noise_and_reads_strategy_options(tmp_path):
+    """The incumbent is the epoch with the best reported (noisy) val_acc, scored by its recorded value: a lucky
+    draw on a worse configuration replaces the incumbent and lowers the score. Strategy options reach the space."""
+    bench = load_benchmark()
+    table = load_table(write_table(tmp_path))
+    good, worse = 4, 0  # lr 1e-3 / width 8 / dropout 0.1 (final 0.607); lr 1e-4, the same (final 0.307)
+    rows = [{"val_acc": table.recorded(good, 3) + 0.001, "replay_config_id": good, "epoch": 3},
+            {"val_acc": 0.2, "replay_config_id": worse, "epoch": 1},
+            {"val_acc": 0.99, "replay_config_id": worse, "epoch": 6}]  # lucky noise on a bad configuration
+    assert bench.incumbent_curve(rows, table) == [table.recorded(good, 3)] * 2 + [table.recorded(worse, 6)]
+    assert bench.incumbent_curve(rows) == [rows[0]["val_acc"]] * 2 + [0.99]  # without a table: the reported values
+    assert table.recorded(worse, 6) == pytest.approx(0.307)
+
+    assert bench.split_strategy("tpe(multivariate=true,n_startup_trials=20)+asha(grace_period=4)") == (
+        "tpe", {"multivariate": True, "n_startup_trials": 20}, "asha", {"grace_period": 4})
+    data = bench.replay_space_for("tpe(multivariate=true)+asha(grace_period=4,reduction_factor=2)", 3, "t.jsonl", 300, 4, 0.0)
+    assert data["searcher"] == {"type": "tpe", "multivariate": True}
+    assert data["scheduler"] == {"type": "asha", "max_t": 16, "grace_period": 4, "reduction_factor": 2}
+    with pytest.raises(ValueError, match="key=value"):
+        bench.split_strategy("tpe(multivariate)+asha")
+
+
+def load_benchmark():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("search_efficiency", Path(__file__).parent.parent / "benchmarks" / "search_efficiency.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
 
 
 @pytest.mark.ray
