@@ -669,7 +669,7 @@ def replay_main(argv: list[str]) -> int:
     table = load_table(args.replay)  # one line naming the problem if it is unreadable
     budgets = sorted(int(b) for b in args.budgets.split(","))
     every, refused = replay_strategies(args.replay)
-    names = [BASELINE] + [n for n in (args.strategies.split(",") if args.strategies else every) if n != BASELINE]
+    names = [BASELINE] + [n for n in (re.split(r",(?![^(]*\))", args.strategies) if args.strategies else every) if n != BASELINE]
     unknown = [n for n in names if n not in every and not _variant_of(n, every)]
     if unknown:
         parser.error(f"unknown or refused strategy {unknown[0]!r}"
