@@ -21,7 +21,8 @@ and `resources_per_trial.cpu` = 2 / workers, so 64 logical workers share 2 cores
 and reports the simulated wall time to a target (default: the 95th percentile of the recorded
 configurations' best accuracy): the trials are laid out on that many simulated workers in the order
 Tune started them, each as long as the recorded seconds of the epochs it ran, and the target's time is
-when the first epoch reaching it ends. ASHA's promise is that this falls nearly as 1 / workers.
+when the first epoch whose recorded val_acc (without the replay's seed noise) reaches it ends. `--resume`
+reads the sweeps its workers.jsonl lists again instead of re-running them. ASHA's promise is that this falls nearly as 1 / workers.
 """
 
 from __future__ import annotations
@@ -189,15 +190,18 @@ def tpe_cost(experiment: Path, sizes: list[int]) -> dict[int, float]:
     return cost
 
 
-def simulated_time_to(experiment: Path, workers: int, target: float) -> tuple[float, float]:
+def simulated_time_to(experiment: Path, workers: int, target: float, table) -> tuple[float, float]:
     """(simulated seconds until an epoch reaches `target`, simulated seconds until the sweep ends) with the
-    trials on `workers` simulated workers in the order Tune started them."""
+    trials on `workers` simulated workers in the order Tune started them. An epoch reaches the target by its
+    recorded val_acc, without the replay's seed noise (as search_efficiency.py scores)."""
     trials = []
     for path in experiment.glob("trial_*/result.json"):
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         if rows:
             first = rows[0]["reported_at"] - rows[0]["time_this_iter_s"]
-            trials.append((first, [(r["epoch_time_s"] or 0.0, r.get("val_acc") or -math.inf) for r in rows]))
+            recorded = [table.recorded(r["replay_config_id"], r["epoch"]) for r in rows]
+            trials.append((first, [(r["epoch_time_s"] or 0.0, v if math.isfinite(v) else -math.inf)
+                                   for r, v in zip(rows, recorded)]))
     free = [0.0] * workers
     reached, end = math.inf, 0.0
     for _, epochs in sorted(trials):
@@ -222,20 +226,31 @@ def run_workers(args) -> int:
     table = load_table(args.replay)
     bests = sorted(max((v for v in r.epochs["val_acc"] if math.isfinite(v)), default=0.0) for r in table.configs)
     target = args.target or statistics.quantiles(bests, n=20, method="inclusive")[-1]
+    done = {}  # with --resume: (workers, seed) -> its row as first measured; its time to target is read again
+    if args.resume and (out / "workers.jsonl").exists():
+        for line in (out / "workers.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            done[row["workers"], row["seed"]] = row
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     rows = []
     try:
         for workers in [int(w) for w in args.workers.split(",")]:
             for seed in range(args.seeds):
-                space = space_file(out, args.replay, args.trials, workers, args.time_scale, seed)
-                started = time.perf_counter()
-                outcome = run_sweep("replay", space, name=f"w{workers}-seed{seed}", storage=out, verbose=0,
-                                    echo=lambda line: None)
-                wall = time.perf_counter() - started
-                reached, end = simulated_time_to(Path(outcome.experiment_dir), workers, target)
+                name = f"w{workers}-seed{seed}"
+                if (workers, seed) in done:
+                    wall, trials = done[workers, seed]["wall_s"], done[workers, seed]["trials"]
+                else:
+                    space = space_file(out, args.replay, args.trials, workers, args.time_scale, seed)
+                    started = time.perf_counter()
+                    outcome = run_sweep("replay", space, name=name, storage=out, verbose=0, echo=lambda line: None)
+                    wall, trials = time.perf_counter() - started, outcome.num_trials
+                reached, end = simulated_time_to(out / name, workers, target, table)
                 rows.append({"workers": workers, "seed": seed, "sim_to_target_s": reached, "sim_total_s": end,
-                             "wall_s": wall, "trials": outcome.num_trials})
+                             "wall_s": wall, "trials": trials})
                 print(json.dumps(rows[-1]), flush=True)
+                if (workers, seed) not in done:
+                    with open(out / "workers.jsonl", "a") as f:
+                        f.write(json.dumps(rows[-1]) + "\n")
     finally:
         ray.shutdown()
     lines = [f"target {target:.4f} (95th percentile of the {len(bests)} recorded configurations' best accuracy); "
@@ -278,8 +293,10 @@ def main(argv=None) -> int:
     workers.add_argument("--time-scale", type=float, default=0.01)
     workers.add_argument("--target", type=float, help="validation accuracy to reach (default: see above)")
     workers.add_argument("--out", type=Path, default=Path("ray_results/replay-workers"))
+    workers.add_argument("--resume", action="store_true", help="continue a run in --out: the sweeps its workers.jsonl "
+                                                               "lists are read again, not re-run")
     args = parser.parse_args(argv)
-    if args.out.exists() and any(args.out.iterdir()):
+    if args.out.exists() and any(args.out.iterdir()) and not getattr(args, "resume", False):
         parser.error(f"{args.out} is not empty; pass another --out")
     return run_big_sweep(args) if args.what == "sweep" else run_workers(args)
 
