@@ -55,16 +55,7 @@ def space_file(out: Path, table: str, trials: int, workers: int, time_scale: flo
 
 
 def finished_trials(experiment: Path) -> int:
-    done = 0
-    for path in experiment.glob("trial_*/result.json"):
-        try:
-            with open(path, "rb") as f:
-                f.seek(max(0, path.stat().st_size - 4000))
-                last = f.read().splitlines()[-1]
-            done += b'"done": true' in last
-        except (OSError, IndexError):
-            pass
-    return done
+    return sum(_is_done(path) for path in experiment.glob("trial_*/result.json"))
 
 
 def proc_stats(pid: int) -> tuple[float, float]:
@@ -160,8 +151,11 @@ def run_big_sweep(args) -> int:
 
 
 def _is_done(path: Path) -> bool:
+    """Whether a trial's result.json ends with its done line (only its tail is read)."""
     try:
-        last = path.read_bytes().splitlines()[-1]
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - 4000))
+            last = f.read().splitlines()[-1]
     except (OSError, IndexError):
         return False
     return b'"done": true' in last
