@@ -20,7 +20,7 @@ from fashion_tune.util.errors import FashionTuneError
 from fashion_tune.training.checkpoint import load_checkpoint
 from fashion_tune.reports.analysis import best_trial, load_history, load_results, read_sweep_info
 from tiny_sweeps import no_ray_left_running  # noqa: F401  (autouse: Ray shut down after each test)
-from tiny_sweeps import TINY_CNN_SPACE, interrupt_when_ready, tiny_cnn_sweep
+from tiny_sweeps import TINY_CNN_SPACE, epochs_in_result_json, interrupt_when_ready, tiny_cnn_sweep
 
 
 @pytest.fixture(scope="module")
@@ -185,8 +185,7 @@ def test_interrupted_sweep_resumes_to_exactly_num_samples_and_a_nan_trial_does_n
     for trial_id, text in result_texts(directory, finished).items():
         assert text == before[trial_id], f"{trial_id} finished before the interruption and must not run again"
     for path in directory.glob("trial_*/result.json"):
-        epochs = [json.loads(line)["epoch"] for line in path.read_text().splitlines()]
-        assert epochs == list(range(1, len(epochs) + 1)), (path, epochs)
+        epochs_in_result_json(path)  # an epoch may run twice after the restore, none is skipped
     info = read_sweep_info(directory)
     assert info["status"] == "finished" and len(info["resumed"]) == 1
 

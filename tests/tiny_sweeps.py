@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
@@ -73,3 +75,12 @@ def no_ray_left_running():
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+def epochs_in_result_json(path) -> list[int]:
+    """The epochs a trial's result.json lists, checked: from 1, none skipped. Tune appends to the file,
+    and a trial restored from a checkpoint older than its last report (the snapshot lags a busy
+    driver) runs those epochs again, so an epoch may repeat."""
+    epochs = [json.loads(line)["epoch"] for line in path.read_text().splitlines()]
+    assert epochs[0] == 1 and all(b <= a + 1 for a, b in zip(epochs, epochs[1:])), (path, epochs)
+    return epochs
