@@ -103,7 +103,9 @@ def space_for(name: str, seed: int, sizes: dict) -> dict:
     elif scheduler == "pbt":
         data["scheduler"] = {"type": "pbt", "max_t": max_t, "perturbation_interval": max(1, max_t // 3),
                              "mutate": ["lr", "weight_decay", "dropout"]}
-        data["num_samples"] = trials  # the population; clones re-train epochs, and the budget counts them
+        # A clone takes over its donor's epoch count, so `trials` trials reach max_t before they have trained
+        # the budget: more may start as others finish, and the budget stops the sweep.
+        data["num_samples"] = trials * MAX_TRIALS_FACTOR
     else:
         data["scheduler"] = {"type": "asha", "max_t": max_t, "grace_period": 1, "reduction_factor": 2}
         data["num_samples"] = trials * MAX_TRIALS_FACTOR
@@ -410,7 +412,10 @@ def replay_space_for(name: str, seed: int, table_path: str, budget: int, max_con
     if scheduler == "fifo":
         data.update(num_samples=trials, scheduler={"type": "fifo", "max_t": MAX_T_REPLAY})
     elif scheduler == "pbt":
-        data.update(num_samples=max(4, trials), scheduler={  # a population that can spend the budget
+        # As many trials as epochs, as for the schedulers below: a clone takes over its donor's epoch count
+        # (a trial exploiting at epoch 8 a donor at 12 goes on at 13), so a population of budget / max_t
+        # trials reaches max_t before it has trained the budget. New trials join as others finish.
+        data.update(num_samples=budget, scheduler={
             "type": "pbt", "max_t": MAX_T_REPLAY, "perturbation_interval": 4, "mutate": ["lr", "weight_decay", "dropout"]})
     else:
         # ASHA with reduction 3 stops most trials after 1 epoch: as many trials as epochs lets any strategy

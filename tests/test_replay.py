@@ -308,6 +308,10 @@ def test_the_replay_benchmark_scores_the_incumbent_without_noise_and_reads_strat
     assert data["scheduler"] == {"type": "asha", "max_t": 16, "grace_period": 4, "reduction_factor": 2}
     with pytest.raises(ValueError, match="key=value"):
         bench.split_strategy("tpe(multivariate)+asha")
+    # Every scheduler that ends or clones trials early may start as many trials as epochs, so none runs out
+    # before its budget (a PBT clone takes over its donor's epoch count: a population of 300 / 16 fell short).
+    for scheduler in ("asha", "hyperband", "median", "pbt"):
+        assert bench.replay_space_for(f"random+{scheduler}", 0, "t.jsonl", 300, 4, 0.0)["num_samples"] == 300
 
 
 def load_benchmark():
@@ -393,3 +397,42 @@ def test_a_sweep_its_stopper_ends_is_stopped_not_resumable(tmp_path):
     resumed = run_sweep(SweepRequest("replay", name="s", storage=tmp_path / "results", resume=True), echo=again.append)
     assert resumed.status == "stopped" and resumed.num_trials == outcome.num_trials
     assert again[0].startswith("s was ended by its stopper already"), again
+
+
+@pytest.mark.ray
+def test_every_result_tune_processed_is_in_result_json_when_trials_pause_and_resume(tmp_path, monkeypatch):
+    """The median rule pauses a trial at every epoch while too few others have reached it and trials
+    wait, and Tune starts it again a moment later. Ray's JSON logger copied the trial's result.json
+    back from storage at each start; storage lags the driver's copy, so lines were lost (results.csv,
+    history.csv and the benchmark's curves read that file). Every (trial, epoch) the stopper saw is there."""
+    from ray.tune import Stopper
+
+    from fashion_tune.search.request import SweepRequest
+    from fashion_tune.search.sweep import run_sweep
+
+    class Seen(Stopper):
+        def __init__(self):
+            self.pairs = set()
+
+        def __call__(self, trial_id, result):
+            self.pairs.add((trial_id, result["epoch"]))
+            return False
+
+        def stop_all(self):
+            return False
+
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "1")  # storage a second behind the driver, not Tune's 10+ s
+    write_table(tmp_path)
+    space_file = write_space(tmp_path, replay_space(
+        tmp_path / "runs.jsonl", num_samples=12, max_concurrent_trials=3, time_scale=0.3,
+        scheduler={"type": "median", "max_t": EPOCHS, "grace_period": 1}))
+    seen = Seen()
+    request = SweepRequest("replay", space_file, name="m", storage=tmp_path / "results", num_cpus=1, verbose=0, stop=seen)
+    outcome = run_sweep(request, echo=lambda line: None)
+    assert outcome.status == "finished"
+    written = {(row["trial_id"], row["epoch"]) for path in (tmp_path / "results" / "m").glob("trial_*/result.json")
+               for row in map(json.loads, path.read_text().splitlines())}
+    paused = sum(len(list(path.parent.glob("events.out.tfevents.*"))) > 1
+                 for path in (tmp_path / "results" / "m").glob("trial_*/params.json"))
+    assert paused, "no trial was paused and started again: the test no longer exercises the restart"
+    assert seen.pairs - written == set(), f"{len(seen.pairs - written)} of {len(seen.pairs)} results missing"

@@ -8,11 +8,35 @@ from typing import Any
 
 import pyarrow.fs
 from ray.tune import Callback
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from fashion_tune.store.experiment import stored_results
 from fashion_tune.search.study import JOURNAL_FILE
 
 DISCARDED = ".discarded"
+
+
+class _DriverCopyFirst:
+    """Ray's loggers copy a trial's file back from storage each time the trial starts, a pause and
+    resume included (the median rule yields, HyperBand and PBT pause). The driver writes every line to
+    its staging copy first and uploads it only at Tune's snapshots, 10 s or more apart, so that copy
+    was overwritten with an older one and the lines since the upload were lost: result.json is what
+    results.csv, history.csv, resume and retention read. Within one driver its own copy is the newest;
+    storage is read only when the driver has none (a resumed sweep, a new driver)."""
+
+    def _restore_from_remote(self, file_name: str, trial) -> None:
+        local = Path(trial.local_path, file_name)
+        if local.is_file() and local.stat().st_size > 0:
+            return
+        super()._restore_from_remote(file_name, trial)
+
+
+class ResultJsonLogger(_DriverCopyFirst, JsonLoggerCallback):
+    """Tune's result.json logger without losing lines when a trial starts again (see _DriverCopyFirst)."""
+
+
+class ProgressCsvLogger(_DriverCopyFirst, CSVLoggerCallback):
+    """Tune's progress.csv logger, the same way (it copies back after a trial's failure and retry)."""
 
 
 class SweepCallback(Callback):

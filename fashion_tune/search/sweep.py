@@ -25,7 +25,7 @@ from fashion_tune.util.files import format_short
 from fashion_tune.spaces.space import SearchSpace, check_resources, load_space, local_capacity
 from fashion_tune.store.experiment import HISTORY, RESULTS, Experiment
 from fashion_tune.search import strategies
-from fashion_tune.search.callbacks import SweepCallback  # also imported here by the tuner.pkl of older sweeps
+from fashion_tune.search.callbacks import ProgressCsvLogger, ResultJsonLogger, SweepCallback  # SweepCallback: also by older tuner.pkl files
 from fashion_tune.search.request import PreparedSweep, SweepRequest
 from fashion_tune.search.searcher import optuna_searcher, study_record
 from fashion_tune.search.sources import resolve_sources
@@ -73,7 +73,8 @@ def _make_tuner(run: PreparedSweep, trainable):
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=run.root, stop=run.request.stop, verbose=run.request.verbose,
-            progress_reporter=make_reporter(space), callbacks=[callback],
+            progress_reporter=make_reporter(space),
+            callbacks=[callback, ResultJsonLogger(), ProgressCsvLogger()],  # in place of Tune's own two
             # Every checkpoint stays for Ray; SweepCallback keeps the best N and what a resume needs.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             failure_config=tune.FailureConfig(max_failures=run.max_failures),
