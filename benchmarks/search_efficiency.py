@@ -89,8 +89,10 @@ MAX_TRIALS_FACTOR = 4  # strategies that stop trials early may propose up to thi
 
 
 def space_for(name: str, seed: int, sizes: dict) -> dict:
-    """The shared space with one strategy's searcher and scheduler, and the sizes of this run."""
-    searcher, scheduler = STRATEGIES[name]
+    """The shared space with one strategy's searcher and scheduler, and the sizes of this run. A strategy
+    may carry options of its sections, as in the replay: `tpe(n_startup_trials=4)+asha(reduction_factor=4)`."""
+    searcher, scheduler = STRATEGIES[base_strategy(name)]
+    _, searcher_options, _, scheduler_options = split_strategy(name) if "(" in name else (None, {}, None, {})
     data = copy.deepcopy(SPACE)
     data["fixed"].update(subset=sizes["subset"], val_subset=sizes["val_subset"])  # the same data for every run
     data["seed"] = seed
@@ -109,7 +111,14 @@ def space_for(name: str, seed: int, sizes: dict) -> dict:
     else:
         data["scheduler"] = {"type": "asha", "max_t": max_t, "grace_period": 1, "reduction_factor": 2}
         data["num_samples"] = trials * MAX_TRIALS_FACTOR
+    data["searcher"].update(searcher_options)
+    data["scheduler"].update(scheduler_options)
     return data
+
+
+def base_strategy(name: str) -> str:
+    """`tpe(n_startup_trials=4)+asha(reduction_factor=4)` -> `tpe+asha`, a key of STRATEGIES."""
+    return re.sub(r"\([^)]*\)", "", name)
 
 
 class EpochBudget:
@@ -146,7 +155,7 @@ def run_one(name: str, seed: int, sizes: dict, out: Path, data_dir) -> dict:
     space.write_text(yaml.safe_dump(space_for(name, seed, sizes), sort_keys=False))
     budget = sizes["trials"] * sizes["max_t"]
     started = time.perf_counter()
-    outcome = run_sweep("cnn", space, name=f"{name}-seed{seed}", storage=folder, data_dir=data_dir, verbose=0,
+    outcome = run_sweep("cnn", space, name=run_name, storage=folder, data_dir=data_dir, verbose=0,
                         stop=Budget(budget), echo=lambda line: None)
     wall = time.perf_counter() - started
     curve = best_so_far(Path(outcome.experiment_dir))[:budget]
@@ -276,7 +285,7 @@ def main(argv=None) -> int:
     sizes = dict(QUICK if args.quick else DEFAULT)
     sizes.update({k: v for k, v in (("seeds", args.seeds), ("trials", args.trials)) if v})
     names = [BASELINE] + [n for n in args.strategies.split(",") if n != BASELINE]
-    unknown = [n for n in names if n not in STRATEGIES]
+    unknown = [n for n in names if base_strategy(n) not in STRATEGIES]
     if unknown:
         parser.error(f"unknown strategy {unknown[0]!r}; choose from {', '.join(STRATEGIES)}")
     if args.out.exists() and any(args.out.iterdir()):
@@ -550,7 +559,7 @@ def run_optuna_alone(seed: int, table_path: str, budget: int, args, out: Path) -
 
 
 def run_folder(name: str, seed: int) -> str:
-    """The experiment folder (under OUT/runs) of one replay run."""
+    """The experiment folder (under OUT/runs) of one run."""
     if name == "ray-default":
         return f"ray-default-seed{seed}"
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", name).strip("_") + f"-seed{seed}"
