@@ -13,6 +13,11 @@ Retention reads it at every Tune snapshot; `ray.tune.ExperimentAnalysis` would r
 file but also every trial's whole result.json into pandas each time, which made each snapshot
 slow enough to stall the driver (see fashion_tune.search.retention).
 
+One reach lives elsewhere, beside the classes it changes: `fashion_tune.search.callbacks._DriverCopyFirst`
+overrides Tune's private `LoggerCallback._restore_from_remote`, which lost result.json lines when a trial
+started again. tests/test_replay.py::test_every_result_tune_processed_is_in_result_json_when_trials_pause_and_resume
+fails if an upgrade brings the loss back.
+
 `restore_checkpoint`: the checkpoint a trial of that snapshot restores from, its checkpoint
 manager's latest. The snapshot stores the manager cloudpickled, and it can lag the trial's
 `last_result` by a report (a result processed, its checkpoint not yet registered), so
