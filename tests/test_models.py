@@ -54,6 +54,24 @@ def test_tiny_configs_are_small_and_width_depth_scale_the_models():
     assert count_parameters(tiny_cnn(depth=2)) > count_parameters(tiny_cnn())
 
 
+def test_the_decoder_may_be_wider_or_deeper_than_the_encoder():
+    base = tiny_vae()
+    wide, deep = tiny_vae(decoder_width=16), tiny_vae(decoder_depth=2)
+    same = tiny_vae(decoder_width=TINY_VAE["width"], decoder_depth=TINY_VAE["depth"])
+    assert count_parameters(same) == count_parameters(base)  # None is the encoder's shape
+    encoder = sum(p.numel() for p in base.encoder.parameters())
+    for bigger in (wide, deep):
+        assert sum(p.numel() for p in bigger.encoder.parameters()) == encoder  # the encoder is unchanged
+        assert sum(p.numel() for p in bigger.decoder.parameters()) > sum(p.numel() for p in base.decoder.parameters())
+        x, y = images(4), torch.arange(4)
+        logits, mu, _ = bigger(x, y)
+        assert logits.shape == x.shape and mu.shape == (4, TINY_VAE["latent_dim"])
+        assert bigger.sample(y).shape == x.shape
+    assert wide.decoder[0][0].body[2].in_channels == 4 * 16  # the widths double down to 28x28: 64, 32, 16
+    assert wide.decoder[-1].in_channels == 16
+    assert len(deep.decoder[0]) == 2 and len(base.decoder[0]) == 1
+
+
 def test_count_parameters_skips_frozen_parameters_and_buffers():
     model = tiny_cnn()
     total = sum(p.numel() for p in model.parameters())
@@ -273,6 +291,8 @@ def test_cnn_gradients_reach_every_parameter():
         (lambda: VAEConfig(embed_dim=2.5), "embed_dim"),
         (lambda: VAEConfig(num_classes=0), "num_classes"),
         (lambda: VAEConfig(conditional="yes"), "conditional"),
+        (lambda: VAEConfig(decoder_width=0), "decoder_width"),
+        (lambda: VAEConfig(decoder_depth=1.5), "decoder_depth"),
         (lambda: CNNConfig(width=0), "width"),
         (lambda: CNNConfig(depth=0), "depth"),
         (lambda: CNNConfig(dropout=1.0), "dropout"),

@@ -2,7 +2,8 @@
 
 The encoder sees the image plus (when conditional) its label painted as a learned 28x28 channel;
 the decoder sees z concatenated with the label embedding. Resolutions go 28 -> 14 -> 7 and back,
-with `depth` residual blocks at each of the three resolutions on both sides.
+with `depth` residual blocks at each of the three resolutions on both sides (the decoder may have
+its own width and depth: `decoder_width`, `decoder_depth`).
 
 The prior p(z | y) is a mixture of K full-covariance Gaussians per class (one row for an
 unconditional VAE): weights softmax(prior_logits[y]), means prior_loc[y, k], scale_tril
@@ -38,12 +39,19 @@ class VAEConfig:
     width: int = 32  # channels at 28x28; 2x at 14x14, 4x at 7x7
     depth: int = 3  # residual blocks per resolution, in the encoder and again in the decoder
     embed_dim: int = 32  # size of the class embedding
+    # The decoder's own shape (channels at 28x28, 2x at 14x14, 4x at 7x7; residual blocks per
+    # resolution): None is the encoder's. A wider or deeper decoder draws finer detail from the same z.
+    decoder_width: int | None = None
+    decoder_depth: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("latent_dim", "num_classes", "width", "depth", "embed_dim"):
+        for name in ("latent_dim", "num_classes", "width", "depth", "embed_dim", "decoder_width", "decoder_depth"):
             value = getattr(self, name)
+            if value is None and name.startswith("decoder_"):
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"VAE {name}={value!r} must be a positive integer")
+                raise ConfigError(f"VAE {name}={value!r} must be a positive integer"
+                                  + (" or null (the encoder's)" if name.startswith("decoder_") else ""))
         if not isinstance(self.conditional, bool):
             raise ConfigError(f"VAE conditional={self.conditional!r} must be true or false")
 
@@ -77,7 +85,9 @@ class ConditionalVAE(nn.Module):
         super().__init__()
         self.config = config
         w, d = config.width, config.depth
-        self.bottom_shape = (4 * w, IMAGE_SIZE // 4, IMAGE_SIZE // 4)
+        dw = w if config.decoder_width is None else config.decoder_width
+        dd = d if config.decoder_depth is None else config.decoder_depth
+        self.bottom_shape = (4 * dw, IMAGE_SIZE // 4, IMAGE_SIZE // 4)
         flat = 4 * w * (IMAGE_SIZE // 4) ** 2
         extra = config.embed_dim if config.conditional else 0
 
@@ -99,16 +109,16 @@ class ConditionalVAE(nn.Module):
         self.to_mu = nn.Linear(flat, config.latent_dim)
         self.to_logvar = nn.Linear(flat, config.latent_dim)
 
-        self.from_latent = nn.Linear(config.latent_dim + extra, flat)
+        self.from_latent = nn.Linear(config.latent_dim + extra, 4 * dw * (IMAGE_SIZE // 4) ** 2)
         self.decoder = nn.Sequential(
-            residual_stage(4 * w, d),
-            nn.ConvTranspose2d(4 * w, 2 * w, 4, stride=2, padding=1),  # 7 -> 14
-            residual_stage(2 * w, d),
-            nn.ConvTranspose2d(2 * w, w, 4, stride=2, padding=1),  # 14 -> 28
-            residual_stage(w, d),
-            nn.BatchNorm2d(w),
+            residual_stage(4 * dw, dd),
+            nn.ConvTranspose2d(4 * dw, 2 * dw, 4, stride=2, padding=1),  # 7 -> 14
+            residual_stage(2 * dw, dd),
+            nn.ConvTranspose2d(2 * dw, dw, 4, stride=2, padding=1),  # 14 -> 28
+            residual_stage(dw, dd),
+            nn.BatchNorm2d(dw),
             nn.SiLU(),
-            nn.Conv2d(w, 1, 3, padding=1),
+            nn.Conv2d(dw, 1, 3, padding=1),
         )
 
         rows, dim = (config.num_classes if config.conditional else 1), config.latent_dim
