@@ -39,10 +39,9 @@ class VAEConfig:
     width: int = 32  # channels at 28x28; 2x at 14x14, 4x at 7x7
     depth: int = 3  # residual blocks per resolution, in the encoder and again in the decoder
     embed_dim: int = 32  # size of the class embedding
-    # The decoder's own shape (channels at 28x28, 2x at 14x14, 4x at 7x7; residual blocks per
-    # resolution): None is the encoder's. A wider or deeper decoder draws finer detail from the same z.
-    decoder_width: int | None = None
-    decoder_depth: int | None = None
+    # A wider or deeper decoder than the encoder draws finer detail from the same z:
+    decoder_width: int | None = None  # the decoder's channels at 28x28 (2x at 14x14, 4x at 7x7); null: width's
+    decoder_depth: int | None = None  # the decoder's residual blocks per resolution; null: depth's
 
     def __post_init__(self) -> None:
         for name in ("latent_dim", "num_classes", "width", "depth", "embed_dim", "decoder_width", "decoder_depth"):
