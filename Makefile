@@ -52,11 +52,11 @@ demo: data
 # 2 cores; rerunning it resumes an interrupted sweep and skips a finished one.
 MODELS_DIR ?= best_models
 models: data
-	$(call sweep,cnn,cnn_cpu,cnn-cpu)
-	$(FT) analyze ray_results/cnn-cpu
-	$(FT) promote ray_results/cnn-cpu --kind cnn --models-dir $(MODELS_DIR)
-	$(call sweep,cnn,cnn_cpu_long,cnn-cpu-long)
-	$(FT) promote ray_results/cnn-cpu-long --kind cnn --models-dir $(MODELS_DIR)
+	$(call sweep,cnn,cnn_resnet_cpu,cnn-resnet-cpu)
+	$(FT) analyze ray_results/cnn-resnet-cpu
+	$(FT) promote ray_results/cnn-resnet-cpu --kind cnn --models-dir $(MODELS_DIR)
+	$(call sweep,cnn,cnn_resnet_cpu_long,cnn-resnet-cpu-long)
+	$(FT) promote ray_results/cnn-resnet-cpu-long --kind cnn --models-dir $(MODELS_DIR)
 	$(call sweep,vae,vae_cpu,vae-cpu)
 	$(FT) analyze ray_results/vae-cpu
 	$(FT) promote ray_results/vae-cpu --kind vae --models-dir $(MODELS_DIR)
