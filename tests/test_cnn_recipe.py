@@ -64,18 +64,28 @@ def test_resnet_parameter_counts_and_shapes(width, depth, params):
     assert len(convs) + 1 == 6 * depth + 2
 
 
-def test_plain_cnn_is_unchanged_and_the_shipped_checkpoint_scores_as_recorded():
-    # The plain CNN's parameter names and count are today's, so old checkpoints load as they were.
+def test_shipped_checkpoint_scores_as_recorded_and_a_checkpoint_from_before_the_recipe_loads_as_it_was(tmp_path):
+    # The plain CNN's parameter names and count are the original layout's, so old checkpoints load as they were.
     assert count_parameters(FashionCNN(CNNConfig())) == 680_930
     model, state = load_model(ROOT / "best_models" / "cnn" / "model.pt", kind="cnn")
-    assert "arch" not in state["config"] and model.config.arch == "plain" and model.config.tta is False
-    recorded = json.loads((ROOT / "best_models" / "cnn" / "metrics.json").read_text())["test"]["accuracy"]
+    assert model.config.arch == "plain" and model.config.tta is True
     config = resolve_config("cnn", state["config"])
-    assert (config["optimizer"], config["scheduler"], config["ema_decay"]) == ("adamw", "cosine", 0.0)
+    assert (config["optimizer"], config["scheduler"], config["ema_decay"] > 0) == ("sgd", "onecycle", True)
+    recorded = json.loads((ROOT / "best_models" / "cnn" / "metrics.json").read_text())["test"]
     test = load_splits({**config, "subset": 10, "val_subset": None})
     scores = cnn_scores(model, test.test_x, test.test_y)
     # Recorded on another CPU, whose kernels may round a near-tie the other way: within two images.
-    assert scores["accuracy"] == pytest.approx(recorded, abs=2e-4) and scores["accuracy_no_tta"] == scores["accuracy"]
+    assert scores["accuracy"] == pytest.approx(recorded["accuracy"], abs=2e-4)
+    assert scores["accuracy_no_tta"] == pytest.approx(recorded["accuracy_no_tta"], abs=2e-4)
+
+    # The same weights under a config written before arch, tta and the recipe keys existed.
+    new_keys = ("arch", "tta", "optimizer", "momentum", "lr_warmup", "ema_decay", "label_smoothing")
+    old = {**{k: v for k, v in state["config"].items() if k not in new_keys}, "scheduler": "cosine"}
+    torch.save({**state, "config": old}, tmp_path / "old.pt")
+    old_model, _ = load_model(tmp_path / "old.pt", kind="cnn")
+    assert old_model.config.arch == "plain" and old_model.config.tta is False
+    old_scores = cnn_scores(old_model, test.test_x, test.test_y)
+    assert old_scores["accuracy"] == old_scores["accuracy_no_tta"] == scores["accuracy_no_tta"]
 
 
 def test_parameter_count_builds_nothing_real_and_draws_no_random_numbers():
