@@ -77,6 +77,7 @@ STRATEGIES = {
     "pbt": ("random", "pbt"),
 }
 BASELINE = "random+fifo"
+RAY_PATTERN = "*/result.json"  # the result files of a Tuner run outside the product (Ray names its trial folders)
 
 
 @functools.lru_cache(maxsize=4)
@@ -166,11 +167,18 @@ def run_one(name: str, seed: int, sizes: dict, out: Path, data_dir) -> dict:
 def best_so_far(directory: Path, table=None, pattern: str = "trial_*/result.json") -> list[float]:
     """Best validation accuracy after each epoch trained, in the order the epochs finished.
 
+    With a replay `table`, the incumbent (the epoch with the best reported, noisy, val_acc so far) is
+    scored by its recorded value without the replay's seed noise: a search that keeps drawing near the
+    best config cannot win by drawing lucky noise.
+    """
+    return incumbent_curve(ordered_rows(directory, pattern), table)
+
+
+def ordered_rows(directory: Path, pattern: str = "trial_*/result.json") -> list[dict]:
+    """Every epoch trained, as reported, in the order the epochs finished.
+
     Every line of every trial's result.json is one epoch trained (a PBT clone's re-trained
-    epochs included); Ray's timestamp and the trial's time orders them across trials. With a replay
-    `table`, the incumbent (the epoch with the best reported, noisy, val_acc so far) is scored by its
-    recorded value without the replay's seed noise: a search that keeps drawing near the best config
-    cannot win by drawing lucky noise.
+    epochs included); Ray's timestamp and the trial's time orders them across trials.
     """
     rows = []
     for path in directory.glob(pattern):
@@ -182,7 +190,7 @@ def best_so_far(directory: Path, table=None, pattern: str = "trial_*/result.json
             # A replayed trial's `reported_at` orders epochs finer than Ray's whole-second timestamp.
             rows.append((row.get("reported_at", row.get("timestamp", 0)), row.get("time_total_s", 0.0),
                          row.get("val_acc", math.nan), row))
-    return incumbent_curve([row for *_, row in sorted(rows, key=lambda r: r[:2])], table)
+    return [row for *_, row in sorted(rows, key=lambda r: r[:2])]
 
 
 def incumbent_curve(rows: list[dict], table=None) -> list[float]:
@@ -196,6 +204,19 @@ def incumbent_curve(rows: list[dict], table=None) -> list[float]:
             score = table.recorded(row["replay_config_id"], row["epoch"]) if table is not None else value
         curve.append(score)
     return curve
+
+
+def revisits(rows: list[dict]) -> list[int]:
+    """Per reported epoch of a replay, in order: 1 where its trial replays a recorded configuration that
+    another trial reported before it, else 0.
+
+    A proposal off the table is answered by the nearest recorded configuration, so a searcher that
+    refines around its best trials keeps drawing configurations it has already seen: the table cannot
+    answer a refinement with anything new, only with the same curve and fresh seed noise.
+    """
+    first: dict = {}
+    return [int(first.setdefault(row.get("replay_config_id"), row.get("trial_id")) != row.get("trial_id"))
+            for row in rows]
 
 
 def epochs_to(curve: list[float], target: float) -> int | None:
@@ -361,8 +382,11 @@ that stops trials early, so none runs out of trials before its budget). For each
 epochs; the target is random+fifo's median (lower) final best at B; reported per strategy: the epochs
 to reach the target (median, range, seeds that reached it; ratio = random+fifo's median / the
 strategy's), normalized regret (table best - found) / (table best - the table's median
-configuration's best), median and interquartile range, and the average rank of the found best
-across strategies (per seed index; ties share the mean rank). OUT/runs.jsonl lists the finished runs;
+configuration's best), median and interquartile range, the average rank of the found best
+across strategies (per seed index; ties share the mean rank), and the share of the budget's epochs
+spent on a recorded configuration another trial had already replayed (median over seeds): the
+table answers a proposal with its nearest recorded configuration, so a searcher that refines around
+its best trials is answered with curves it has seen, plus fresh seed noise. OUT/runs.jsonl lists the finished runs;
 `--resume` with the same --out scores those again from their folders and runs the rest. OUT/curves.png: best so far against
 epochs, median and interquartile band per strategy; OUT/table.md, OUT/summary.json.
 """
@@ -473,8 +497,9 @@ def run_replay_product(name: str, seed: int, table_path: str, budget: int, args,
     started = time.perf_counter()
     outcome = run_sweep("replay", space, name=run_name, storage=folder, verbose=0, stop=Budget(budget),
                         echo=lambda line: None)
-    return {"wall_s": time.perf_counter() - started, "curve": best_so_far(Path(outcome.experiment_dir), load_table(table_path))[:budget],
-            "trials": outcome.num_trials}
+    rows = ordered_rows(Path(outcome.experiment_dir))
+    return {"wall_s": time.perf_counter() - started, "curve": incumbent_curve(rows, load_table(table_path))[:budget],
+            "revisits": revisits(rows)[:budget], "trials": outcome.num_trials}
 
 
 def run_ray_default(seed: int, table_path: str, budget: int, args, out: Path) -> dict:
@@ -503,8 +528,9 @@ def run_ray_default(seed: int, table_path: str, budget: int, args, out: Path) ->
                                   stop=Budget(budget), verbose=0),
     )
     tuner.fit()
+    rows = ordered_rows(folder / f"ray-default-seed{seed}", RAY_PATTERN)  # Ray names the trial folders
     return {"wall_s": time.perf_counter() - started, "trials": len(tuner.get_results()),
-            "curve": _curve_of_ray_experiment(folder / f"ray-default-seed{seed}", load_table(table_path))[:budget]}
+            "curve": incumbent_curve(rows, load_table(table_path))[:budget], "revisits": revisits(rows)[:budget]}
 
 
 def _tune_domain(param):
@@ -515,11 +541,6 @@ def _tune_domain(param):
     if param.type == "loguniform":
         return tune.loguniform(param.low, param.high)
     return tune.uniform(param.low, param.high)
-
-
-def _curve_of_ray_experiment(directory: Path, table) -> list[float]:
-    """best_so_far over Ray's own trial folders (named by Ray, not trial_<id>)."""
-    return best_so_far(directory, table, pattern="*/result.json")
 
 
 def run_optuna_alone(seed: int, table_path: str, budget: int, args, out: Path) -> dict:
@@ -541,7 +562,7 @@ def run_optuna_alone(seed: int, table_path: str, budget: int, args, out: Path) -
             if len(rows) >= budget:
                 trial.study.stop()
                 break
-            rows.append(row)
+            rows.append({**row, "trial_id": trial.number})
             acc = row["val_acc"] if row["val_acc"] is not None else -math.inf
             value = max(value, acc)
             trial.report(acc, row["epoch"])
@@ -555,7 +576,7 @@ def run_optuna_alone(seed: int, table_path: str, budget: int, args, out: Path) -
     started = time.perf_counter()
     study.optimize(objective, n_trials=budget)  # stops itself at the budget
     return {"wall_s": time.perf_counter() - started, "curve": incumbent_curve(rows, table)[:budget],
-            "trials": len(study.trials)}
+            "revisits": revisits(rows)[:budget], "trials": len(study.trials)}
 
 
 def run_folder(name: str, seed: int) -> str:
@@ -576,9 +597,9 @@ def _finished_runs(path: Path) -> dict[tuple[str, int], dict]:
 def rescore(record: dict, table_path: str, budget: int, out: Path) -> dict:
     """A finished run's curve, read again from its folder (wall time and trials as recorded)."""
     folder = out / "runs" / run_folder(record["strategy"], record["seed"])
-    pattern = "*/result.json" if record["strategy"] == "ray-default" else "trial_*/result.json"
+    rows = ordered_rows(folder, RAY_PATTERN if record["strategy"] == "ray-default" else "trial_*/result.json")
     return {"wall_s": record["wall_s"], "trials": record["trials"],
-            "curve": best_so_far(folder, load_table(table_path), pattern=pattern)[:budget]}
+            "curve": incumbent_curve(rows, load_table(table_path))[:budget], "revisits": revisits(rows)[:budget]}
 
 
 def replay_summary(runs: list[dict], names: list[str], budget: int, table_best: float, table_median: float) -> dict:
@@ -596,6 +617,8 @@ def replay_summary(runs: list[dict], names: list[str], budget: int, table_best: 
     for name in names:
         regrets = [(table_best - f) / (table_best - table_median) for f in table[name]["finals"]]
         table[name]["regret"] = regrets
+        table[name]["revisited"] = [sum(r["revisits"][:budget]) / len(r["revisits"][:budget])
+                                    for r in at if r["strategy"] == name and r.get("revisits")]
         table[name]["rank"] = statistics.mean(ranks[name]) if ranks[name] else math.nan
     return {"budget": budget, "target": target, "table": table}
 
@@ -614,8 +637,9 @@ def format_replay(summary: dict) -> list[str]:
     budget, target, table = summary["budget"], summary["target"], summary["table"]
     lines = [f"### budget {budget} epochs: target {target:.4f} (median final best of {BASELINE})", "",
              "| strategy | final best: median [IQR] | epochs to target: median [range], reached | "
-             f"ratio vs {BASELINE} | normalized regret: median [IQR] | average rank | wall s per run |",
-             "|---|---|---|---|---|---|---|"]
+             f"ratio vs {BASELINE} | normalized regret: median [IQR] | average rank | "
+             "epochs on a configuration replayed before: median | wall s per run |",
+             "|---|---|---|---|---|---|---|---|"]
     order = sorted(table, key=lambda n: table[n]["rank"])
     for name in order:
         row = table[name]
@@ -624,8 +648,9 @@ def format_replay(summary: dict) -> list[str]:
         spread = f"[{row['range'][0]}-{row['range'][1]}]" if row["range"] else "[-]"
         median = f"{row['median_epochs']:g}" if math.isfinite(row["median_epochs"]) else "not reached"
         ratio = "n/a" if math.isnan(row["ratio"]) else f"{row['ratio']:.2f}x"
+        revisited = f"{statistics.median(row['revisited']):.0%}" if row.get("revisited") else "n/a"
         lines.append(f"| {name} | {mid:.4f} [{lo:.4f}-{hi:.4f}] | {median} {spread}, {row['reached']}/{row['seeds']} | "
-                     f"{ratio} | {rmid:.3f} [{rlo:.3f}-{rhi:.3f}] | {row['rank']:.2f} | "
+                     f"{ratio} | {rmid:.3f} [{rlo:.3f}-{rhi:.3f}] | {row['rank']:.2f} | {revisited} | "
                      f"{statistics.median(row['wall_s']):.1f} |")
     return lines
 

@@ -277,14 +277,22 @@ def test_the_replay_benchmark_counts_epochs_and_ranks_strategies(tmp_path):
     run = bench.run_optuna_alone(0, str(SAMPLE), 40, SimpleNamespace(), tmp_path)
     curve = run["curve"]
     assert len(curve) == 40 and all(a <= b for a, b in zip(curve, curve[1:]))
+    # a table of three configurations answers 40 epochs of proposals: most of them replay one seen before
+    assert len(run["revisits"]) == 40 and set(run["revisits"]) == {0, 1} and sum(run["revisits"]) > 20
     recorded = {e["val_acc"] for line in SAMPLE.read_text().splitlines() for e in json.loads(line)["epochs"]}
     assert curve[-1] in recorded and curve[-1] <= load_table(SAMPLE).best()
-    runs = [{"strategy": "random+fifo", "seed": 0, "curve": [0.5, 0.7, 0.7, 0.8], "wall_s": 1.0, "epochs": 4},
-            {"strategy": "optuna-alone", "seed": 0, "curve": [0.7, 0.8, 0.8, 0.8], "wall_s": 1.0, "epochs": 4}]
+    runs = [{"strategy": "random+fifo", "seed": 0, "curve": [0.5, 0.7, 0.7, 0.8], "wall_s": 1.0, "epochs": 4,
+             "revisits": [0, 0, 0, 0, 1]},
+            {"strategy": "optuna-alone", "seed": 0, "curve": [0.7, 0.8, 0.8, 0.8], "wall_s": 1.0, "epochs": 4,
+             "revisits": [0, 0, 1, 1]}]
     summary = bench.replay_summary(runs, ["random+fifo", "optuna-alone"], 4, table_best=0.9, table_median=0.5)
     table = summary["table"]
     assert summary["target"] == 0.8 and table["random+fifo"]["median_epochs"] == 4 and table["optuna-alone"]["ratio"] == 2.0
     assert table["optuna-alone"]["regret"] == [pytest.approx(0.25)] and table["optuna-alone"]["rank"] == 1.5
+    # the share of the budget's epochs on configurations replayed before (the fifth epoch is past the budget)
+    assert table["random+fifo"]["revisited"] == [0.0] and table["optuna-alone"]["revisited"] == [0.5]
+    row = next(line for line in bench.format_replay(summary) if line.startswith("| optuna-alone"))
+    assert "| 50% |" in row
 
 
 
@@ -300,6 +308,10 @@ def test_the_replay_benchmark_scores_the_incumbent_without_noise_and_reads_strat
     assert bench.incumbent_curve(rows, table) == [table.recorded(good, 3)] * 2 + [table.recorded(worse, 6)]
     assert bench.incumbent_curve(rows) == [rows[0]["val_acc"]] * 2 + [0.99]  # without a table: the reported values
     assert table.recorded(worse, 6) == pytest.approx(0.307)
+    # an epoch counts as a revisit when another trial reported its configuration first; a trial's own
+    # later epochs do not, nor does the first trial of a configuration
+    trials = [{"trial_id": t, "replay_config_id": c} for t, c in (("a", 4), ("a", 4), ("b", 0), ("c", 4), ("b", 0), ("c", 4))]
+    assert bench.revisits(trials) == [0, 0, 0, 1, 0, 1]
 
     assert bench.split_strategy("tpe(multivariate=true,n_startup_trials=20)+asha(grace_period=4)") == (
         "tpe", {"multivariate": True, "n_startup_trials": 20}, "asha", {"grace_period": 4})
