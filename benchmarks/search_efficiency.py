@@ -381,7 +381,8 @@ strategy's settings depend on the budget: num_samples is the largest budget for 
 that stops trials early, so none runs out of trials before its budget). For each budget B and seed: the best validation accuracy after B
 epochs; the target is random+fifo's median (lower) final best at B; reported per strategy: the epochs
 to reach the target (median, range, seeds that reached it; ratio = random+fifo's median / the
-strategy's), normalized regret (table best - found) / (table best - the table's median
+strategy's, with the 5th-95th percentiles of that ratio when both strategies' seeds are resampled
+with replacement, 2,000 times), normalized regret (table best - found) / (table best - the table's median
 configuration's best), median and interquartile range, the average rank of the found best
 across strategies (per seed index; ties share the mean rank), and the share of the budget's epochs
 spent on a recorded configuration another trial had already replayed (median over seeds): the
@@ -617,10 +618,33 @@ def replay_summary(runs: list[dict], names: list[str], budget: int, table_best: 
     for name in names:
         regrets = [(table_best - f) / (table_best - table_median) for f in table[name]["finals"]]
         table[name]["regret"] = regrets
+        table[name]["ratio_90"] = ratio_interval(table[BASELINE]["epochs_to_target"], table[name]["epochs_to_target"])
         table[name]["revisited"] = [sum(r["revisits"][:budget]) / len(r["revisits"][:budget])
                                     for r in at if r["strategy"] == name and r.get("revisits")]
         table[name]["rank"] = statistics.mean(ranks[name]) if ranks[name] else math.nan
     return {"budget": budget, "target": target, "table": table}
+
+
+def ratio_interval(base: list[int | None], mine: list[int | None], draws: int = 2000,
+                   seed: int = 0) -> tuple[float, float]:
+    """The 5th and 95th percentiles of the epochs-to-target ratio when both strategies' seeds are resampled
+    with replacement (a percentile bootstrap): how far the ratio could move with other seeds.
+
+    `base` and `mine` are each seed's epochs to the target, None where it never got there (infinitely slow,
+    as in the median). A resample whose strategy median is never reached has ratio 0, whose baseline
+    median is never reached, inf.
+    """
+    import random
+
+    rng = random.Random(seed)
+    slow = [math.inf if e is None else e for e in base], [math.inf if e is None else e for e in mine]
+    ratios = []
+    for _ in range(draws):
+        b = statistics.median_low(rng.choices(slow[0], k=len(slow[0])))
+        m = statistics.median_low(rng.choices(slow[1], k=len(slow[1])))
+        ratios.append(0.0 if math.isinf(m) else math.inf if math.isinf(b) else b / m)
+    ratios.sort()
+    return ratios[int(0.05 * (draws - 1))], ratios[int(0.95 * (draws - 1))]
 
 
 def _final(curve: list[float]) -> float:
@@ -637,7 +661,7 @@ def format_replay(summary: dict) -> list[str]:
     budget, target, table = summary["budget"], summary["target"], summary["table"]
     lines = [f"### budget {budget} epochs: target {target:.4f} (median final best of {BASELINE})", "",
              "| strategy | final best: median [IQR] | epochs to target: median [range], reached | "
-             f"ratio vs {BASELINE} | normalized regret: median [IQR] | average rank | "
+             f"ratio vs {BASELINE} [90% bootstrap] | normalized regret: median [IQR] | average rank | "
              "epochs on a configuration replayed before: median | wall s per run |",
              "|---|---|---|---|---|---|---|---|"]
     order = sorted(table, key=lambda n: table[n]["rank"])
@@ -648,6 +672,8 @@ def format_replay(summary: dict) -> list[str]:
         spread = f"[{row['range'][0]}-{row['range'][1]}]" if row["range"] else "[-]"
         median = f"{row['median_epochs']:g}" if math.isfinite(row["median_epochs"]) else "not reached"
         ratio = "n/a" if math.isnan(row["ratio"]) else f"{row['ratio']:.2f}x"
+        if row.get("ratio_90"):
+            ratio += " [" + "-".join(f"{r:.2f}" for r in row["ratio_90"]) + "]"
         revisited = f"{statistics.median(row['revisited']):.0%}" if row.get("revisited") else "n/a"
         lines.append(f"| {name} | {mid:.4f} [{lo:.4f}-{hi:.4f}] | {median} {spread}, {row['reached']}/{row['seeds']} | "
                      f"{ratio} | {rmid:.3f} [{rlo:.3f}-{rhi:.3f}] | {row['rank']:.2f} | {revisited} | "

@@ -292,7 +292,13 @@ def test_the_replay_benchmark_counts_epochs_and_ranks_strategies(tmp_path):
     # the share of the budget's epochs on configurations replayed before (the fifth epoch is past the budget)
     assert table["random+fifo"]["revisited"] == [0.0] and table["optuna-alone"]["revisited"] == [0.5]
     row = next(line for line in bench.format_replay(summary) if line.startswith("| optuna-alone"))
-    assert "| 50% |" in row
+    assert "| 50% |" in row and "| 2.00x [2.00-2.00] |" in row
+
+    # the ratio's bootstrap interval: seeds resampled on both sides; a strategy that never reaches the target is 0
+    assert bench.ratio_interval([10] * 5, [5] * 5) == (2.0, 2.0)
+    assert bench.ratio_interval([10] * 5, [None] * 5) == (0.0, 0.0)
+    lo, hi = bench.ratio_interval([10, 20, 30, 40, 50], [5, 10, 15, 20, 25])
+    assert lo < 2.0 < hi and bench.ratio_interval([10, 20, 30, 40, 50], [5, 10, 15, 20, 25]) == (lo, hi)  # seeded
 
 
 
