@@ -194,14 +194,16 @@ def ordered_rows(directory: Path, pattern: str = "trial_*/result.json") -> list[
 
 
 def incumbent_curve(rows: list[dict], table=None) -> list[float]:
-    """Per reported epoch, in order: the best val_acc so far, or with a replay table the recorded (noise-free)
-    val_acc of the epoch that reported it (see best_so_far)."""
+    """Per reported epoch, in order: the best val_acc so far, or with a replay table the val_acc before seed
+    noise (`replay_val_acc`: recorded, or blended) of the epoch that reported it (see best_so_far)."""
     best, score, curve = -math.inf, math.nan, []
     for row in rows:
         value = row.get("val_acc", math.nan)
         if isinstance(value, (int, float)) and math.isfinite(value) and value > best:
             best = value
-            score = table.recorded(row["replay_config_id"], row["epoch"]) if table is not None else value
+            if table is not None:  # the value before seed noise (runs from before replay_val_acc: the table's)
+                value = row.get("replay_val_acc", table.recorded(row["replay_config_id"], row["epoch"]))
+            score = value
         curve.append(score)
     return curve
 
@@ -370,10 +372,13 @@ replay trainable; and `optuna-alone`, Optuna's `study.optimize` with TPESampler 
 
 A strategy may carry options of its searcher and scheduler sections, to try other defaults:
 `tpe(multivariate=true,n_startup_trials=20)+asha(grace_period=4,reduction_factor=2)`.
+`--lookup interpolate` answers every strategy's off-table configs with a blend of the nearest
+recorded curves instead of the nearest one (the replay space's `lookup:`; see fashion_tune.search.replay).
 
 Scoring: the incumbent after each epoch is the epoch with the best reported val_acc so far (what
 `fashion-tune promote` would pick), and it scores its recorded val_acc without the replay's seed noise
-(fashion_tune.search.replay adds z x the seed sd to off-table trials): a strategy that keeps drawing
+(fashion_tune.search.replay adds z x the seed sd to off-table trials; with --lookup interpolate the
+blend's value before noise): a strategy that keeps drawing
 near the best configuration cannot win by drawing lucky noise, only by finding good configurations.
 
 One run per (strategy, seed) at the largest budget; each smaller budget is a prefix of it (no
@@ -432,12 +437,12 @@ def split_strategy(name: str) -> tuple[str, dict, str, dict]:
 
 
 def replay_space_for(name: str, seed: int, table_path: str, budget: int, max_concurrent: int,
-                     time_scale: float) -> dict:
+                     time_scale: float, lookup: str = "nearest") -> dict:
     """The replay space of one product strategy (`searcher+scheduler`, each with options: see split_strategy)."""
     searcher, searcher_options, scheduler, scheduler_options = split_strategy(name)
     recorded = yaml.safe_load(REPLAY_SPACE.read_text())
     trials = math.ceil(budget / MAX_T_REPLAY)
-    data = {"kind": "replay", "table": str(Path(table_path).resolve()), "time_scale": time_scale,
+    data = {"kind": "replay", "table": str(Path(table_path).resolve()), "time_scale": time_scale, "lookup": lookup,
             "metric": "val_acc", "mode": "max", "seed": seed, "max_concurrent_trials": max_concurrent,
             # every strategy runs at most max_concurrent trials at once (HyperBand and PBT are not capped by
             # the searcher, so the resources do it), on the 2 CPUs the benchmark's Ray has
@@ -494,7 +499,7 @@ def run_replay_product(name: str, seed: int, table_path: str, budget: int, args,
     run_name = run_folder(name, seed)
     space = folder / f"{run_name}.yaml"
     space.write_text(yaml.safe_dump(replay_space_for(name, seed, table_path, budget, args.max_concurrent,
-                                                     args.time_scale), sort_keys=False))
+                                                     args.time_scale, args.lookup), sort_keys=False))
     started = time.perf_counter()
     outcome = run_sweep("replay", space, name=run_name, storage=folder, verbose=0, stop=Budget(budget),
                         echo=lambda line: None)
@@ -514,7 +519,7 @@ def run_ray_default(seed: int, table_path: str, budget: int, args, out: Path) ->
     class Budget(EpochBudget, tune.Stopper):
         pass
 
-    data = replay_space_for("random+asha", seed, table_path, budget, args.max_concurrent, args.time_scale)
+    data = replay_space_for("random+asha", seed, table_path, budget, args.max_concurrent, args.time_scale, args.lookup)
     space = parse_space(data, "<ray-default>")
     domains = {p.name: _tune_domain(p) for p in space.params}
     folder = out / "runs"
@@ -552,14 +557,14 @@ def run_optuna_alone(seed: int, table_path: str, budget: int, args, out: Path) -
     from fashion_tune.spaces.space import parse_space
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = parse_space(replay_space_for("tpe+asha", seed, table_path, budget, 1, 0.0), "<optuna-alone>")
+    space = parse_space(replay_space_for("tpe+asha", seed, table_path, budget, 1, 0.0, args.lookup), "<optuna-alone>")
     table, params = load_table(table_path), space_params(space)
     rows: list[dict] = []
 
     def objective(trial):
         space.suggest(trial)
         value = -math.inf
-        for row in replay_curve({**trial.params, "epochs": MAX_T_REPLAY}, table, params):
+        for row in replay_curve({**trial.params, "epochs": MAX_T_REPLAY}, table, params, lookup=space.lookup):
             if len(rows) >= budget:
                 trial.study.stop()
                 break
@@ -726,6 +731,9 @@ def replay_main(argv: list[str]) -> int:
                         help="trials at once in every Ray run (default 4)")
     parser.add_argument("--time-scale", type=float, default=REPLAY_DEFAULT["time_scale"],
                         help="real seconds slept per recorded second (default 0.01)")
+    parser.add_argument("--lookup", choices=("nearest", "interpolate"), default="nearest",
+                        help="how a config off the table is answered: the nearest recorded configuration (default), "
+                             "or a blend of the nearest few (the replay space's lookup:)")
     parser.add_argument("--out", type=Path, default=Path("ray_results/search-efficiency-replay"))
     parser.add_argument("--resume", action="store_true",
                         help="continue a run in --out: the (strategy, seed) runs its runs.jsonl lists are scored "
@@ -791,7 +799,8 @@ def replay_main(argv: list[str]) -> int:
         why = {n.split("+")[0]: reason for n, reason in refused.items()}
         lines += ["not run (the space refuses them, with every scheduler): "
                   + "; ".join(f"{searcher}: {reason.split(';')[0]}" for searcher, reason in why.items()), ""]
-    lines += [f"{args.seeds} seeds, {args.max_concurrent} trials at once, time scale {args.time_scale:g}; "
+    lines += [f"{args.seeds} seeds, {args.max_concurrent} trials at once, time scale {args.time_scale:g}, "
+              f"lookup {args.lookup}; "
               f"benchmark wall time {total / 60:.1f} min", f"command: {' '.join(['python', 'benchmarks/search_efficiency.py', *argv])}"]
     print("\n".join(lines))
     (args.out / "table.md").write_text("\n".join(lines) + "\n")

@@ -97,6 +97,28 @@ def test_a_recorded_config_replays_its_own_curve_and_another_the_nearest_one(tmp
                                                                         (2, None, True)]
 
 
+def test_lookup_interpolate_blends_the_nearest_recorded_curves_by_inverse_squared_distance(tmp_path):
+    space, table = loaded(tmp_path, lookup="interpolate")
+    params = space_params(space)
+    on_table = {"lr": 1e-2, "width": 16, "dropout": 0.5, "epochs": EPOCHS}
+    assert replay_curve(on_table, table, params, lookup="interpolate") == replay_curve(on_table, table, params)
+    # lr halfway (in log space) between 1e-3 and 1e-2, dropout 0.5, width 16: the four nearest with width 16
+    # are lr 1e-3 and 1e-2 (distance 1/6 of the 3 decades each) and lr 1e-4 and 1e-1 (1/2), all at dropout
+    # 0.5. lr 1e-1 diverged at epoch 2: from there the blend averages the three that recorded a value.
+    between = {"lr": math.sqrt(1e-3 * 1e-2), "width": 16, "dropout": 0.5, "epochs": EPOCHS}
+    near, far = 1 / (1 / 6) ** 2, 1 / (1 / 2) ** 2
+    final = (near * (0.611 + 0.861) + far * 0.311) / (2 * near + far)
+    rows = replay_curve(between, table, params, lookup="interpolate")
+    assert len(rows) == EPOCHS and rows[-1]["val_acc"] == pytest.approx(final, abs=1e-4)
+    assert rows[-1]["replay_val_acc"] == rows[-1]["val_acc"]  # one repeat only: no seed noise to add
+    assert rows[-1]["replay_config_id"] == replay_curve(between, table, params)[-1]["replay_config_id"]  # the nearest
+    assert replay_curve(between, table, params)[-1]["val_acc"] in (0.611, 0.861)  # nearest: one of the two curves
+    # next to a configuration that diverged at epoch 2, the blend diverges there too, with no metrics
+    rows = replay_curve({"lr": 0.09, "width": 8, "dropout": 0.1, "epochs": EPOCHS}, table, params, lookup="interpolate")
+    assert [(r["epoch"], r["diverged"]) for r in rows] == [(1, False), (2, True)] and rows[-1]["val_acc"] is None
+    assert 0 < rows[0]["val_acc"] < 0.107 / EPOCHS + 0.01
+
+
 def test_a_real_recording_reads_the_same_from_runs_jsonl_and_curves_csv(tmp_path):
     import importlib.util
 
@@ -192,6 +214,7 @@ def cli_error(capsys, space_file: Path) -> str:
     ({"scheduler": {"type": "fifo", "max_t": EPOCHS + 1}}, f"scheduler.max_t: {EPOCHS + 1} is more than the {EPOCHS} epochs"),
     ({"fixed": {"batch_size": 64}}, "fixed: a replay replays what the table recorded"),
     ({"time_scale": -1}, "time_scale: -1 is not allowed; use a number >= 0"),
+    ({"lookup": "linear"}, "lookup: 'linear' is not allowed; choose nearest"),
     ({"table": None}, "table: expected the path of recorded curves"),
 ])
 def test_a_space_the_table_cannot_answer_is_refused_in_one_line(tmp_path, capsys, change, expected):
@@ -219,6 +242,10 @@ def test_table_belongs_to_replay_spaces_only(tmp_path):
     data = replay_space(write_table(tmp_path), kind="cnn")
     with pytest.raises(ConfigError, match="table: only a replay space has it; use kind: replay"):
         load_space(write_space(tmp_path, data))
+    data = replay_space(write_table(tmp_path), kind="cnn", lookup="interpolate")
+    del data["table"], data["time_scale"]
+    with pytest.raises(ConfigError, match="lookup: only a replay space has it"):
+        load_space(write_space(tmp_path, data))
     with pytest.raises(ConfigError, match="this is a replay space but the sweep is for vae"):
         load_space(write_space(tmp_path, replay_space(write_table(tmp_path))), kind="vae")
 
@@ -227,25 +254,28 @@ def test_table_belongs_to_replay_spaces_only(tmp_path):
 
 
 @pytest.mark.ray
-def test_a_replay_sweep_reports_the_table_and_asha_stops_trials_early(tmp_path, capsys):
+@pytest.mark.parametrize("lookup", ["nearest", "interpolate"])
+def test_a_replay_sweep_reports_the_table_and_asha_stops_trials_early(tmp_path, capsys, lookup):
     import pandas as pd
 
     table_path = write_table(tmp_path)
-    space_file = write_space(tmp_path, replay_space(table_path, num_samples=18, max_concurrent_trials=6))
+    space_file = write_space(tmp_path, replay_space(table_path, num_samples=18, max_concurrent_trials=6, lookup=lookup))
     status = main(["sweep", "replay", "--space", str(space_file), "--name", "r", "--storage", str(tmp_path / "results"),
                    "--num-cpus", "1"])
     assert status == 0, capsys.readouterr()
     experiment = tmp_path / "results" / "r"
     info = json.loads((experiment / "sweep.json").read_text())
     assert info["kind"] == "cnn" and info["replay"]["table"] == str(table_path) and info["data"] is None
+    assert info["replay"]["lookup"] == lookup
     results, history = pd.read_csv(experiment / "results.csv"), pd.read_csv(experiment / "history.csv")
     assert len(results) == 18 and set(results["status"]) == {"TERMINATED"}
 
-    # Every trial reported, epoch by epoch, the recorded curve of the configuration nearest to its own.
+    # Every trial reported, epoch by epoch, the recorded curve of the configuration nearest to its own
+    # (or the blend of the nearest few).
     space, table = load_space(space_file), load_table(table_path)
     for _, trial in results.iterrows():
         config = {k: trial[f"config/{k}"] for k in ("lr", "width", "dropout")}
-        expected = replay_curve({**config, "epochs": EPOCHS}, table, space_params(space))
+        expected = replay_curve({**config, "epochs": EPOCHS}, table, space_params(space), lookup=lookup)
         rows = history[history["trial_id"] == trial["trial_id"]].sort_values("epoch")
         assert len(rows) == trial["epochs"] and 1 <= len(rows) <= len(expected)
         for row, want in zip(rows.to_dict("records"), expected):
@@ -255,6 +285,8 @@ def test_a_replay_sweep_reports_the_table_and_asha_stops_trials_early(tmp_path, 
                 assert row["diverged"] and row["val_acc"] == -math.inf  # ranked last, as a real diverged trial
             else:
                 assert row["val_acc"] == pytest.approx(want["val_acc"])
+    if lookup == "interpolate":
+        return
 
     # ASHA stopped weak trials before max_t; the best trial ran to max_t on the table's best region.
     stopped = results[results["stop_reason"] == "asha"]

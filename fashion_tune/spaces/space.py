@@ -53,7 +53,8 @@ A replay space (`kind: replay`) runs the same sweep on recorded CNN learning cur
 training (`fashion_tune.search.replay`): `table: PATH` names the curves benchmarks/record_curves.py
 recorded (runs.jsonl or curves.csv; a relative path is read from the current directory, as
 `start_from:`), `time_scale: 0.01` the real seconds a trial sleeps per recorded second (0: none),
-and `params:` the table's parameters (no `fixed:`: the recording fixed those). The space is a CNN
+`lookup: nearest | interpolate` how a config off the table is answered (the nearest recorded
+configuration's curve, or a blend of the nearest few: `ReplayTable.blended`), and `params:` the table's parameters (no `fixed:`: the recording fixed those). The space is a CNN
 space in everything else (its metrics, configs and results).
 
 `scheduler` may name its type: `{type: asha | hyperband | median | pbt | fifo, ...}`, each with its
@@ -100,7 +101,7 @@ __all__ = ["SearchSpace", "Param", "grid_values", "load_space", "parse_space", "
 
 TOP_KEYS = ("kind", "metric", "mode", "num_samples", "max_concurrent_trials", "seed", "scheduler",
             "resources_per_trial", "fixed", "params", "points_to_evaluate", "start_from",
-            "searcher", "objectives", "warm_start", "reuse_actors", "table", "time_scale", "limits")
+            "searcher", "objectives", "warm_start", "reuse_actors", "table", "time_scale", "lookup", "limits")
 RESOURCE_KEYS = ("cpu", "gpu")
 DEFAULT_MAX_CONCURRENT = 2
 DEFAULT_GRACE_PERIOD = 1
@@ -120,7 +121,8 @@ def describe_space(space: SearchSpace) -> str:
         + (f"; warm start: {len(space.warm_trials)} trials of {space.warm_start}" if space.warm_start else ""),
     ]
     if space.table is not None:
-        lines.insert(1, f"  replays the curves of {space.table} (time scale {space.time_scale:g})")
+        lines.insert(1, f"  replays the curves of {space.table} (time scale {space.time_scale:g}, "
+                        f"lookup {space.lookup})")
     # The values every trial shares (the rest are `train KIND --show-config`'s defaults); epochs is max_t.
     lines.append("  fixed: " + ", ".join(f"{key}={format_short(value) if value is not None else 'null'}"
                                          for key, value in space.base_config().items()))
@@ -166,7 +168,7 @@ def parse_space(data: Mapping[str, Any], path: str | Path = "<space>", kind: str
     data = c.mapping(dict(data), "", TOP_KEYS)
     _all_required_keys(c, data)
     kind = _parse_kind(c, data.get("kind"), kind)
-    table, time_scale = _parse_replay(c, data)
+    table, time_scale, lookup = _parse_replay(c, data)
     objectives, metric, mode = _parse_metric(c, kind, data)
     if "num_samples" not in data:
         raise c.fail("num_samples", "missing; give the number of trials, an integer >= 1")
@@ -202,7 +204,7 @@ def parse_space(data: Mapping[str, Any], path: str | Path = "<space>", kind: str
         seed=c.integer(data.get("seed", 0), "seed", 0), max_t=max_t, grace_period=grace,
         reduction_factor=float(rf) if not is_integer(rf) else rf, cpu=float(cpu), gpu=float(gpu),
         fixed=fixed, params=tuple(params), scheduler=scheduler_type, objectives=objectives, reuse_actors=reuse_actors,
-        table=table, time_scale=time_scale, limits=parse_limits(c, data.get("limits")),
+        table=table, time_scale=time_scale, lookup=lookup, limits=parse_limits(c, data.get("limits")),
     )
     check_limits(c, space)
     space = parse_strategies(c, space, data.get("searcher"), scheduler)
@@ -242,13 +244,13 @@ def _parse_kind(c: Checker, file_kind: Any, kind: str | None) -> str:
     return file_kind
 
 
-def _parse_replay(c: Checker, data: dict[str, Any]) -> tuple[str | None, float]:
-    """`table:` and `time_scale:` of a `kind: replay` space (the table is read when the sweep starts)."""
+def _parse_replay(c: Checker, data: dict[str, Any]) -> tuple[str | None, float, str]:
+    """`table:`, `time_scale:` and `lookup:` of a `kind: replay` space (the table is read when the sweep starts)."""
     if data.get("kind") != REPLAY:
-        for key in ("table", "time_scale"):
+        for key in ("table", "time_scale", "lookup"):
             if key in data:
                 raise c.fail(key, "only a replay space has it; use kind: replay, or drop it")
-        return None, DEFAULT_TIME_SCALE
+        return None, DEFAULT_TIME_SCALE, "nearest"
     table = data.get("table")
     if not isinstance(table, str) or not table:
         raise c.fail("table", f"expected the path of recorded curves (runs.jsonl or curves.csv from "
@@ -260,7 +262,11 @@ def _parse_replay(c: Checker, data: dict[str, Any]) -> tuple[str | None, float]:
     if not is_number(scale) or scale < 0:
         raise c.fail("time_scale", f"{show(scale)} is not allowed; use a number >= 0 (0.01: a recorded second "
                                    "sleeps 10 ms; 0: no sleep)")
-    return table, float(scale)
+    lookup = data.get("lookup", "nearest")
+    if lookup not in ("nearest", "interpolate"):
+        raise c.fail("lookup", f"{show(lookup)} is not allowed; choose nearest (the nearest recorded configuration "
+                               "answers) or interpolate (a blend of the nearest few)")
+    return table, float(scale), lookup
 
 
 def _parse_metric(c: Checker, kind: str, data: dict[str, Any]) -> tuple[tuple[tuple[str, str], ...], str, str]:
