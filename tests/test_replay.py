@@ -306,7 +306,7 @@ def test_the_replay_benchmark_counts_epochs_and_ranks_strategies(tmp_path):
     from types import SimpleNamespace
 
     bench = load_benchmark()
-    run = bench.run_optuna_alone(0, str(SAMPLE), 40, SimpleNamespace(), tmp_path)
+    run = bench.run_optuna_alone(0, str(SAMPLE), 40, SimpleNamespace(lookup="nearest"), tmp_path)
     curve = run["curve"]
     assert len(curve) == 40 and all(a <= b for a, b in zip(curve, curve[1:]))
     # a table of three configurations answers 40 epochs of proposals: most of them replay one seen before
