@@ -364,7 +364,7 @@ sweep is stopped once its trials have reported the largest budget's epochs. Sear
 the space allows (cmaes refuses its choice parameters, grid its ranges); schedulers: asha (grace 1,
 reduction 3), hyperband (reduction 3), median (grace 1), pbt (lr, weight_decay and dropout
 mutated every 4 epochs; a clone continues the recorded curve of its new config from the epoch it
-cloned) and fifo. The searchers' start-up trials are the product's default (10 for these sizes).
+cloned; a population of 1.5 x budget / 16 trials, trained in turn) and fifo. The searchers' start-up trials are the product's default (10 for these sizes).
 Peers on the same table: `ray-default`, Ray Tune with its own default searcher (random search,
 BasicVariantGenerator) and ASHAScheduler with its defaults (grace 1, reduction 4), through the same
 replay trainable; and `optuna-alone`, Optuna's `study.optimize` with TPESampler and HyperbandPruner
@@ -451,10 +451,12 @@ def replay_space_for(name: str, seed: int, table_path: str, budget: int, max_con
     if scheduler == "fifo":
         data.update(num_samples=trials, scheduler={"type": "fifo", "max_t": MAX_T_REPLAY})
     elif scheduler == "pbt":
-        # As many trials as epochs, as for the schedulers below: a clone takes over its donor's epoch count
-        # (a trial exploiting at epoch 8 a donor at 12 goes on at 13), so a population of budget / max_t
-        # trials reaches max_t before it has trained the budget. New trials join as others finish.
-        data.update(num_samples=budget, scheduler={
+        # PBT's population is num_samples, and Ray's PBT trains it in turn: at each perturbation it pauses a
+        # member while any other waits. With one trial per epoch (as the schedulers below) every member got
+        # its first 4 epochs and no more (tpe+pbt stuck at epoch-4 accuracy, 0/20 seeds at the target).
+        # A clone takes over its donor's epoch count (a trial exploiting at epoch 8 a donor at 12 goes on
+        # at 13), so budget / max_t members reach max_t short of the budget; 1.5 x that spends it.
+        data.update(num_samples=pbt_population(budget), scheduler={
             "type": "pbt", "max_t": MAX_T_REPLAY, "perturbation_interval": 4, "mutate": ["lr", "weight_decay", "dropout"]})
     else:
         # ASHA with reduction 3 stops most trials after 1 epoch: as many trials as epochs lets any strategy
@@ -468,6 +470,11 @@ def replay_space_for(name: str, seed: int, table_path: str, budget: int, max_con
     data["searcher"].update(searcher_options)
     data["scheduler"].update(scheduler_options)
     return data
+
+
+def pbt_population(budget: int) -> int:
+    """PBT's trials in a replay run of `budget` epochs: 1.5 x the trials of max_t epochs the budget holds."""
+    return math.ceil(1.5 * budget / MAX_T_REPLAY)
 
 
 def _variant_of(name: str, every: list[str]) -> bool:

@@ -358,10 +358,12 @@ def test_the_replay_benchmark_scores_the_incumbent_without_noise_and_reads_strat
     assert data["scheduler"] == {"type": "asha", "max_t": 16, "grace_period": 4, "reduction_factor": 2}
     with pytest.raises(ValueError, match="key=value"):
         bench.split_strategy("tpe(multivariate)+asha")
-    # Every scheduler that ends or clones trials early may start as many trials as epochs, so none runs out
-    # before its budget (a PBT clone takes over its donor's epoch count: a population of 300 / 16 fell short).
-    for scheduler in ("asha", "hyperband", "median", "pbt"):
+    # Every scheduler that ends trials early may start as many trials as epochs, so none runs out before its
+    # budget. PBT's population is num_samples and Ray's PBT trains it in turn (a member pauses at each
+    # perturbation while another waits): 300 members got 4 epochs each; 1.5 x 300 / 16 spends the budget.
+    for scheduler in ("asha", "hyperband", "median"):
         assert bench.replay_space_for(f"random+{scheduler}", 0, "t.jsonl", 300, 4, 0.0)["num_samples"] == 300
+    assert bench.replay_space_for("random+pbt", 0, "t.jsonl", 300, 4, 0.0)["num_samples"] == 29
 
 
 def load_benchmark():
