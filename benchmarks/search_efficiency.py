@@ -738,7 +738,9 @@ def replay_main(argv: list[str]) -> int:
                         help="trials at once in every Ray run (default 4)")
     parser.add_argument("--time-scale", type=float, default=REPLAY_DEFAULT["time_scale"],
                         help="real seconds slept per recorded second (default 0.01)")
-    parser.add_argument("--lookup", choices=("nearest", "interpolate"), default="nearest",
+    from fashion_tune.spaces.search_space import LOOKUPS
+
+    parser.add_argument("--lookup", choices=LOOKUPS, default=LOOKUPS[0],
                         help="how a config off the table is answered: the nearest recorded configuration (default), "
                              "or a blend of the nearest few (the replay space's lookup:)")
     parser.add_argument("--out", type=Path, default=Path("ray_results/search-efficiency-replay"))

@@ -81,7 +81,6 @@ CHECKPOINT = "replay.json"
 EPOCH_FIELDS = ("val_acc", "val_loss", "train_loss", "epoch_time_s", "diverged")  # as record_curves.py writes them
 METRICS = ("val_acc", "val_loss", "train_loss")
 _NOT_PARAMS = {"config_id", "seed", "params", "params_count", "epoch", "wall_s", *EPOCH_FIELDS}
-LOOKUPS = ("nearest", "interpolate")  # how a replay answers a config off the table (`lookup:` in the space file)
 INTERPOLATE_K = 4  # neighbours a `lookup: interpolate` replay blends
 NOISE_PAIRS = 10  # repeated configurations a table needs before off-table trials get recorded noise
 NOISY = {"val_acc": 1.0, "val_loss": -1.0}  # the metrics noise moves, and which way for a lucky seed (z > 0)

@@ -17,6 +17,7 @@ from fashion_tune.training.config import resolve_config
 from fashion_tune.spaces.params import Checker, Param, describe_param, is_integer, suggest_all, walk
 
 DEFAULT_TIME_SCALE = 0.01
+LOOKUPS = ("nearest", "interpolate")  # kind: replay: how a config off the table is answered
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class SearchSpace:
     reuse_actors: bool = True  # Tune's reuse_actors: a finished trial's actor runs the next one
     table: str | None = None  # kind: replay: the recorded curves its trials replay (as written; absolute once resolved)
     time_scale: float = DEFAULT_TIME_SCALE  # kind: replay: real seconds slept per recorded second
-    lookup: str = "nearest"  # kind: replay: a config off the table replays the nearest recorded one, or a blend
+    lookup: str = LOOKUPS[0]  # kind: replay: a config off the table replays the nearest recorded one, or a blend
     limits: dict[str, int] = field(default_factory=dict)  # {"params": N}: no shape the space allows is larger
 
     @property

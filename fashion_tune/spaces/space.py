@@ -91,7 +91,7 @@ from fashion_tune.training.config import load_yaml, resolve_config
 from fashion_tune.training.kinds import KINDS, get_kind
 from fashion_tune.spaces.params import (Checker, Param, check_names, describe_param, grid_values, is_integer, is_number,
                                         parse_params, show)
-from fashion_tune.spaces.search_space import DEFAULT_TIME_SCALE, SearchSpace, check_point
+from fashion_tune.spaces.search_space import DEFAULT_TIME_SCALE, LOOKUPS, SearchSpace, check_point
 from fashion_tune.spaces.strategies import SCHEDULER_TYPES, check_sources, parse_objectives, parse_strategies
 from fashion_tune.spaces.limits import LIMIT_KEYS, check_limits, describe_shape, largest_shapes, parse_limits
 
@@ -250,7 +250,7 @@ def _parse_replay(c: Checker, data: dict[str, Any]) -> tuple[str | None, float, 
         for key in ("table", "time_scale", "lookup"):
             if key in data:
                 raise c.fail(key, "only a replay space has it; use kind: replay, or drop it")
-        return None, DEFAULT_TIME_SCALE, "nearest"
+        return None, DEFAULT_TIME_SCALE, LOOKUPS[0]
     table = data.get("table")
     if not isinstance(table, str) or not table:
         raise c.fail("table", f"expected the path of recorded curves (runs.jsonl or curves.csv from "
@@ -262,8 +262,8 @@ def _parse_replay(c: Checker, data: dict[str, Any]) -> tuple[str | None, float, 
     if not is_number(scale) or scale < 0:
         raise c.fail("time_scale", f"{show(scale)} is not allowed; use a number >= 0 (0.01: a recorded second "
                                    "sleeps 10 ms; 0: no sleep)")
-    lookup = data.get("lookup", "nearest")
-    if lookup not in ("nearest", "interpolate"):
+    lookup = data.get("lookup", LOOKUPS[0])
+    if lookup not in LOOKUPS:
         raise c.fail("lookup", f"{show(lookup)} is not allowed; choose nearest (the nearest recorded configuration "
                                "answers) or interpolate (a blend of the nearest few)")
     return table, float(scale), lookup
