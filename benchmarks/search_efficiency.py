@@ -178,7 +178,8 @@ def ordered_rows(directory: Path, pattern: str = "trial_*/result.json") -> list[
     """Every epoch trained, as reported, in the order the epochs finished.
 
     Every line of every trial's result.json is one epoch trained (a PBT clone's re-trained
-    epochs included); Ray's timestamp and the trial's time orders them across trials.
+    epochs included); the simulated clock's time (`clock: simulated`), else Ray's timestamp and the
+    trial's time, orders them across trials.
     """
     rows = []
     for path in directory.glob(pattern):
@@ -188,9 +189,9 @@ def ordered_rows(directory: Path, pattern: str = "trial_*/result.json") -> list[
             except json.JSONDecodeError:
                 continue
             # A replayed trial's `reported_at` orders epochs finer than Ray's whole-second timestamp.
-            rows.append((row.get("reported_at", row.get("timestamp", 0)), row.get("time_total_s", 0.0),
-                         row.get("val_acc", math.nan), row))
-    return [row for *_, row in sorted(rows, key=lambda r: r[:2])]
+            wall = row.get("reported_at", row.get("timestamp", 0))
+            rows.append((row.get("sim_clock_s", wall), wall, row.get("time_total_s", 0.0), row))
+    return [row for *_, row in sorted(rows, key=lambda r: r[:3])]
 
 
 def incumbent_curve(rows: list[dict], table=None) -> list[float]:
@@ -401,7 +402,7 @@ REPLAY_SPACE = Path(__file__).resolve().parent / "replay_cnn_space.yaml"
 SEARCHERS = ("tpe", "gp", "random", "qmc", "nsga2", "cmaes", "grid")
 SCHEDULERS = ("asha", "hyperband", "median", "pbt", "fifo")
 PEERS = ("ray-default", "optuna-alone")
-REPLAY_DEFAULT = {"seeds": 20, "budgets": (100, 300, 1000), "max_concurrent": 4, "time_scale": 0.01}
+REPLAY_DEFAULT = {"seeds": 20, "budgets": (100, 300, 1000), "max_concurrent": 4, "time_scale": 0.01, "clock": "simulated"}
 
 
 def replay_strategies(table_path: str) -> tuple[list[str], dict[str, str]]:
@@ -437,12 +438,13 @@ def split_strategy(name: str) -> tuple[str, dict, str, dict]:
 
 
 def replay_space_for(name: str, seed: int, table_path: str, budget: int, max_concurrent: int,
-                     time_scale: float, lookup: str = "nearest") -> dict:
+                     time_scale: float, lookup: str = "nearest", clock: str = "sleep") -> dict:
     """The replay space of one product strategy (`searcher+scheduler`, each with options: see split_strategy)."""
     searcher, searcher_options, scheduler, scheduler_options = split_strategy(name)
     recorded = yaml.safe_load(REPLAY_SPACE.read_text())
     trials = math.ceil(budget / MAX_T_REPLAY)
     data = {"kind": "replay", "table": str(Path(table_path).resolve()), "time_scale": time_scale, "lookup": lookup,
+            "clock": clock,
             "metric": "val_acc", "mode": "max", "seed": seed, "max_concurrent_trials": max_concurrent,
             # every strategy runs at most max_concurrent trials at once (HyperBand and PBT are not capped by
             # the searcher, so the resources do it), on the 2 CPUs the benchmark's Ray has
@@ -506,7 +508,7 @@ def run_replay_product(name: str, seed: int, table_path: str, budget: int, args,
     run_name = run_folder(name, seed)
     space = folder / f"{run_name}.yaml"
     space.write_text(yaml.safe_dump(replay_space_for(name, seed, table_path, budget, args.max_concurrent,
-                                                     args.time_scale, args.lookup), sort_keys=False))
+                                                     args.time_scale, args.lookup, args.clock), sort_keys=False))
     started = time.perf_counter()
     outcome = run_sweep("replay", space, name=run_name, storage=folder, verbose=0, stop=Budget(budget),
                         echo=lambda line: None)
@@ -521,12 +523,14 @@ def run_ray_default(seed: int, table_path: str, budget: int, args, out: Path) ->
     from ray.tune.schedulers import ASHAScheduler
 
     from fashion_tune.search.replay import make_trainable
+    from fashion_tune.search.sweep import clock_callbacks
     from fashion_tune.spaces.space import parse_space
 
     class Budget(EpochBudget, tune.Stopper):
         pass
 
-    data = replay_space_for("random+asha", seed, table_path, budget, args.max_concurrent, args.time_scale, args.lookup)
+    data = replay_space_for("random+asha", seed, table_path, budget, args.max_concurrent, args.time_scale, args.lookup,
+                            args.clock)
     space = parse_space(data, "<ray-default>")
     domains = {p.name: _tune_domain(p) for p in space.params}
     folder = out / "runs"
@@ -538,7 +542,7 @@ def run_ray_default(seed: int, table_path: str, budget: int, args, out: Path) ->
                                     search_alg=tune.search.BasicVariantGenerator(random_state=seed),
                                     max_concurrent_trials=args.max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(name=f"ray-default-seed{seed}", storage_path=str(folder.resolve()),
-                                  stop=Budget(budget), verbose=0),
+                                  stop=Budget(budget), verbose=0, callbacks=clock_callbacks(space)),
     )
     tuner.fit()
     rows = ordered_rows(folder / f"ray-default-seed{seed}", RAY_PATTERN)  # Ray names the trial folders
@@ -736,8 +740,11 @@ def replay_main(argv: list[str]) -> int:
                                              f"and {', '.join(PEERS)}; {BASELINE} is always run)")
     parser.add_argument("--max-concurrent", type=int, default=REPLAY_DEFAULT["max_concurrent"],
                         help="trials at once in every Ray run (default 4)")
+    parser.add_argument("--clock", choices=("simulated", "sleep"), default=REPLAY_DEFAULT["clock"],
+                        help="simulated (default): reports in recorded-time order, one at a time, no sleep, "
+                             "repeatable; sleep: each report after --time-scale x its recorded seconds")
     parser.add_argument("--time-scale", type=float, default=REPLAY_DEFAULT["time_scale"],
-                        help="real seconds slept per recorded second (default 0.01)")
+                        help="with --clock sleep: real seconds slept per recorded second (default 0.01)")
     from fashion_tune.spaces.search_space import LOOKUPS
 
     parser.add_argument("--lookup", choices=LOOKUPS, default=LOOKUPS[0],
@@ -808,7 +815,8 @@ def replay_main(argv: list[str]) -> int:
         why = {n.split("+")[0]: reason for n, reason in refused.items()}
         lines += ["not run (the space refuses them, with every scheduler): "
                   + "; ".join(f"{searcher}: {reason.split(';')[0]}" for searcher, reason in why.items()), ""]
-    lines += [f"{args.seeds} seeds, {args.max_concurrent} trials at once, time scale {args.time_scale:g}, "
+    timing = "simulated clock" if args.clock == "simulated" else f"time scale {args.time_scale:g}"
+    lines += [f"{args.seeds} seeds, {args.max_concurrent} trials at once, {timing}, "
               f"lookup {args.lookup}; "
               f"benchmark wall time {total / 60:.1f} min", f"command: {' '.join(['python', 'benchmarks/search_efficiency.py', *argv])}"]
     print("\n".join(lines))

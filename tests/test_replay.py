@@ -215,6 +215,7 @@ def cli_error(capsys, space_file: Path) -> str:
     ({"fixed": {"batch_size": 64}}, "fixed: a replay replays what the table recorded"),
     ({"time_scale": -1}, "time_scale: -1 is not allowed; use a number >= 0"),
     ({"lookup": "linear"}, "lookup: 'linear' is not allowed; choose nearest"),
+    ({"clock": "fast"}, "clock: 'fast' is not allowed; choose sleep"),
     ({"table": None}, "table: expected the path of recorded curves"),
 ])
 def test_a_space_the_table_cannot_answer_is_refused_in_one_line(tmp_path, capsys, change, expected):
@@ -246,6 +247,9 @@ def test_table_belongs_to_replay_spaces_only(tmp_path):
     del data["table"], data["time_scale"]
     with pytest.raises(ConfigError, match="lookup: only a replay space has it"):
         load_space(write_space(tmp_path, data))
+    del data["lookup"]
+    with pytest.raises(ConfigError, match="clock: only a replay space has it"):
+        load_space(write_space(tmp_path, {**data, "clock": "simulated"}))
     with pytest.raises(ConfigError, match="this is a replay space but the sweep is for vae"):
         load_space(write_space(tmp_path, replay_space(write_table(tmp_path))), kind="vae")
 

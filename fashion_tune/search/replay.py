@@ -45,7 +45,9 @@ Each trial reports, epoch by epoch, the recorded curve of the configuration near
   of that epoch (`time_scale:` in the space file, default `DEFAULT_TIME_SCALE`), so trials running
   at once report in the order their recorded epochs would have finished, as far as the sleep
   outweighs Ray's own per-report cost (see README, "Replay"). `time_scale: 0` replays as fast as
-  Ray goes (report order then follows Ray, not the recording).
+  Ray goes (report order then follows Ray, not the recording). With `clock: simulated` nothing sleeps:
+  a clock actor grants the reports one at a time in recorded-time order (`fashion_tune.search.sim_clock`),
+  so a run is repeatable, and each report carries `sim_clock_s`, its simulated time in the sweep.
 - **Checkpoints.** Each epoch saves a tiny checkpoint (`replay.json`: the epoch), so a restarted or
   resumed trial continues where it stopped, and retention and `--resume` work as in a real sweep.
   A replayed trial has no model: it cannot be promoted.
@@ -435,7 +437,8 @@ def check_space(space: SearchSpace) -> ReplayTable:
 def describe(table: ReplayTable, space: SearchSpace) -> str:
     """One line about the table, for the sweep's first lines and --dry-run."""
     return (f"replay of {len(table.configs)} recorded configurations ({len(table.runs)} runs, up to "
-            f"{table.max_epochs} epochs) from {table.path}; time scale {space.time_scale:g}; "
+            f"{table.max_epochs} epochs) from {table.path}; "
+            + ("simulated clock; " if space.clock == "simulated" else f"time scale {space.time_scale:g}; ")
             + ("nearest recorded configuration" if space.lookup == "nearest"
                else f"interpolated between the {INTERPOLATE_K} nearest"))
 
@@ -444,7 +447,7 @@ def info(space: SearchSpace) -> dict[str, Any]:
     """What sweep.json records about the replay (the table is read once per process: see load_table)."""
     table = load_table(space.table)
     return {"table": table.path, "sha256": table.sha256, "configs": len(table.configs), "runs": len(table.runs),
-            "time_scale": space.time_scale, "lookup": space.lookup}
+            "time_scale": space.time_scale, "lookup": space.lookup, "clock": space.clock}
 
 
 # --- the trainable ---------------------------------------------------------------------------
@@ -494,9 +497,10 @@ def _value(x: float) -> float | None:
 
 
 def replay_trial(config: dict[str, Any], table: ReplayTable, params: tuple, metric: str, mode: str,
-                 time_scale: float, lookup: str = "nearest") -> None:
+                 time_scale: float, lookup: str = "nearest", clock=None) -> None:
     """One Ray Tune trial of a replay sweep: the recorded curve, one report (and tiny checkpoint) per epoch,
-    each after `time_scale` x its recorded seconds of real sleep."""
+    each after `time_scale` x its recorded seconds of real sleep, or, given the sweep's `clock` actor
+    (`clock: simulated`), when the clock grants it."""
     import ray
     from ray import tune
 
@@ -504,16 +508,22 @@ def replay_trial(config: dict[str, Any], table: ReplayTable, params: tuple, metr
 
     quiet()
     node_id = ray.get_runtime_context().get_node_id()  # as a training trial reports it: where each epoch ran
-    start = 0
+    start, sim_clock = 0, 0.0
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            start = int(json.loads((Path(directory) / CHECKPOINT).read_text())["epoch"])
+            saved = json.loads((Path(directory) / CHECKPOINT).read_text())
+            start, sim_clock = int(saved["epoch"]), float(saved.get("sim_clock_s") or 0.0)
+    trial_id = tune.get_context().get_trial_id()
     for row in replay_curve(config, table, params, start, lookup):
-        if time_scale > 0:
+        if clock is not None:
+            at, forced = ray.get(clock.turn.remote(trial_id, row["epoch_time_s"] or 0.0, sim_clock))
+            row.update(sim_clock_s=at, sim_clock_forced=forced)
+            sim_clock = at
+        elif time_scale > 0:
             time.sleep(time_scale * (row["epoch_time_s"] or 0.0))
         with tempfile.TemporaryDirectory(prefix="fashion-tune-replay-") as directory:
-            (Path(directory) / CHECKPOINT).write_text(json.dumps({"epoch": row["epoch"]}))
+            (Path(directory) / CHECKPOINT).write_text(json.dumps({"epoch": row["epoch"], "sim_clock_s": sim_clock}))
             row = worst_if_missing({**row, "node_id": node_id, "reported_at": time.time()}, metric, mode)  # reported_at orders reports across trials
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(directory))
 
@@ -523,6 +533,11 @@ def make_trainable(space: SearchSpace):
     from ray import tune
 
     table = check_space(space)
+    clock = None
+    if space.clock == "simulated":
+        from fashion_tune.search.sim_clock import start_clock
+
+        clock = start_clock(space.max_concurrent_trials)
     trainable = tune.with_parameters(replay_trial, table=table, params=space_params(space), metric=space.metric,
-                                     mode=space.mode, time_scale=space.time_scale, lookup=space.lookup)
+                                     mode=space.mode, time_scale=space.time_scale, lookup=space.lookup, clock=clock)
     return tune.with_resources(trainable, {"cpu": space.cpu, "gpu": space.gpu})

@@ -25,12 +25,15 @@ changes any (rename, removal, another signature):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import random
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 import pyarrow.fs
 from ray.tune.schedulers import AsyncHyperBandScheduler, HyperBandScheduler, MedianStoppingRule, PopulationBasedTraining
 
@@ -223,9 +226,33 @@ class SweepPBT(PopulationBasedTraining):
             state.last_train_time = state.last_perturbation_time = last[self._time_attr]
             state.last_result = last
 
-    def __init__(self, *args, max_t: int, **kwargs):
+    def __init__(self, *args, max_t: int, seed: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._max_t = max_t
+        # Its own random streams: Ray and the libraries it calls also draw from the global ones.
+        self._rng = random.Random(seed)
+        self._np_state = np.random.RandomState(seed).get_state()
+
+    def on_trial_result(self, tune_controller, trial, result):
+        with self._own_random():  # the clone and the perturbations are drawn here
+            return super().on_trial_result(tune_controller, trial, result)
+
+    @contextlib.contextmanager
+    def _own_random(self):
+        """Ray's PBT draws from the module `random` it imports, and a resampled range from numpy's global
+        stream (Tune's Domain.sample); give it this scheduler's streams for a while, so a seeded sweep
+        perturbs the same way every run."""
+        from ray.tune.schedulers import pbt
+
+        saved, pbt.random = pbt.random, self._rng
+        saved_np = np.random.get_state()
+        np.random.set_state(self._np_state)
+        try:
+            yield
+        finally:
+            pbt.random = saved
+            self._np_state = np.random.get_state()
+            np.random.set_state(saved_np)
 
     def _quantiles(self):
         """Ray's quantiles without the trials at their last epoch: cloning a finished model would leave

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -259,9 +258,9 @@ def make_scheduler(space: SearchSpace):
         return SweepMedian(time_attr="epoch", grace_period=options["grace_period"],
                            min_samples_required=options["min_samples_required"])
     if space.scheduler == "pbt":
-        random.seed(space.seed)  # PBT draws clones and perturbations from the global `random`
         params = {p.name: p for p in space.params}
-        return SweepPBT(time_attr="epoch", max_t=space.max_t, perturbation_interval=options["perturbation_interval"],
+        return SweepPBT(time_attr="epoch", max_t=space.max_t, seed=space.seed,
+                        perturbation_interval=options["perturbation_interval"],
                         hyperparam_mutations={name: _mutation(params[name]) for name in options["mutate"]},
                         quantile_fraction=options["quantile_fraction"],
                         resample_probability=options["resample_probability"],

@@ -55,6 +55,15 @@ def make_searcher(space: SearchSpace, experiment_dir: str | None = None, name: s
     return strategies.make_searcher(space, experiment_dir, name)
 
 
+def clock_callbacks(space: SearchSpace) -> list:
+    """A replay with `clock: simulated` needs its clock told what the driver runs after each step."""
+    if space.table is None or space.clock != "simulated":
+        return []
+    from fashion_tune.search.sim_clock import ClockCallback
+
+    return [ClockCallback()]
+
+
 def _make_tuner(run: PreparedSweep, trainable):
     """A new Tuner for the prepared sweep (its study in the experiment's journal); returns it and its search algorithm."""
     from ray import tune
@@ -74,7 +83,7 @@ def _make_tuner(run: PreparedSweep, trainable):
         run_config=tune.RunConfig(
             name=name, storage_path=run.root, stop=run.request.stop, verbose=run.request.verbose,
             progress_reporter=make_reporter(space),
-            callbacks=[callback, ResultJsonLogger(), ProgressCsvLogger()],  # in place of Tune's own two
+            callbacks=[callback, ResultJsonLogger(), ProgressCsvLogger(), *clock_callbacks(space)],  # in place of Tune's own two
             # Every checkpoint stays for Ray; SweepCallback keeps the best N and what a resume needs.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             failure_config=tune.FailureConfig(max_failures=run.max_failures),
@@ -211,6 +220,10 @@ def _run_on_ray(run: PreparedSweep, echo: Callable[[str], None]) -> SweepOutcome
             echo(f"the sweep driver failed; what the trials saved is kept, and this may continue it:\n  {run.command}")
         raise
     finally:
+        if clock_callbacks(space):
+            from fashion_tune.search.sim_clock import stop_clock
+
+            stop_clock()  # also where the experiment ended before Tune's on_experiment_end
         if started:
             cluster.disconnect()
     if info is None:  # interrupted before anything was written

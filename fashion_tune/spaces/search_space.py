@@ -18,6 +18,7 @@ from fashion_tune.spaces.params import Checker, Param, describe_param, is_intege
 
 DEFAULT_TIME_SCALE = 0.01
 LOOKUPS = ("nearest", "interpolate")  # kind: replay: how a config off the table is answered
+CLOCKS = ("sleep", "simulated")  # kind: replay: real sleeps order the reports, or a simulated clock (search.sim_clock)
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class SearchSpace:
     table: str | None = None  # kind: replay: the recorded curves its trials replay (as written; absolute once resolved)
     time_scale: float = DEFAULT_TIME_SCALE  # kind: replay: real seconds slept per recorded second
     lookup: str = LOOKUPS[0]  # kind: replay: a config off the table replays the nearest recorded one, or a blend
+    clock: str = CLOCKS[0]  # kind: replay: what orders the reports of trials running at once
     limits: dict[str, int] = field(default_factory=dict)  # {"params": N}: no shape the space allows is larger
 
     @property

@@ -91,7 +91,7 @@ from fashion_tune.training.config import load_yaml, resolve_config
 from fashion_tune.training.kinds import KINDS, get_kind
 from fashion_tune.spaces.params import (Checker, Param, check_names, describe_param, grid_values, is_integer, is_number,
                                         parse_params, show)
-from fashion_tune.spaces.search_space import DEFAULT_TIME_SCALE, LOOKUPS, SearchSpace, check_point
+from fashion_tune.spaces.search_space import CLOCKS, DEFAULT_TIME_SCALE, LOOKUPS, SearchSpace, check_point
 from fashion_tune.spaces.strategies import SCHEDULER_TYPES, check_sources, parse_objectives, parse_strategies
 from fashion_tune.spaces.limits import LIMIT_KEYS, check_limits, describe_shape, largest_shapes, parse_limits
 
@@ -101,7 +101,7 @@ __all__ = ["SearchSpace", "Param", "grid_values", "load_space", "parse_space", "
 
 TOP_KEYS = ("kind", "metric", "mode", "num_samples", "max_concurrent_trials", "seed", "scheduler",
             "resources_per_trial", "fixed", "params", "points_to_evaluate", "start_from",
-            "searcher", "objectives", "warm_start", "reuse_actors", "table", "time_scale", "lookup", "limits")
+            "searcher", "objectives", "warm_start", "reuse_actors", "table", "time_scale", "lookup", "clock", "limits")
 RESOURCE_KEYS = ("cpu", "gpu")
 DEFAULT_MAX_CONCURRENT = 2
 DEFAULT_GRACE_PERIOD = 1
@@ -121,8 +121,8 @@ def describe_space(space: SearchSpace) -> str:
         + (f"; warm start: {len(space.warm_trials)} trials of {space.warm_start}" if space.warm_start else ""),
     ]
     if space.table is not None:
-        lines.insert(1, f"  replays the curves of {space.table} (time scale {space.time_scale:g}, "
-                        f"lookup {space.lookup})")
+        timing = "simulated clock" if space.clock == "simulated" else f"time scale {space.time_scale:g}"
+        lines.insert(1, f"  replays the curves of {space.table} ({timing}, lookup {space.lookup})")
     # The values every trial shares (the rest are `train KIND --show-config`'s defaults); epochs is max_t.
     lines.append("  fixed: " + ", ".join(f"{key}={format_short(value) if value is not None else 'null'}"
                                          for key, value in space.base_config().items()))
@@ -168,7 +168,7 @@ def parse_space(data: Mapping[str, Any], path: str | Path = "<space>", kind: str
     data = c.mapping(dict(data), "", TOP_KEYS)
     _all_required_keys(c, data)
     kind = _parse_kind(c, data.get("kind"), kind)
-    table, time_scale, lookup = _parse_replay(c, data)
+    table, time_scale, lookup, clock = _parse_replay(c, data)
     objectives, metric, mode = _parse_metric(c, kind, data)
     if "num_samples" not in data:
         raise c.fail("num_samples", "missing; give the number of trials, an integer >= 1")
@@ -204,7 +204,7 @@ def parse_space(data: Mapping[str, Any], path: str | Path = "<space>", kind: str
         seed=c.integer(data.get("seed", 0), "seed", 0), max_t=max_t, grace_period=grace,
         reduction_factor=float(rf) if not is_integer(rf) else rf, cpu=float(cpu), gpu=float(gpu),
         fixed=fixed, params=tuple(params), scheduler=scheduler_type, objectives=objectives, reuse_actors=reuse_actors,
-        table=table, time_scale=time_scale, lookup=lookup, limits=parse_limits(c, data.get("limits")),
+        table=table, time_scale=time_scale, lookup=lookup, clock=clock, limits=parse_limits(c, data.get("limits")),
     )
     check_limits(c, space)
     space = parse_strategies(c, space, data.get("searcher"), scheduler)
@@ -244,13 +244,14 @@ def _parse_kind(c: Checker, file_kind: Any, kind: str | None) -> str:
     return file_kind
 
 
-def _parse_replay(c: Checker, data: dict[str, Any]) -> tuple[str | None, float, str]:
-    """`table:`, `time_scale:` and `lookup:` of a `kind: replay` space (the table is read when the sweep starts)."""
+def _parse_replay(c: Checker, data: dict[str, Any]) -> tuple[str | None, float, str, str]:
+    """`table:`, `time_scale:`, `lookup:` and `clock:` of a `kind: replay` space (the table is read when the sweep
+    starts)."""
     if data.get("kind") != REPLAY:
-        for key in ("table", "time_scale", "lookup"):
+        for key in ("table", "time_scale", "lookup", "clock"):
             if key in data:
                 raise c.fail(key, "only a replay space has it; use kind: replay, or drop it")
-        return None, DEFAULT_TIME_SCALE, LOOKUPS[0]
+        return None, DEFAULT_TIME_SCALE, LOOKUPS[0], CLOCKS[0]
     table = data.get("table")
     if not isinstance(table, str) or not table:
         raise c.fail("table", f"expected the path of recorded curves (runs.jsonl or curves.csv from "
@@ -266,7 +267,11 @@ def _parse_replay(c: Checker, data: dict[str, Any]) -> tuple[str | None, float, 
     if lookup not in LOOKUPS:
         raise c.fail("lookup", f"{show(lookup)} is not allowed; choose nearest (the nearest recorded configuration "
                                "answers) or interpolate (a blend of the nearest few)")
-    return table, float(scale), lookup
+    clock = data.get("clock", CLOCKS[0])
+    if clock not in CLOCKS:
+        raise c.fail("clock", f"{show(clock)} is not allowed; choose sleep (each report after time_scale x its "
+                              "recorded seconds of real sleep) or simulated (reports in recorded-time order, no sleep)")
+    return table, float(scale), lookup, clock
 
 
 def _parse_metric(c: Checker, kind: str, data: dict[str, Any]) -> tuple[tuple[tuple[str, str], ...], str, str]:

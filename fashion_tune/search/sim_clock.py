@@ -1,0 +1,150 @@
+"""A simulated clock for replay sweeps (`clock: simulated`): trials report in recorded-time order, one at a time.
+
+With `clock: sleep` a replayed trial sleeps time_scale x its recorded seconds before each report, so
+trials running at once report roughly in the order their recorded epochs would have finished; how
+roughly depends on Ray's own per-report cost against the sleep, and runs of one seed differ (ASHA's
+rungs and TPE's model see results in another order). The simulated clock replaces the sleep with a
+discrete-event schedule, as Syne Tune's simulator backend does, but through the real engine: the
+same Tuner, searcher, scheduler and callbacks.
+
+- **Events.** Before each report a trial asks the clock for its turn (`SimulatedClock.turn`), giving
+  the recorded seconds of that epoch. Its event is at now + seconds, where `now` is the simulated time
+  of the last report granted (a trial continuing after its own report, or a trial started in the slot
+  another freed, starts at that moment). The clock grants one event at a time, the earliest first
+  (ties: the trial the driver created first), and grants the next only once the
+  engine has acted on the last one: the granted trial came back for its next turn, or the driver no
+  longer lists it as running (stopped, paused or finished) and has had a step to start what it
+  starts in its place.
+- **When to grant.** The driver tells the clock after every step which trials are running and which
+  pending (`ClockCallback`, a Tune callback); a pending trial counts while a slot is free for it. The
+  earliest event is granted when every trial that counts is waiting for its turn, and either all `slots` (max_concurrent_trials) are taken, so the engine cannot
+  start another, or the driver's view has not changed for `STABLE_STEPS` steps (the search has ended
+  or a scheduler holds trials back: Hyperband's brackets, PBT).
+- **Never stuck.** A trial the driver lists as pending or running that does not ask for a turn within
+  `PATIENCE_S` real seconds (a scheduler that never starts it) is passed over: the earliest waiting
+  event is granted anyway and counted in `forced`, which every report carries (`sim_clock_forced`); a
+  run with forced grants is not guaranteed repeatable.
+- **What a report carries.** `sim_clock_s`: the simulated time of the report across the whole sweep
+  (where `sim_time_s` is the trial's own recorded seconds), so a benchmark orders reports and measures
+  simulated wall time to a target from it. A trial's checkpoint keeps it: a resumed sweep's new clock
+  starts each restored trial where it was.
+
+The result: no sleeping (a 300-epoch replay costs what Ray costs per report), and a run is repeatable:
+the same seed gives the same reports in the same order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from ray.tune import Callback
+from ray.tune.experiment import Trial
+
+STABLE_STEPS = 2  # driver steps with nothing changed before a grant with slots free
+PATIENCE_S = 5.0  # real seconds a listed trial may take to ask for its turn before it is passed over
+
+_DRIVER_CLOCK: Any = None  # the clock actor of the sweep this driver process runs (see ClockCallback)
+
+
+class SimulatedClock:
+    """The clock actor (an asyncio Ray actor: every method runs on one event loop, so each is atomic)."""
+
+    def __init__(self, slots: int):
+        self.slots = max(1, int(slots))
+        self.now = 0.0
+        self.waiting: dict[str, tuple[float, asyncio.Future]] = {}
+        self.granted: str | None = None  # granted, and the engine has not yet acted on its report
+        self.live: frozenset[str] = frozenset()  # the driver's running trials at its last step, and pending ones with a slot
+        self.same_steps = 0  # driver steps in a row that found nothing changed
+        self.last_view: tuple | None = None
+        self.created: dict[str, int] = {}  # trial id -> its place in the driver's list (creation order): ties
+        self.grants = 0
+        self.forced = 0
+        self.blocked_since: float | None = None  # real time since when waiting trials wait on a listed absent one
+
+    async def turn(self, trial_id: str, seconds: float, floor: float = 0.0) -> tuple[float, int]:
+        """Wait for the trial's next report, `seconds` of recorded time from now (from `floor` where that is
+        later: a restored trial's own time). Returns the report's simulated time and the forced grants so far."""
+        at = max(self.now, floor) + max(float(seconds), 0.0)
+        future = asyncio.get_running_loop().create_future()
+        self.waiting[trial_id] = (at, future)
+        if self.granted == trial_id:
+            self.granted = None  # it continued: the engine acted on its report
+        self._grant(full_only=True)
+        return await future
+
+    def sync(self, running: list[str], pending: list[str]) -> None:
+        """The driver's running and pending trials after a step (ClockCallback.on_step_end), each in the order
+        the driver created them. A pending trial counts only while a slot is free for it to start in."""
+        free = max(self.slots - len(running), 0)
+        self.live = frozenset(running) | frozenset(pending[:free])
+        for trial_id in [*running, *pending]:
+            self.created.setdefault(trial_id, len(self.created))
+        if self.granted is not None and self.granted not in self.live:
+            self.granted = None  # stopped, paused or ended after its report
+        view = (self.live, frozenset(self.waiting), self.grants, self.granted)
+        self.same_steps = self.same_steps + 1 if view == self.last_view else 0
+        self.last_view = view
+        self._grant(full_only=self.same_steps < STABLE_STEPS)
+
+    def stats(self) -> dict[str, Any]:
+        return {"now": self.now, "grants": self.grants, "forced": self.forced, "waiting": len(self.waiting)}
+
+    def _grant(self, full_only: bool) -> None:
+        if self.granted is not None or not self.waiting:
+            return
+        absent = self.live - self.waiting.keys()
+        if absent:
+            now = time.monotonic()
+            self.blocked_since = self.blocked_since or now
+            if now - self.blocked_since < PATIENCE_S:
+                return
+            self.forced += 1  # a listed trial never asked: go on without it
+        elif full_only and len(self.waiting) < self.slots:
+            return
+        self.blocked_since = None
+        trial_id = min(self.waiting, key=lambda t: (self.waiting[t][0], self.created.get(t, len(self.created)), t))
+        at, future = self.waiting.pop(trial_id)
+        self.now = max(self.now, at)
+        self.granted = trial_id
+        self.grants += 1
+        future.set_result((at, self.forced))
+
+
+def start_clock(slots: int):
+    """A new clock actor for the sweep this process drives (the one ClockCallback syncs); returns its handle."""
+    import ray
+
+    global _DRIVER_CLOCK
+    stop_clock()
+    _DRIVER_CLOCK = ray.remote(num_cpus=0, max_concurrency=10_000)(SimulatedClock).remote(slots)
+    return _DRIVER_CLOCK
+
+
+def stop_clock() -> None:
+    import ray
+
+    global _DRIVER_CLOCK
+    if _DRIVER_CLOCK is not None:
+        try:
+            ray.kill(_DRIVER_CLOCK)
+        except Exception:  # noqa: BLE001 - Ray already shut down: the actor went with it
+            pass
+        _DRIVER_CLOCK = None
+
+
+class ClockCallback(Callback):
+    """Tells the driver's clock, after each step, which trials are running and which pending.
+
+    It holds no handle (a resumed sweep unpickles it with the experiment state): it syncs whatever clock this
+    process started, and does nothing where none was (`clock: sleep`)."""
+
+    def on_step_end(self, iteration: int, trials: list, **info):
+        if _DRIVER_CLOCK is not None:
+            _DRIVER_CLOCK.sync.remote([t.trial_id for t in trials if t.status == Trial.RUNNING],
+                                      [t.trial_id for t in trials if t.status == Trial.PENDING])
+
+    def on_experiment_end(self, trials: list, **info):
+        stop_clock()
