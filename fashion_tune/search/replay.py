@@ -518,6 +518,8 @@ def replay_trial(config: dict[str, Any], table: ReplayTable, params: tuple, metr
     for row in replay_curve(config, table, params, start, lookup):
         if clock is not None:
             at, forced = ray.get(clock.turn.remote(trial_id, row["epoch_time_s"] or 0.0, sim_clock))
+            if at is None:
+                return  # the driver stopped this trial while it waited for its turn
             row.update(sim_clock_s=at, sim_clock_forced=forced)
             sim_clock = at
         elif time_scale > 0:

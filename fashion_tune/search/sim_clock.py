@@ -24,6 +24,9 @@ same Tuner, searcher, scheduler and callbacks.
   `PATIENCE_S` real seconds (a scheduler that never starts it) is passed over: the earliest waiting
   event is granted anyway and counted in `forced`, which every report carries (`sim_clock_forced`); a
   run with forced grants is not guaranteed repeatable.
+- **Stopped while waiting.** When the driver stops trials that wait for their turn (a stopper's
+  stop_all, Ctrl-C), the clock lets them return at once (a None time), so Ray stops their actors
+  without waiting out its timeouts.
 - **What a report carries.** `sim_clock_s`: the simulated time of the report across the whole sweep
   (where `sim_time_s` is the trial's own recorded seconds), so a benchmark orders reports and measures
   simulated wall time to a target from it. A trial's checkpoint keeps it: a resumed sweep's new clock
@@ -64,9 +67,10 @@ class SimulatedClock:
         self.forced = 0
         self.blocked_since: float | None = None  # real time since when waiting trials wait on a listed absent one
 
-    async def turn(self, trial_id: str, seconds: float, floor: float = 0.0) -> tuple[float, int]:
+    async def turn(self, trial_id: str, seconds: float, floor: float = 0.0) -> tuple[float | None, int]:
         """Wait for the trial's next report, `seconds` of recorded time from now (from `floor` where that is
-        later: a restored trial's own time). Returns the report's simulated time and the forced grants so far."""
+        later: a restored trial's own time). Returns the report's simulated time and the forced grants so far;
+        the time is None where the driver stopped the trial while it waited (it should return)."""
         at = max(self.now, floor) + max(float(seconds), 0.0)
         future = asyncio.get_running_loop().create_future()
         self.waiting[trial_id] = (at, future)
@@ -84,6 +88,10 @@ class SimulatedClock:
             self.created.setdefault(trial_id, len(self.created))
         if self.granted is not None and self.granted not in self.live:
             self.granted = None  # stopped, paused or ended after its report
+        listed = {*running, *pending}
+        for trial_id in [t for t in self.waiting if t not in listed]:
+            at, future = self.waiting.pop(trial_id)  # the driver stopped it while it waited (the sweep ends):
+            future.set_result((None, self.forced))  # let it return, so Ray stops its actor at once
         view = (self.live, frozenset(self.waiting), self.grants, self.granted)
         self.same_steps = self.same_steps + 1 if view == self.last_view else 0
         self.last_view = view
