@@ -3,6 +3,7 @@ simulated wall time falls with the number of trials at once.
 
     python benchmarks/replay_scale.py sweep --replay TABLE --trials 2000       # one big sweep: driver cost
     python benchmarks/replay_scale.py workers --replay TABLE --workers 1,4,16,64 --trials 200
+    python benchmarks/replay_scale.py repeat --replay TABLE --trials 40 --clock sleep   # do two runs agree?
 
 `sweep` runs one `fashion-tune sweep replay` (TPE + ASHA, the shipped defaults of
 search_spaces/replay_cnn.yaml, `time_scale` 0 so only the engine's own cost is timed) of `--trials`
@@ -17,11 +18,12 @@ time, the driver time per trial, the RSS when 25%, 50% and 100% of the trials ha
 sweep's own trials added to a fresh study, then 5 `ask()` + suggest timed at each size).
 
 `workers` runs the same TPE + ASHA replay with 1, 4, 16 and 64 trials at once (`max_concurrent_trials`
-and `resources_per_trial.cpu` = 2 / workers, so 64 logical workers share 2 cores; `time_scale` 0.01)
-and reports the simulated wall time to a target (default: the 95th percentile of the recorded
-configurations' best accuracy): the trials are laid out on that many simulated workers in the order
-Tune started them, each as long as the recorded seconds of the epochs it ran, and the target's time is
-when the first epoch whose recorded val_acc (without the replay's seed noise) reaches it ends. `--resume`
+and `resources_per_trial.cpu` = 2 / workers, so 64 logical workers share 2 cores) and reports the
+simulated wall time to a target (default: the 95th percentile of the recorded configurations' best
+accuracy): when the first epoch whose recorded val_acc (without the replay's seed noise) reaches it
+ends. On the simulated clock (`--clock simulated`, the default) that is the epoch's `sim_clock_s`; with
+`--clock sleep` (`time_scale` 0.01) the trials are laid out afterwards on that many simulated workers in
+the order Tune started them, each as long as the recorded seconds of the epochs it ran. `--resume`
 reads the sweeps its workers.jsonl lists again instead of re-running them. ASHA's promise is that this falls nearly as 1 / workers.
 """
 
@@ -45,10 +47,11 @@ HERE = Path(__file__).resolve().parent
 SPACE = HERE.parent / "search_spaces" / "replay_cnn.yaml"
 
 
-def space_file(out: Path, table: str, trials: int, workers: int, time_scale: float, seed: int = 0) -> Path:
+def space_file(out: Path, table: str, trials: int, workers: int, time_scale: float, seed: int = 0,
+               clock: str = "sleep") -> Path:
     data = yaml.safe_load(SPACE.read_text())
     data.update(table=str(Path(table).resolve()), num_samples=trials, max_concurrent_trials=workers,
-                time_scale=time_scale, seed=seed, resources_per_trial={"cpu": round(2 / max(workers, 2), 4)})
+                time_scale=time_scale, clock=clock, seed=seed, resources_per_trial={"cpu": round(2 / max(workers, 2), 4)})
     path = out / f"space-{trials}x{workers}-seed{seed}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -185,17 +188,23 @@ def tpe_cost(experiment: Path, sizes: list[int]) -> dict[int, float]:
 
 
 def simulated_time_to(experiment: Path, workers: int, target: float, table) -> tuple[float, float]:
-    """(simulated seconds until an epoch reaches `target`, simulated seconds until the sweep ends) with the
-    trials on `workers` simulated workers in the order Tune started them. An epoch reaches the target by its
-    recorded val_acc, without the replay's seed noise (as search_efficiency.py scores)."""
-    trials = []
+    """(simulated seconds until an epoch reaches `target`, simulated seconds until the sweep ends): read from the
+    simulated clock (`sim_clock_s`, --clock simulated), else with the trials laid out on `workers` simulated
+    workers in the order Tune started them. An epoch reaches the target by its recorded val_acc, without the
+    replay's seed noise (as search_efficiency.py scores)."""
+    trials, clocked = [], []
     for path in experiment.glob("trial_*/result.json"):
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        if rows:
+        if rows and "sim_clock_s" in rows[0]:
+            clocked += [(r["sim_clock_s"], table.recorded(r["replay_config_id"], r["epoch"])) for r in rows]
+        elif rows:
             first = rows[0]["reported_at"] - rows[0]["time_this_iter_s"]
             recorded = [table.recorded(r["replay_config_id"], r["epoch"]) for r in rows]
             trials.append((first, [(r["epoch_time_s"] or 0.0, v if math.isfinite(v) else -math.inf)
                                    for r, v in zip(rows, recorded)]))
+    if clocked:
+        return (min((at for at, value in clocked if value >= target), default=math.inf),
+                max(at for at, _ in clocked))
     free = [0.0] * workers
     reached, end = math.inf, 0.0
     for _, epochs in sorted(trials):
@@ -234,7 +243,7 @@ def run_workers(args) -> int:
                 if (workers, seed) in done:
                     wall, trials = done[workers, seed]["wall_s"], done[workers, seed]["trials"]
                 else:
-                    space = space_file(out, args.replay, args.trials, workers, args.time_scale, seed)
+                    space = space_file(out, args.replay, args.trials, workers, args.time_scale, seed, args.clock)
                     started = time.perf_counter()
                     outcome = run_sweep("replay", space, name=name, storage=out, verbose=0, echo=lambda line: None)
                     wall, trials = time.perf_counter() - started, outcome.num_trials
@@ -248,7 +257,8 @@ def run_workers(args) -> int:
     finally:
         ray.shutdown()
     lines = [f"target {target:.4f} (95th percentile of the {len(bests)} recorded configurations' best accuracy); "
-             f"{args.trials} trials of TPE + ASHA per sweep, {args.seeds} seeds, time scale {args.time_scale:g}", "",
+             f"{args.trials} trials of TPE + ASHA per sweep, {args.seeds} seeds, "
+             + ("simulated clock" if args.clock == "simulated" else f"time scale {args.time_scale:g}"), "",
              "| trials at once | simulated time to target: median [min-max] | speed-up vs 1 | simulated sweep time (median) | real wall per sweep |",
              "|---|---|---|---|---|"]
     base = None
@@ -270,6 +280,44 @@ def run_workers(args) -> int:
     return 0
 
 
+def report_order(experiment: Path) -> list[tuple]:
+    """Every report of a replay sweep as (epoch, searched values), in the order they were made: by the simulated
+    clock's time where there is one, else by the wall clock (`reported_at`)."""
+    rows = [json.loads(line) for path in experiment.glob("trial_*/result.json")
+            for line in path.read_text().splitlines() if line.strip()]
+    rows.sort(key=lambda r: (r.get("sim_clock_s", r["reported_at"]), r["reported_at"]))
+    return [(r["epoch"], json.dumps(r["config"], sort_keys=True)) for r in rows]
+
+
+def run_repeat(args) -> int:
+    """The shipped replay space (TPE + ASHA), `--trials` trials, run twice with the same seed on `--clock`: the
+    wall time of each run and the first report where the two differ."""
+    import ray
+
+    from fashion_tune.search.sweep import run_sweep
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    orders, walls = [], []
+    try:
+        for run in ("a", "b"):
+            space = space_file(args.out, args.replay, args.trials, 4, args.time_scale, 0, args.clock)
+            started = time.perf_counter()
+            run_sweep("replay", space, name=f"{args.clock}-{run}", storage=args.out, verbose=0, echo=lambda line: None)
+            walls.append(time.perf_counter() - started)
+            orders.append(report_order(args.out / f"{args.clock}-{run}"))
+    finally:
+        ray.shutdown()
+    first, second = orders
+    differ = next((i for i, (x, y) in enumerate(zip(first, second)) if x != y),
+                  None if len(first) == len(second) else min(len(first), len(second)))
+    timing = "simulated clock" if args.clock == "simulated" else f"clock sleep, time scale {args.time_scale:g}"
+    print(f"{args.trials} trials of TPE + ASHA, 4 at a time, {timing}: {len(first)} and {len(second)} reports; "
+          + ("identical order" if differ is None else f"the runs differ from report {differ + 1}")
+          + f"; wall {walls[0]:.1f} s and {walls[1]:.1f} s (Ray started once, before both)")
+    return 0 if differ is None or args.clock == "sleep" else 1
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -284,15 +332,24 @@ def main(argv=None) -> int:
     workers.add_argument("--workers", default="1,4,16,64")
     workers.add_argument("--trials", type=int, default=200)
     workers.add_argument("--seeds", type=int, default=3)
+    workers.add_argument("--clock", choices=("simulated", "sleep"), default="simulated",
+                         help="simulated (default): the replay's clock gives each report's simulated time; sleep: "
+                              "trials sleep --time-scale x the recorded seconds and are laid out on workers afterwards")
     workers.add_argument("--time-scale", type=float, default=0.01)
     workers.add_argument("--target", type=float, help="validation accuracy to reach (default: see above)")
     workers.add_argument("--out", type=Path, default=Path("ray_results/replay-workers"))
     workers.add_argument("--resume", action="store_true", help="continue a run in --out: the sweeps its workers.jsonl "
                                                                "lists are read again, not re-run")
+    repeat = sub.add_parser("repeat", help="run the shipped replay space twice with one seed: do the runs agree?")
+    repeat.add_argument("--replay", required=True, metavar="TABLE")
+    repeat.add_argument("--trials", type=int, default=40)
+    repeat.add_argument("--clock", choices=("simulated", "sleep"), default="simulated")
+    repeat.add_argument("--time-scale", type=float, default=0.01, help="with --clock sleep (default 0.01)")
+    repeat.add_argument("--out", type=Path, default=Path("ray_results/replay-repeat"))
     args = parser.parse_args(argv)
     if args.out.exists() and any(args.out.iterdir()) and not getattr(args, "resume", False):
         parser.error(f"{args.out} is not empty; pass another --out")
-    return run_big_sweep(args) if args.what == "sweep" else run_workers(args)
+    return {"sweep": run_big_sweep, "workers": run_workers, "repeat": run_repeat}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,21 @@ def test_with_a_slot_free_the_clock_waits_until_the_driver_has_added_nothing_for
     run(scenario())
 
 
+def test_once_every_trial_of_the_sweep_exists_and_none_is_paused_a_free_slot_stays_free():
+    async def scenario():
+        clock = SimulatedClock(slots=4, trials=2)
+        clock.sync(["a", "b"], [], paused=1)  # a paused trial may be started in a free slot: wait for the driver
+        a = asyncio.ensure_future(clock.turn("a", 1.0))
+        asyncio.ensure_future(clock.turn("b", 2.0))
+        await settle()
+        assert not a.done()
+        clock.sync(["a", "b"], [], paused=0)  # nothing paused, nothing left to create: no need to wait
+        await settle()
+        assert a.result() == (1.0, 0)
+
+    run(scenario())
+
+
 def test_a_listed_trial_that_never_asks_is_passed_over_and_counted(monkeypatch):
     monkeypatch.setattr(sim_clock, "PATIENCE_S", 0.05)
 
@@ -125,7 +140,8 @@ def test_a_seeded_replay_sweep_on_the_simulated_clock_reports_the_same_epochs_in
 
     write_table(tmp_path)
     space_file = write_space(tmp_path, replay_space(tmp_path / "runs.jsonl", clock="simulated", num_samples=10,
-                                                    max_concurrent_trials=3, scheduler=scheduler))
+                                                    max_concurrent_trials=3, scheduler=scheduler,
+                                                    resources_per_trial={"cpu": 0.3}))  # 3 at once on 1 CPU (PBT too)
     orders = []
     for name in ("first", "second"):
         outcome = run_sweep(SweepRequest("replay", space_file, name=name, storage=tmp_path / "results", num_cpus=1,

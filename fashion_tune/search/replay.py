@@ -41,13 +41,14 @@ Each trial reports, epoch by epoch, the recorded curve of the configuration near
   `sim_time_s`: the trial's simulated seconds so far (the recorded epoch times summed),
   `reported_at` (the wall clock, finer than Ray's `timestamp`, to order reports across trials) and
   `node_id` (the Ray node it ran on, as a training trial reports it).
-- **The simulated clock.** Before each report the trial sleeps `time_scale` x the recorded seconds
-  of that epoch (`time_scale:` in the space file, default `DEFAULT_TIME_SCALE`), so trials running
-  at once report in the order their recorded epochs would have finished, as far as the sleep
-  outweighs Ray's own per-report cost (see README, "Replay"). `time_scale: 0` replays as fast as
-  Ray goes (report order then follows Ray, not the recording). With `clock: simulated` nothing sleeps:
-  a clock actor grants the reports one at a time in recorded-time order (`fashion_tune.search.sim_clock`),
-  so a run is repeatable, and each report carries `sim_clock_s`, its simulated time in the sweep.
+- **The clock.** What orders the reports of trials running at once (`clock:` in the space file):
+  with `clock: sleep` (the default) the trial sleeps `time_scale` x the recorded seconds of each epoch
+  before reporting it (`time_scale:`, default `DEFAULT_TIME_SCALE`), so trials report roughly in the
+  order their recorded epochs would have finished, as far as the sleep outweighs Ray's own per-report
+  cost (see README, "Replay"), and runs of one seed differ; `time_scale: 0` replays as fast as Ray goes
+  (report order then follows Ray, not the recording). With `clock: simulated` nothing sleeps: a clock
+  actor grants the reports one at a time in recorded-time order (`fashion_tune.search.sim_clock`), so
+  a seeded run is repeatable, and each report carries `sim_clock_s`, its simulated time in the sweep.
 - **Checkpoints.** Each epoch saves a tiny checkpoint (`replay.json`: the epoch), so a restarted or
   resumed trial continues where it stopped, and retention and `--resume` work as in a real sweep.
   A replayed trial has no model: it cannot be promoted.
@@ -530,6 +531,21 @@ def replay_trial(config: dict[str, Any], table: ReplayTable, params: tuple, metr
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(directory))
 
 
+def running_at_most(space: SearchSpace) -> int:
+    """How many trials of the space can run at once on the Ray this process is connected to: the searcher's
+    cap (max_concurrent_trials; num_samples under Hyperband and PBT), and what the cluster's resources hold."""
+    import ray
+
+    from fashion_tune.search.strategies import concurrency
+
+    slots = concurrency(space)
+    resources = ray.cluster_resources()
+    for name, need in (("CPU", space.cpu), ("GPU", space.gpu)):
+        if need:
+            slots = min(slots, int(resources.get(name, 0.0) / need + 1e-9))
+    return max(slots, 1)
+
+
 def make_trainable(space: SearchSpace):
     """The replay trainable with the table in Ray's object store once, and the space's (logical) resources."""
     from ray import tune
@@ -539,7 +555,7 @@ def make_trainable(space: SearchSpace):
     if space.clock == "simulated":
         from fashion_tune.search.sim_clock import start_clock
 
-        clock = start_clock(space.max_concurrent_trials)
+        clock = start_clock(running_at_most(space), space.num_samples)
     trainable = tune.with_parameters(replay_trial, table=table, params=space_params(space), metric=space.metric,
                                      mode=space.mode, time_scale=space.time_scale, lookup=space.lookup, clock=clock)
     return tune.with_resources(trainable, {"cpu": space.cpu, "gpu": space.gpu})

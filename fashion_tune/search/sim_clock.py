@@ -17,11 +17,14 @@ same Tuner, searcher, scheduler and callbacks.
   starts in its place.
 - **When to grant.** The driver tells the clock after every step which trials are running and which
   pending (`ClockCallback`, a Tune callback); a pending trial counts while a slot is free for it. The
-  earliest event is granted when every trial that counts is waiting for its turn, and either all `slots` (max_concurrent_trials) are taken, so the engine cannot
-  start another, or the driver's view has not changed for `STABLE_STEPS` steps (the search has ended
-  or a scheduler holds trials back: Hyperband's brackets, PBT).
-- **Never stuck.** A trial the driver lists as pending or running that does not ask for a turn within
-  `PATIENCE_S` real seconds (a scheduler that never starts it) is passed over: the earliest waiting
+  earliest event is granted when every trial that counts is waiting for its turn, and either the
+  engine cannot start another (all `slots` are taken: as many as can run at once, by the searcher's
+  cap and the cluster's resources; or all of the sweep's `trials`, num_samples, exist and none is
+  paused), or the driver's view has not changed for
+  `STABLE_STEPS` steps (a scheduler holds trials back: Hyperband's brackets, PBT).
+- **Never stuck.** Trials the driver lists as running (or pending with a free slot) that do not ask for
+  a turn while `PATIENCE_S` real seconds pass with no other trial coming or going (a scheduler that
+  never starts them) are passed over: the earliest waiting
   event is granted anyway and counted in `forced`, which every report carries (`sim_clock_forced`); a
   run with forced grants is not guaranteed repeatable.
 - **Stopped while waiting.** When the driver stops trials that wait for their turn (a stopper's
@@ -46,7 +49,7 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 STABLE_STEPS = 2  # driver steps with nothing changed before a grant with slots free
-PATIENCE_S = 5.0  # real seconds a listed trial may take to ask for its turn before it is passed over
+PATIENCE_S = 60.0  # real seconds with no listed trial asking for its turn before the absent ones are passed over
 
 _DRIVER_CLOCK: Any = None  # the clock actor of the sweep this driver process runs (see ClockCallback)
 
@@ -54,8 +57,10 @@ _DRIVER_CLOCK: Any = None  # the clock actor of the sweep this driver process ru
 class SimulatedClock:
     """The clock actor (an asyncio Ray actor: every method runs on one event loop, so each is atomic)."""
 
-    def __init__(self, slots: int):
+    def __init__(self, slots: int, trials: int | None = None):
         self.slots = max(1, int(slots))
+        self.trials = trials  # the sweep's num_samples: once that many exist, the searcher adds none
+        self.paused = 0  # trials the driver holds paused (Hyperband, PBT): it may start them in a free slot
         self.now = 0.0
         self.waiting: dict[str, tuple[float, asyncio.Future]] = {}
         self.granted: str | None = None  # granted, and the engine has not yet acted on its report
@@ -65,7 +70,8 @@ class SimulatedClock:
         self.created: dict[str, int] = {}  # trial id -> its place in the driver's list (creation order): ties
         self.grants = 0
         self.forced = 0
-        self.blocked_since: float | None = None  # real time since when waiting trials wait on a listed absent one
+        self.blocked_since: float | None = None  # real time since when waiting trials wait on the same absent ones
+        self.blocked_on: frozenset[str] = frozenset()
 
     async def turn(self, trial_id: str, seconds: float, floor: float = 0.0) -> tuple[float | None, int]:
         """Wait for the trial's next report, `seconds` of recorded time from now (from `floor` where that is
@@ -79,9 +85,10 @@ class SimulatedClock:
         self._grant(full_only=True)
         return await future
 
-    def sync(self, running: list[str], pending: list[str]) -> None:
+    def sync(self, running: list[str], pending: list[str], paused: int = 0) -> None:
         """The driver's running and pending trials after a step (ClockCallback.on_step_end), each in the order
         the driver created them. A pending trial counts only while a slot is free for it to start in."""
+        self.paused = paused
         free = max(self.slots - len(running), 0)
         self.live = frozenset(running) | frozenset(pending[:free])
         for trial_id in [*running, *pending]:
@@ -97,6 +104,10 @@ class SimulatedClock:
         self.last_view = view
         self._grant(full_only=self.same_steps < STABLE_STEPS)
 
+    def _all_started(self) -> bool:
+        """Whether the driver can start nothing more: every trial of the sweep exists and none is paused."""
+        return self.trials is not None and len(self.created) >= self.trials and not self.paused
+
     def stats(self) -> dict[str, Any]:
         return {"now": self.now, "grants": self.grants, "forced": self.forced, "waiting": len(self.waiting)}
 
@@ -106,13 +117,14 @@ class SimulatedClock:
         absent = self.live - self.waiting.keys()
         if absent:
             now = time.monotonic()
-            self.blocked_since = self.blocked_since or now
+            if absent != self.blocked_on:  # another trial came (or went): the driver is not stuck
+                self.blocked_on, self.blocked_since = frozenset(absent), now
             if now - self.blocked_since < PATIENCE_S:
                 return
             self.forced += 1  # a listed trial never asked: go on without it
-        elif full_only and len(self.waiting) < self.slots:
+        elif full_only and len(self.waiting) < self.slots and not self._all_started():
             return
-        self.blocked_since = None
+        self.blocked_on, self.blocked_since = frozenset(), None
         trial_id = min(self.waiting, key=lambda t: (self.waiting[t][0], self.created.get(t, len(self.created)), t))
         at, future = self.waiting.pop(trial_id)
         self.now = max(self.now, at)
@@ -121,13 +133,13 @@ class SimulatedClock:
         future.set_result((at, self.forced))
 
 
-def start_clock(slots: int):
+def start_clock(slots: int, trials: int | None = None):
     """A new clock actor for the sweep this process drives (the one ClockCallback syncs); returns its handle."""
     import ray
 
     global _DRIVER_CLOCK
     stop_clock()
-    _DRIVER_CLOCK = ray.remote(num_cpus=0, max_concurrency=10_000)(SimulatedClock).remote(slots)
+    _DRIVER_CLOCK = ray.remote(num_cpus=0, max_concurrency=10_000)(SimulatedClock).remote(slots, trials)
     return _DRIVER_CLOCK
 
 
@@ -152,7 +164,8 @@ class ClockCallback(Callback):
     def on_step_end(self, iteration: int, trials: list, **info):
         if _DRIVER_CLOCK is not None:
             _DRIVER_CLOCK.sync.remote([t.trial_id for t in trials if t.status == Trial.RUNNING],
-                                      [t.trial_id for t in trials if t.status == Trial.PENDING])
+                                      [t.trial_id for t in trials if t.status == Trial.PENDING],
+                                      sum(t.status == Trial.PAUSED for t in trials))
 
     def on_experiment_end(self, trials: list, **info):
         stop_clock()

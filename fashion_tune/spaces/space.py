@@ -53,6 +53,9 @@ A replay space (`kind: replay`) runs the same sweep on recorded CNN learning cur
 training (`fashion_tune.search.replay`): `table: PATH` names the curves benchmarks/record_curves.py
 recorded (runs.jsonl or curves.csv; a relative path is read from the current directory, as
 `start_from:`), `time_scale: 0.01` the real seconds a trial sleeps per recorded second (0: none),
+`clock: sleep | simulated` whether those sleeps order the reports or a simulated clock grants them
+in recorded-time order, one at a time, with no sleep and the same order every run
+(`fashion_tune.search.sim_clock`),
 `lookup: nearest | interpolate` how a config off the table is answered (the nearest recorded
 configuration's curve, or a blend of the nearest few: `ReplayTable.blended`), and `params:` the table's parameters (no `fixed:`: the recording fixed those). The space is a CNN
 space in everything else (its metrics, configs and results).
