@@ -222,6 +222,12 @@ def revisits(rows: list[dict]) -> list[int]:
             for row in rows]
 
 
+def trained(rows: list[dict]) -> int:
+    """Trials that reported at least one epoch (Tune also lists trials it created but never started before a
+    stopper ended the sweep)."""
+    return len({row.get("trial_id") for row in rows})
+
+
 def epochs_to(curve: list[float], target: float) -> int | None:
     """The first cumulative epoch at which the best-so-far reaches `target`, or None."""
     return next((i + 1 for i, value in enumerate(curve) if value >= target), None)
@@ -376,6 +382,12 @@ A strategy may carry options of its searcher and scheduler sections, to try othe
 `--lookup interpolate` answers every strategy's off-table configs with a blend of the nearest
 recorded curves instead of the nearest one (the replay space's `lookup:`; see fashion_tune.search.replay).
 
+Every Ray run is on the simulated clock (`--clock simulated`, the replay space's `clock:`; see
+fashion_tune.search.sim_clock): reports come one at a time in recorded-time order, so a (strategy,
+seed) run gives the same curve every time, and two benchmark processes may share the machine without
+changing any result. `--clock sleep` runs the trials on real sleeps of `--time-scale` x the recorded
+seconds instead (the earlier benchmark; not repeatable where trials run at once).
+
 Scoring: the incumbent after each epoch is the epoch with the best reported val_acc so far (what
 `fashion-tune promote` would pick), and it scores its recorded val_acc without the replay's seed noise
 (fashion_tune.search.replay adds z x the seed sd to off-table trials; with --lookup interpolate the
@@ -514,7 +526,7 @@ def run_replay_product(name: str, seed: int, table_path: str, budget: int, args,
                         echo=lambda line: None)
     rows = ordered_rows(Path(outcome.experiment_dir))
     return {"wall_s": time.perf_counter() - started, "curve": incumbent_curve(rows, load_table(table_path))[:budget],
-            "revisits": revisits(rows)[:budget], "trials": outcome.num_trials}
+            "revisits": revisits(rows)[:budget], "trials": trained(rows)}
 
 
 def run_ray_default(seed: int, table_path: str, budget: int, args, out: Path) -> dict:
@@ -546,7 +558,7 @@ def run_ray_default(seed: int, table_path: str, budget: int, args, out: Path) ->
     )
     tuner.fit()
     rows = ordered_rows(folder / f"ray-default-seed{seed}", RAY_PATTERN)  # Ray names the trial folders
-    return {"wall_s": time.perf_counter() - started, "trials": len(tuner.get_results()),
+    return {"wall_s": time.perf_counter() - started, "trials": trained(rows),
             "curve": incumbent_curve(rows, load_table(table_path))[:budget], "revisits": revisits(rows)[:budget]}
 
 
