@@ -40,6 +40,7 @@ import functools
 import json
 import math
 import re
+import shutil
 import statistics
 import sys
 import time
@@ -518,6 +519,7 @@ def run_replay_product(name: str, seed: int, table_path: str, budget: int, args,
     folder = out / "runs"
     folder.mkdir(parents=True, exist_ok=True)
     run_name = run_folder(name, seed)
+    discard_cut_short(folder / run_name)
     space = folder / f"{run_name}.yaml"
     space.write_text(yaml.safe_dump(replay_space_for(name, seed, table_path, budget, args.max_concurrent,
                                                      args.time_scale, args.lookup, args.clock), sort_keys=False))
@@ -546,6 +548,7 @@ def run_ray_default(seed: int, table_path: str, budget: int, args, out: Path) ->
     space = parse_space(data, "<ray-default>")
     domains = {p.name: _tune_domain(p) for p in space.params}
     folder = out / "runs"
+    discard_cut_short(folder / f"ray-default-seed{seed}")
     started = time.perf_counter()
     tuner = tune.Tuner(
         make_trainable(space), param_space={**domains, "epochs": MAX_T_REPLAY},
@@ -606,6 +609,13 @@ def run_optuna_alone(seed: int, table_path: str, budget: int, args, out: Path) -
     study.optimize(objective, n_trials=budget)  # stops itself at the budget
     return {"wall_s": time.perf_counter() - started, "curve": incumbent_curve(rows, table)[:budget],
             "revisits": revisits(rows)[:budget], "trials": len(study.trials)}
+
+
+def discard_cut_short(folder: Path) -> None:
+    """A run's folder that runs.jsonl does not list is one an earlier benchmark process left cut short (killed
+    mid-run): it is run again from the start, in the same folder."""
+    if folder.exists():
+        shutil.rmtree(folder)
 
 
 def run_folder(name: str, seed: int) -> str:
@@ -765,7 +775,8 @@ def replay_main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, default=Path("ray_results/search-efficiency-replay"))
     parser.add_argument("--resume", action="store_true",
                         help="continue a run in --out: the (strategy, seed) runs its runs.jsonl lists are scored "
-                             "again from their folders, not re-run (optuna-alone, in-process, is re-run)")
+                             "again from their folders, not re-run (optuna-alone, in-process, is re-run); a run cut "
+                             "short (its folder there, its line not) is run again from the start")
     args = parser.parse_args(argv)
     table = load_table(args.replay)  # one line naming the problem if it is unreadable
     budgets = sorted(int(b) for b in args.budgets.split(","))
