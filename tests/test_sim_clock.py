@@ -106,7 +106,20 @@ def test_a_listed_trial_that_never_asks_is_passed_over_and_counted(monkeypatch):
         await asyncio.sleep(0.1)
         clock.sync(["a", "ghost"], [])
         await settle()
-        assert a.result() == (1.0, 1) and clock.stats()["forced"] == 1
+        assert a.result() == (1.0, 1) and clock.forced == 1
+
+    run(scenario())
+
+
+def test_a_trial_the_driver_stops_while_it_waits_is_let_go_at_once():
+    async def scenario():
+        clock = SimulatedClock(slots=2)
+        clock.sync(["a", "b"], [])
+        a = asyncio.ensure_future(clock.turn("a", 1.0))
+        await settle()
+        clock.sync([], [])  # the stopper ended the sweep: a is no longer running
+        await settle()
+        assert a.result() == (None, 0) and not clock.waiting
 
     run(scenario())
 

@@ -108,9 +108,6 @@ class SimulatedClock:
         """Whether the driver can start nothing more: every trial of the sweep exists and none is paused."""
         return self.trials is not None and len(self.created) >= self.trials and not self.paused
 
-    def stats(self) -> dict[str, Any]:
-        return {"now": self.now, "grants": self.grants, "forced": self.forced, "waiting": len(self.waiting)}
-
     def _grant(self, full_only: bool) -> None:
         if self.granted is not None or not self.waiting:
             return
