@@ -67,6 +67,8 @@ REFUSED = {
     "unknown searcher": (dict(searcher={"type": "bohb"}), ["searcher.type", "'bohb' is not allowed", "nsga2"]),
     "searcher option of another": (dict(searcher={"type": "random", "population_size": 4}),
                                    ["searcher.population_size", "unknown key"]),
+    "constant_liar not a flag": (dict(searcher={"type": "tpe", "constant_liar": "yes"}),
+                                 ["searcher.constant_liar", "'yes' must be true or false"]),
     "unknown scheduler": (dict(scheduler={"type": "bohb", "max_t": 3}), ["scheduler.type", "asha, hyperband"]),
     "asha key on fifo": (dict(scheduler={"type": "fifo", "max_t": 3, "grace_period": 1}),
                          ["scheduler.grace_period", "unknown key", "allowed keys: type, max_t"]),
@@ -103,6 +105,14 @@ def test_defaults_are_tpe_and_asha_and_old_files_keep_their_meaning():
     assert (parsed.max_t, parsed.grace_period, parsed.reduction_factor) == (3, 1, 2)
     typed = parse_space(space(scheduler={"type": "asha", "max_t": 3, "grace_period": 1, "reduction_factor": 2}), "s.yaml")
     assert typed == parsed
+
+
+def test_tpe_options_reach_the_sampler():
+    from fashion_tune.search.strategies import make_sampler
+
+    sampler = make_sampler(parse_space(space(searcher={"type": "tpe", "constant_liar": False, "n_startup_trials": 3}), "s.yaml"))
+    assert (sampler._constant_liar, sampler._n_startup_trials) == (False, 3)
+    assert make_sampler(parse_space(space(), "s.yaml"))._constant_liar is True  # Optuna 5's default
 
 
 def test_every_searcher_proposes_configs_inside_the_space_without_ray():

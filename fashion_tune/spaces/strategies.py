@@ -32,7 +32,7 @@ SCHEDULER_TYPES = {
 SCHEDULER_KEYS = SCHEDULER_TYPES["asha"][1:]
 # Each Optuna sampler and the options it takes besides `type`.
 SEARCHER_TYPES = {
-    "tpe": ("n_startup_trials", "multivariate"),
+    "tpe": ("n_startup_trials", "multivariate", "constant_liar"),
     "gp": ("n_startup_trials",),
     "cmaes": ("n_startup_trials", "sigma0", "popsize"),
     "random": (),
@@ -112,7 +112,7 @@ def parse_strategies(c: Checker, space: SearchSpace, searcher: Any, scheduler: d
         raise c.fail("searcher.sigma0", f"{show(options['sigma0'])} is not allowed; use a number > 0")
     if "qmc_type" in options and options["qmc_type"] not in ("sobol", "halton"):
         raise c.fail("searcher.qmc_type", f"{show(options['qmc_type'])} is not allowed; choose sobol or halton")
-    for name in ("multivariate", "scramble"):
+    for name in ("multivariate", "constant_liar", "scramble"):
         if name in options and not isinstance(options[name], bool):
             raise c.fail(f"searcher.{name}", f"{show(options[name])} must be true or false")
     _check_searcher(c, space, kind)
