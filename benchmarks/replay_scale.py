@@ -4,6 +4,7 @@ simulated wall time falls with the number of trials at once.
     python benchmarks/replay_scale.py sweep --replay TABLE --trials 2000       # one big sweep: driver cost
     python benchmarks/replay_scale.py workers --replay TABLE --workers 1,4,16,64 --trials 200
     python benchmarks/replay_scale.py repeat --replay TABLE --trials 40 --clock sleep   # do two runs agree?
+    python benchmarks/replay_scale.py reach --replay TABLE --target 0.8604               # how hard is a target?
 
 `sweep` runs one `fashion-tune sweep replay` (TPE + ASHA, the shipped defaults of
 search_spaces/replay_cnn.yaml, `time_scale` 0 so only the engine's own cost is timed) of `--trials`
@@ -25,6 +26,11 @@ ends. On the simulated clock (`--clock simulated`, the default) that is the epoc
 `--clock sleep` (`time_scale` 0.01) the trials are laid out afterwards on that many simulated workers in
 the order Tune started them, each as long as the recorded seconds of the epochs it ran. `--resume`
 reads the sweeps its workers.jsonl lists again instead of re-running them. ASHA's promise is that this falls nearly as 1 / workers.
+
+`reach` reads the table only (no Ray): how many recorded configurations ever reach `--target`, at which
+epoch they first do, how well the accuracy after k epochs ranks the configurations by their final best
+(Spearman), and how many of the top quarter after k epochs reach the target. It bounds what early
+stopping can save: no strategy reaches the target before a configuration that does has trained that long.
 """
 
 from __future__ import annotations
@@ -318,6 +324,40 @@ def run_repeat(args) -> int:
     return 0 if differ is None or args.clock == "sleep" else 1
 
 
+def run_reach(args) -> int:
+    """What the table says about reaching `--target`: no Ray, the recorded (lowest-seed) runs only."""
+    import numpy as np
+    import pandas as pd
+
+    from fashion_tune.search.replay import load_table
+
+    table = load_table(args.replay)
+    length = table.max_epochs
+    curves = np.array([np.pad(run.epochs["val_acc"], (0, length - run.length), constant_values=np.nan)
+                       for run in table.configs])
+    best = np.nanmax(np.where(np.isfinite(curves), curves, -np.inf), axis=1)
+    reached = curves >= args.target  # NaN compares False
+    hits = reached.any(axis=1)
+    first = reached.argmax(axis=1)[hits] + 1
+    print(f"{args.replay}: {len(curves)} configurations, {length} epochs; target {args.target:.4f}")
+    if not hits.any():
+        print("no configuration reaches the target")
+        return 0
+    print(f"reach it: {hits.sum()} ({hits.mean():.1%}); first at epoch {first.min()} (min), "
+          f"{np.median(first):g} (median), {first.max()} (max)")
+    finals = pd.Series(best)
+    for k in (1, 2, 4, 8):
+        if k > length:
+            break
+        early = pd.Series(curves[:, k - 1])
+        top = early.rank(ascending=False, na_option="bottom") <= len(early) / 4
+        print(f"after {k:>2} epochs: rank correlation with the final best {early.corr(finals, method='spearman'):.2f}; "
+              f"the top quarter then reaches the target {hits[top.to_numpy()].mean():.0%} of the time")
+    print(f"random search meets one in {1 / hits.mean():.1f} configurations on average: {length / hits.mean():.0f} "
+          f"epochs of {length}-epoch trials")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -346,10 +386,14 @@ def main(argv=None) -> int:
     repeat.add_argument("--clock", choices=("simulated", "sleep"), default="simulated")
     repeat.add_argument("--time-scale", type=float, default=0.01, help="with --clock sleep (default 0.01)")
     repeat.add_argument("--out", type=Path, default=Path("ray_results/replay-repeat"))
+    reach = sub.add_parser("reach", help="from the table alone: how many configurations reach a target, and when")
+    reach.add_argument("--replay", required=True, metavar="TABLE")
+    reach.add_argument("--target", type=float, required=True, help="validation accuracy, e.g. 0.8604")
     args = parser.parse_args(argv)
-    if args.out.exists() and any(args.out.iterdir()) and not getattr(args, "resume", False):
-        parser.error(f"{args.out} is not empty; pass another --out")
-    return {"sweep": run_big_sweep, "workers": run_workers, "repeat": run_repeat}[args.what](args)
+    out = getattr(args, "out", None)
+    if out is not None and out.exists() and any(out.iterdir()) and not getattr(args, "resume", False):
+        parser.error(f"{out} is not empty; pass another --out")
+    return {"sweep": run_big_sweep, "workers": run_workers, "repeat": run_repeat, "reach": run_reach}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -492,3 +492,18 @@ def test_every_result_tune_processed_is_in_result_json_when_trials_pause_and_res
                  for path in (tmp_path / "results" / "m").glob("trial_*/params.json"))
     assert paused, "no trial was paused and started again: the test no longer exercises the restart"
     assert seen.pairs - written == set(), f"{len(seen.pairs - written)} of {len(seen.pairs)} results missing"
+
+
+def test_reach_says_from_the_table_alone_how_many_configurations_reach_a_target_and_when(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("replay_scale", Path(__file__).parent.parent / "benchmarks" / "replay_scale.py")
+    scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scale)
+    assert scale.main(["reach", "--replay", str(write_table(tmp_path)), "--target", "0.85"]) == 0
+    out = capsys.readouterr().out
+    # lr 1e-2 ends at 0.853-0.865 (4 of 16 configurations), climbing linearly: only the 6th epoch reaches 0.85
+    assert "16 configurations, 6 epochs; target 0.8500" in out
+    assert "reach it: 4 (25.0%); first at epoch 6 (min), 6 (median), 6 (max)" in out
+    assert "random search meets one in 4.0 configurations on average: 24 epochs of 6-epoch trials" in out
+    assert "after  1 epochs: rank correlation" in out and "after  8" not in out
