@@ -75,6 +75,7 @@ STRATEGIES = {
     "tpe+fifo": ("tpe", "fifo"),
     "tpe+asha": ("tpe", "asha"),
     "gp+asha": ("gp", "asha"),
+    "qmc+asha": ("qmc", "asha"),
     "pbt": ("random", "pbt"),
 }
 BASELINE = "random+fifo"
@@ -100,7 +101,7 @@ def space_for(name: str, seed: int, sizes: dict) -> dict:
     data["seed"] = seed
     max_t, trials = sizes["max_t"], sizes["trials"]
     data["searcher"] = {"type": searcher}
-    if searcher != "random":
+    if searcher in ("tpe", "gp"):  # the model-based ones; QMC's sequence has no start-up phase
         data["searcher"]["n_startup_trials"] = max(2, trials // 2)
     if scheduler == "fifo":
         data["scheduler"], data["num_samples"] = {"type": "fifo", "max_t": max_t}, trials
