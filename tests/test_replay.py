@@ -370,10 +370,10 @@ def test_the_replay_benchmark_scores_the_incumbent_without_noise_and_reads_strat
     assert bench.replay_space_for("random+pbt", 0, "t.jsonl", 300, 4, 0.0)["num_samples"] == 29
 
 
-def load_benchmark():
+def load_benchmark(name: str = "search_efficiency"):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("search_efficiency", Path(__file__).parent.parent / "benchmarks" / "search_efficiency.py")
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parent.parent / "benchmarks" / f"{name}.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     return bench
@@ -495,11 +495,7 @@ def test_every_result_tune_processed_is_in_result_json_when_trials_pause_and_res
 
 
 def test_reach_says_from_the_table_alone_how_many_configurations_reach_a_target_and_when(tmp_path, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("replay_scale", Path(__file__).parent.parent / "benchmarks" / "replay_scale.py")
-    scale = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(scale)
+    scale = load_benchmark("replay_scale")
     assert scale.main(["reach", "--replay", str(write_table(tmp_path)), "--target", "0.85"]) == 0
     out = capsys.readouterr().out
     # lr 1e-2 ends at 0.853-0.865 (4 of 16 configurations), climbing linearly: only the 6th epoch reaches 0.85
