@@ -102,6 +102,9 @@ class FakeController(SimpleNamespace):
     def _mark_trial_to_checkpoint(self, trial):
         self.marked.append(trial.trial_id)
 
+    def get_trials(self):
+        return list(self.scheduler._trial_info)
+
 
 def test_hyperband_stops_the_trials_a_bracket_paused_when_its_last_trial_ends_on_its_own(tmp_path):
     """Three trials in a bracket that runs them to max_t: the first two reach max_t and are PAUSED to
@@ -126,6 +129,30 @@ def test_hyperband_stops_the_trials_a_bracket_paused_when_its_last_trial_ends_on
     trials[2].status = "TERMINATED"
     assert sorted(controller.stopped) == ["t0", "t1"], [t.status for t in trials]
     assert {"t0", "t1", "t2"} <= set(controller.marked)  # each stop reaches the experiment snapshot
+
+
+def test_hyperband_stops_a_trial_whose_pause_was_still_saving_when_its_bracket_ended(tmp_path):
+    """As above, but the first trial's pause is still saving its checkpoint (Tune keeps it RUNNING
+    until the save lands) when the third trial ends the bracket: the bracket's cleanup passes it by,
+    and once PAUSED nothing would wake it (a CI run waited 900 s on this). Tune's next request for a
+    trial to run must stop it."""
+    hyperband = SweepHyperBand(time_attr="epoch", max_t=4, reduction_factor=2)
+    hyperband.set_search_properties("val_acc", "max")
+    controller = FakeController(hyperband)
+    trials = [fake_trial(tmp_path, f"t{i}", [], status="PENDING") for i in range(3)]
+    for trial in trials:
+        hyperband.on_trial_add(controller, trial)
+        trial.status = "RUNNING"
+    for trial, value in zip(trials[:2], (0.5, 0.6)):
+        assert hyperband.on_trial_result(controller, trial, {"epoch": 4, "val_acc": value}) == "PAUSE"
+    trials[1].status = "PAUSED"  # t0's save is still in flight: RUNNING
+    hyperband.on_trial_complete(controller, trials[2], {"epoch": 4, "val_acc": 0.7, "done": True})
+    trials[2].status = "TERMINATED"
+    assert controller.stopped == ["t1"]
+    trials[0].status = "PAUSED"  # the save landed
+    assert hyperband.choose_trial_to_run(controller) is None
+    assert controller.stopped == ["t1", "t0"] and {t.status for t in trials} == {"TERMINATED"}
+    assert "t0" in controller.marked
 
 
 def test_hyperband_flags_a_stopped_paused_trial_for_the_experiment_snapshot(tmp_path):

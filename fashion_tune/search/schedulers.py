@@ -179,23 +179,37 @@ class SweepHyperBand(HyperBandScheduler):
             return
         bracket, _ = self._trial_info[trial]
         super().on_trial_remove(tune_controller, trial)
-        if bracket.finished() and tune_controller is not None and not self._ending_a_bracket:
+        if bracket.finished():
             # Ray processes a bracket on a removal only while it is unfinished. When the trial that
             # ended (at max_t, on its own) was the last one the bracket waited for, the trials it had
             # paused at max_t stayed PAUSED and the sweep never ended. Stop them, as the end of a
-            # bracket does (their stop_trial calls come back here: the flag keeps them from recursing).
-            self._ending_a_bracket = True
-            try:
-                bracket.cleanup_full(tune_controller)
-            finally:
-                self._ending_a_bracket = False
+            # bracket does.
+            self._end(bracket, tune_controller)
 
     def choose_trial_to_run(self, tune_controller):
+        # A trial whose pause was still saving its checkpoint when its bracket ended (status RUNNING,
+        # so the bracket's cleanup passed it by) turns PAUSED afterwards, with nothing left to wake
+        # it: the sweep would wait for it forever. Tune asks for a trial to run on every step, so
+        # the finished brackets are swept here.
+        for bracket in {id(b): b for b, _ in self._trial_info.values()}.values():
+            if bracket.finished():
+                self._end(bracket, tune_controller)
         chosen = super().choose_trial_to_run(tune_controller)
         if chosen is None:  # the restored trials outside the brackets
             chosen = next((t for t in tune_controller.get_trials()
                            if t not in self._trial_info and t.status in (t.PENDING, t.PAUSED)), None)
         return chosen
+
+    def _end(self, bracket, tune_controller) -> None:
+        """Stop the trials a finished bracket still holds PAUSED (their stop_trial calls come back
+        through on_trial_remove: the flag keeps them from recursing)."""
+        if tune_controller is None or self._ending_a_bracket:
+            return
+        self._ending_a_bracket = True
+        try:
+            bracket.cleanup_full(tune_controller)
+        finally:
+            self._ending_a_bracket = False
 
 
 class SweepPBT(PopulationBasedTraining):
