@@ -357,3 +357,15 @@ def test_a_closed_pipe_ends_the_cli_quietly(tmp_path):
         os.close(write_end)
     assert "Traceback" not in writer.stderr and "BrokenPipe" not in writer.stderr, writer.stderr
     assert writer.returncode == 141
+
+
+@pytest.mark.parametrize("sweep, follow_up", [("vae_decoder_cpu.yaml", "vae_decoder_cpu_long.yaml")])
+def test_a_follow_up_trains_its_sweeps_shapes_with_the_same_fixed_settings_and_ranges(sweep, follow_up):
+    """start_from seeds the follow-up with the sweep's best config, which must fall inside its ranges,
+    and the fixed settings that made that trial (encoder, latent, beta schedule) must be the same."""
+    first, longer = yaml.safe_load((SPACES / sweep).read_text()), yaml.safe_load((SPACES / follow_up).read_text())
+    assert longer["params"] == first["params"]
+    assert longer["fixed"] == first["fixed"]
+    space = load_space(SPACES / follow_up)
+    assert (space.num_samples, space.max_t) == (1, 20) and space.gpu == 0
+    assert longer["start_from"] == "ray_results/" + sweep.removesuffix(".yaml").replace("_", "-")
