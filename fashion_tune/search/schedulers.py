@@ -190,10 +190,12 @@ class SweepHyperBand(HyperBandScheduler):
         # A trial whose pause was still saving its checkpoint when its bracket ended (status RUNNING,
         # so the bracket's cleanup passed it by) turns PAUSED afterwards, with nothing left to wake
         # it: the sweep would wait for it forever. Tune asks for a trial to run on every step, so
-        # the finished brackets are swept here.
-        for bracket in {id(b): b for b, _ in self._trial_info.values()}.values():
-            if bracket.finished():
-                self._end(bracket, tune_controller)
+        # the finished brackets are swept here. This scan costs what Ray's own choice below costs
+        # (it walks every bracket's live trials), and a stopped trial leaves its bracket.
+        for band in self._hyperbands:
+            for bracket in band:
+                if bracket is not None and bracket.finished():
+                    self._end(bracket, tune_controller)
         chosen = super().choose_trial_to_run(tune_controller)
         if chosen is None:  # the restored trials outside the brackets
             chosen = next((t for t in tune_controller.get_trials()
