@@ -213,6 +213,25 @@ def test_a_driver_without_token_mode_is_told_how_to_connect(cluster):
     assert "cannot connect to the Ray cluster at" in last and "export RAY_AUTH_MODE=token" in last
 
 
+def test_without_an_address_a_sweep_starts_its_own_ray_beside_a_cluster_that_ray_start_recorded(cluster):
+    """`ray start` writes its address to Ray's current-cluster file, and a bare ray.init() attaches there.
+    Without --address or $RAY_ADDRESS a sweep must start its own local Ray, as the README says."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ftr-", dir="/tmp"))  # Ray's socket paths must stay short
+    try:
+        (ray_tmp / "ray").mkdir()
+        (ray_tmp / "ray" / "ray_current_cluster").write_text(cluster.address)  # what `ray start --head` leaves
+        code = ("import ray; from fashion_tune.search.cluster import connect; "
+                "print(connect(num_cpus=1), ray.get_runtime_context().gcs_address, ray.cluster_resources()['CPU'])")
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                                env={**ENV, "RAY_TMPDIR": str(ray_tmp)})
+        assert result.returncode == 0, result.stderr[-3000:]
+        started, address, cpus = result.stdout.split()[-3:]
+        assert started == "True" and address != cluster.address and float(cpus) == 1.0
+        assert len(node_ids(cluster.address)) == 2  # the cluster is untouched
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
 def test_submit_runs_a_sweep_through_the_jobs_api(cluster, tmp_path):
     space = write_space(tmp_path / "space.yaml", num_samples=2, max_t=1)
     storage = tmp_path / "results"

@@ -60,7 +60,10 @@ def connect(
                 f"or `launch/local-cluster start`, or drop --address to run locally{_auth_hint() if listening else ''}"
             ) from None
         return False
+    # "local": a new Ray of our own. Left out, Ray attaches to the cluster that `ray start` last
+    # recorded on this machine, and refuses num_cpus there.
     context = ray.init(
+        address="local",
         num_cpus=num_cpus,
         num_gpus=num_gpus,
         include_dashboard=include_dashboard,
