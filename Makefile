@@ -88,8 +88,10 @@ browser:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	fi
 
+# One pytest-xdist worker per core; TEST_WORKERS=0 runs the suite in this one process.
+TEST_WORKERS ?= auto
 test: data browser
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadgroup
 
 clean:
 	rm -rf runs .pytest_cache

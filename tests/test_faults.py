@@ -36,10 +36,9 @@ HOOKS = Path(__file__).resolve().parent / "fault_hooks"
 SEED = 9
 
 
-def table_line(capsys, case, **numbers):
-    line = f"FAULTS | {case:<34} | " + " | ".join(f"{k} {v}" for k, v in numbers.items())
-    with capsys.disabled():
-        print("\n" + line, flush=True)
+def table_line(record_property, case, **numbers):
+    """A row of the fault table that the suite prints at its end (tests/conftest.py), also from xdist workers."""
+    record_property("faults_table", f"FAULTS | {case:<34} | " + " | ".join(f"{k} {v}" for k, v in numbers.items()))
 
 
 def env_for(tmp_path, **extra):
@@ -180,7 +179,7 @@ def kill_driver_at(command, env, watch: CheckpointWatch, new_checkpoints: int, l
     return snapshot, session
 
 
-def test_driver_sigkill_at_seeded_moments_then_resume(tmp_path, capsys):
+def test_driver_sigkill_at_seeded_moments_then_resume(tmp_path, record_property):
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump(KILL_SPACE, sort_keys=False))
     storage, name = tmp_path / "results", "killed"
@@ -234,7 +233,7 @@ def test_driver_sigkill_at_seeded_moments_then_resume(tmp_path, capsys):
     # Trials a kill cut off before Tune's snapshot recorded them: the resumed sweep runs others instead.
     discarded = list((directory / ".discarded").glob("trial_*"))
     lost = sum(len(rows_per_trial(directory / ".discarded").get(d.name, [])) for d in discarded)
-    table_line(capsys, "driver SIGKILL x3, resume each", faults=kills, expected=8, completed=len(results),
+    table_line(record_property, "driver SIGKILL x3, resume each", faults=kills, expected=8, completed=len(results),
                errored=0, epochs_rerun=rerun, started_over=len(restarted),
                unrecorded_trials_redone=f"{len(discarded)} ({lost} epochs)",
                study=f"{counts.get('COMPLETE', 0)}C/{counts.get('PRUNED', 0)}P/{counts.get('FAIL', 0)}F"
@@ -256,7 +255,7 @@ ERROR_SPACE = {
 }
 
 
-def test_restart_errored_trial_and_a_diverged_trial(tmp_path, capsys):
+def test_restart_errored_trial_and_a_diverged_trial(tmp_path, record_property):
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump(ERROR_SPACE, sort_keys=False))
     storage, name = tmp_path / "results", "errored"
@@ -278,7 +277,7 @@ def test_restart_errored_trial_and_a_diverged_trial(tmp_path, capsys):
     assert (directory / "results.csv").read_text().count("\n") == 5  # a header and 4 trials, no stale row
     counts = assert_study_matches_tune(directory, results)
     assert counts.get("FAIL", 0) == 1  # the failed attempt, beside the restarted trial's own record
-    table_line(capsys, "--resume --restart-errored", faults=1, expected=4, completed=len(results),
+    table_line(record_property, "--resume --restart-errored", faults=1, expected=4, completed=len(results),
                errored=int((results["status"] == "ERROR").sum()), epochs_rerun=0,
                study=f"{counts.get('COMPLETE', 0)}C/{counts.get('PRUNED', 0)}P/{counts.get('FAIL', 0)}F")
 
@@ -287,7 +286,7 @@ def test_restart_errored_trial_and_a_diverged_trial(tmp_path, capsys):
     assert best_trial(directory).trial_id != diverged.iloc[0]["trial_id"]
     values = {t.params["lr"]: t.value for t in study_of(directory).trials if t.state.name == "COMPLETE"}
     assert values[1.0e8] == min(values.values())  # told to Optuna as the worst
-    table_line(capsys, "diverged (NaN) trial", faults=1, expected=4, completed=len(results), errored=0,
+    table_line(record_property, "diverged (NaN) trial", faults=1, expected=4, completed=len(results), errored=0,
                ranked="last", sweep="finished")
 
 
@@ -336,7 +335,7 @@ def check_models(models: Path) -> list[str]:
     return ids
 
 
-def test_two_promotions_at_once_with_a_champion_in_place(tmp_path, experiments, capsys):
+def test_two_promotions_at_once_with_a_champion_in_place(tmp_path, experiments, record_property):
     models = tmp_path / "best_models"
     env = env_for(tmp_path)
     assert run(promote_command(experiments["weak"], models), env, timeout=300).returncode == 0
@@ -348,14 +347,14 @@ def test_two_promotions_at_once_with_a_champion_in_place(tmp_path, experiments, 
     assert ids[0] == "best" and "weak" in ids[1:], ids
     assert "good" in ids[1:] or "champion kept" in outputs[0], (ids, outputs[0])
     assert not list(models.glob(".tmp-*")) and not list(models.glob(".old-*"))
-    table_line(capsys, "2 promotions at once + champion", faults=2, champion=ids[0], history=",".join(ids[1:]),
+    table_line(record_property, "2 promotions at once + champion", faults=2, champion=ids[0], history=",".join(ids[1:]),
                champion_intact="yes")
 
 
 PAUSE_POINTS = ["challenger", "champion", "metrics", "history", "swap", "renamed", "swapped"]
 
 
-def test_sigkill_during_promotion_never_breaks_the_champion(tmp_path, experiments, capsys):
+def test_sigkill_during_promotion_never_breaks_the_champion(tmp_path, experiments, record_property):
     models = tmp_path / "best_models"
     assert run(promote_command(experiments["good"], models), env_for(tmp_path), timeout=300).returncode == 0
     rng = random.Random(SEED)
@@ -382,7 +381,7 @@ def test_sigkill_during_promotion_never_breaks_the_champion(tmp_path, experiment
     assert final.returncode == 0, final.stderr
     assert check_models(models)[0] == "best"
     assert not list(models.glob(".tmp-*")) and not list(models.glob(".old-*"))
-    table_line(capsys, "SIGKILL during promote x10", faults=kills, points=",".join(points),
+    table_line(record_property, "SIGKILL during promote x10", faults=kills, points=",".join(points),
                champion_intact=f"{intact}/{len(points)}", next_promote="ok")
 
 
@@ -423,7 +422,7 @@ def listeners(process) -> list[tuple[str, str, int]]:
     return found
 
 
-def test_driver_memory_over_200_trials(tmp_path, capsys):
+def test_driver_memory_over_200_trials(tmp_path, record_property):
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump(MEMORY_SPACE, sort_keys=False))
     storage, name = tmp_path / "results", "many"
@@ -446,7 +445,7 @@ def test_driver_memory_over_200_trials(tmp_path, capsys):
         log.close()
     assert len(load_results(directory)) == 200
     growth = (rss[200] - rss[50]) / 150
-    table_line(capsys, "driver memory, 200 trivial trials", trials=200, rss_at_50=f"{rss[50]:.0f} MiB",
+    table_line(record_property, "driver memory, 200 trivial trials", trials=200, rss_at_50=f"{rss[50]:.0f} MiB",
                rss_at_200=f"{rss[200]:.0f} MiB", growth_per_trial=f"{growth * 1024:.0f} KiB")
     assert growth < 0.5, rss  # MiB per trial: bounded, not the megabytes a leak per trial would cost
 
@@ -455,7 +454,7 @@ def test_driver_memory_over_200_trials(tmp_path, capsys):
     exposed = sorted({(name, ip) for name, ip, _ in sockets if ip not in ("127.0.0.1", "::1")})
     assert all(name.startswith(RAY_CORE) for name, _ in exposed), exposed
     assert 8265 not in {port for _, _, port in sockets}, "no dashboard unless --dashboard"
-    table_line(capsys, "listening sockets of the local Ray", total=len(sockets),
+    table_line(record_property, "listening sockets of the local Ray", total=len(sockets),
                loopback=len(sockets) - sum(1 for _, ip, _ in sockets if ip not in ("127.0.0.1", "::1")),
                beyond_loopback=", ".join(f"{n}@{ip}" for n, ip in exposed))
 
