@@ -91,7 +91,7 @@ browser:
 # One pytest-xdist worker per core; TEST_WORKERS=0 runs the suite in this one process.
 TEST_WORKERS ?= auto
 test: data browser
-	$(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS)
 
 clean:
 	rm -rf runs .pytest_cache

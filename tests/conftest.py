@@ -1,22 +1,33 @@
 """Suite-wide hooks: how `make test` splits the suite between pytest-xdist workers, and the fault table.
 
-`make test` runs the suite on one worker per core (`-n auto --dist loadgroup`). A file's tests stay on
-one worker, so its module-scoped fixtures (a tiny sweep, a trained model) are built once. The files
-that start multi-node Ray clusters (marker `cluster`: fixed ports such as 6379 and 8265, one
-machine-wide cluster directory) share one group, so they never run at the same time.
+`make test` runs the suite on one worker per core (`-n auto`). A file's tests stay on one worker, in
+order, so its module-scoped fixtures (a tiny sweep, a trained model) are built once. The files that start
+multi-node Ray clusters (CLUSTER_FILES) go to one worker together, so no two of those clusters, each
+with an autoscaler or several nodes, are up at the same time.
 """
 
 from __future__ import annotations
+
+from pathlib import PurePosixPath
 
 import pytest
 
 _FAULT_ROWS: list[str] = []
 
 
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        group = "cluster" if item.get_closest_marker("cluster") else item.nodeid.split("::", 1)[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+# The files whose tests carry the marker `cluster` (tests/test_files.py checks that the two agree).
+CLUSTER_FILES = frozenset({"test_cluster.py", "test_autoscaling.py", "test_s3.py"})
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadFileScheduling
+
+    class ByFile(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = super()._split_scope(nodeid)
+            return "multi-node clusters" if PurePosixPath(path).name in CLUSTER_FILES else path
+
+    return ByFile(config, log)
 
 
 def pytest_runtest_logreport(report):
