@@ -481,6 +481,9 @@ def test_every_result_tune_processed_is_in_result_json_when_trials_pause_and_res
     write_table(tmp_path)
     space_file = write_space(tmp_path, replay_space(
         tmp_path / "runs.jsonl", num_samples=12, max_concurrent_trials=3, time_scale=0.3,
+        # Two trials fit the one CPU, so the third always waits: the rule pauses trials however busy the
+        # machine is (with all three running, only a trial caught between two others could be paused).
+        resources_per_trial={"cpu": 0.5},
         scheduler={"type": "median", "max_t": EPOCHS, "grace_period": 1}))
     seen = Seen()
     request = SweepRequest("replay", space_file, name="m", storage=tmp_path / "results", num_cpus=1, verbose=0, stop=seen)
