@@ -15,7 +15,7 @@ import pytest
 _FAULT_ROWS: list[str] = []
 
 
-# The files whose tests carry the marker `cluster` (tests/test_files.py checks that the two agree).
+# The files whose tests carry the marker `cluster` (tests/test_conftest.py checks that the two agree).
 CLUSTER_FILES = frozenset({"test_cluster.py", "test_autoscaling.py", "test_s3.py"})
 
 
