@@ -48,7 +48,9 @@ demo: data
 # The shipped models: full-data sweeps sized for this CPU (search_spaces/*_cpu.yaml), each promoted
 # champion trained longer in a one-trial follow-up sweep (*_cpu_long.yaml, start_from the promoted
 # model), promotion of the better of the two (the CNN first: it guides the VAE's sampling), the independent judge
-# that scores the VAE's samples (train-judge: minutes; skipped when one is shipped), and the graded report. Hours on
+# that scores the VAE's samples (train-judge: minutes; skipped when one is shipped; before the VAE sweep, which
+# reports its accuracy on raw samples every epoch), the VAE decoder sweep and its follow-up (which starts from the
+# sweep's best trial), and the graded report. Hours on
 # 2 cores; rerunning it resumes an interrupted sweep and skips a finished one.
 MODELS_DIR ?= best_models
 models: data
@@ -57,16 +59,15 @@ models: data
 	$(FT) promote ray_results/cnn-resnet-cpu --kind cnn --models-dir $(MODELS_DIR)
 	$(call sweep,cnn,cnn_resnet_cpu_long,cnn-resnet-cpu-long)
 	$(FT) promote ray_results/cnn-resnet-cpu-long --kind cnn --models-dir $(MODELS_DIR)
-	$(call sweep,vae,vae_cpu,vae-cpu)
-	$(FT) analyze ray_results/vae-cpu
-	$(FT) promote ray_results/vae-cpu --kind vae --models-dir $(MODELS_DIR)
-	$(call sweep,vae,vae_cpu_long,vae-cpu-long)
-	$(FT) promote ray_results/vae-cpu-long --kind vae --models-dir $(MODELS_DIR)
 	@if [ -f $(MODELS_DIR)/judge/manifest.json ]; then \
 	  echo "independent judge: shipped already ($(MODELS_DIR)/judge; delete it to train it again)"; \
 	else \
 	  $(FT) train-judge --models-dir $(MODELS_DIR); \
 	fi
+	$(call sweep,vae,vae_decoder_cpu,vae-decoder-cpu)
+	$(FT) analyze ray_results/vae-decoder-cpu
+	$(call sweep,vae,vae_decoder_cpu_long,vae-decoder-cpu-long)
+	$(FT) promote ray_results/vae-decoder-cpu-long --kind vae --models-dir $(MODELS_DIR)
 	$(FT) evaluate --kind all --models-dir $(MODELS_DIR)
 
 # $(call sweep,KIND,SPACE,NAME): run it, resume it if it was interrupted, skip it if it finished.
