@@ -45,12 +45,11 @@ demo: data
 	$(FT) evaluate --kind all --models-dir $(DEMO_MODELS) $(DEMO_EVALUATE)
 	@echo "report: $(DEMO_MODELS)/report.md (pictures beside it); sweeps: ray_results/$(DEMO)-cnn, ray_results/$(DEMO)-vae"
 
-# The shipped models: full-data sweeps sized for this CPU (search_spaces/*_cpu.yaml), each promoted
-# champion trained longer in a one-trial follow-up sweep (*_cpu_long.yaml, start_from the promoted
-# model), promotion of the better of the two (the CNN first: it guides the VAE's sampling), the independent judge
-# that scores the VAE's samples (train-judge: minutes; skipped when one is shipped; before the VAE sweep, which
-# reports its accuracy on raw samples every epoch), the VAE decoder sweep and its follow-up (which starts from the
-# sweep's best trial), and the graded report. Hours on
+# The shipped models: full-data sweeps sized for this CPU (search_spaces/*_cpu.yaml), each sweep's best
+# trial trained longer in a one-trial follow-up sweep (*_cpu_long.yaml, start_from the sweep), promotion
+# (the CNN first: it guides the VAE's sampling), the independent judge that scores the VAE's samples
+# (train-judge: minutes; skipped when one is shipped; before the VAE sweep, which reports its accuracy on
+# raw samples every epoch), and the graded report. Hours on
 # 2 cores; rerunning it resumes an interrupted sweep and skips a finished one.
 MODELS_DIR ?= best_models
 models: data
