@@ -7,7 +7,7 @@ FT := $(VENV)/bin/fashion-tune
 STAMP := $(VENV)/.installed
 SYSTEM_DATA := /usr/share/datasets/fashion-mnist
 
-.PHONY: install data browser demo models test clean
+.PHONY: install data browser demo models test test-durations clean
 
 install: $(STAMP)
 
@@ -92,6 +92,10 @@ browser:
 TEST_WORKERS ?= auto
 test: data browser
 	$(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS)
+
+# Measures the seconds each test file takes (tests/durations.json): `make test` hands out the longest first.
+test-durations: data browser
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --record-durations tests/durations.json
 
 clean:
 	rm -rf runs .pytest_cache
