@@ -1,6 +1,9 @@
 """The suite's own split between xdist workers (tests/conftest.py) stays in step with the markers."""
 
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from conftest import CLUSTER_FILES
@@ -35,11 +38,6 @@ def test_the_measured_durations_name_test_files_that_exist():
 
 def test_xdist_hands_out_the_files_longest_first_with_unmeasured_files_before_all(tmp_path):
     """A real `pytest -n 1` run under this conftest: its one worker runs the files in the order it gets them."""
-    import json
-    import os
-    import subprocess
-    import sys
-
     (tmp_path / "conftest.py").write_text((TESTS / "conftest.py").read_text())
     (tmp_path / "durations.json").write_text(json.dumps({"test_a.py": 1.0, "test_b.py": 100.0, "test_c.py": 10.0}))
     log = tmp_path / "order.log"
@@ -47,7 +45,6 @@ def test_xdist_hands_out_the_files_longest_first_with_unmeasured_files_before_al
         (tmp_path / f"{name}.py").write_text(
             f"def test_it():\n    with open({str(log)!r}, 'a') as f:\n        f.write('{name}.py\\n')\n")
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "1", "-p", "no:cacheprovider", "--rootdir",
-                          str(tmp_path), str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+                          str(tmp_path), str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     assert log.read_text().split() == ["test_d.py", "test_b.py", "test_c.py", "test_a.py"]
